@@ -1,0 +1,149 @@
+"""spark-submit entry point: train PMF and write factors and metrics to Parquet.
+
+    ./spark-submit.sh jobs/train_pmf.py                          # built-in synthetic data
+    ./spark-submit.sh jobs/train_pmf.py --ratings u.data --output out/ml100k
+    ./spark-submit.sh jobs/train_pmf.py --config conf/seed.toml --ratings ratings.dat
+
+Exit codes: 0 success, 2 bad input or configuration (one line on stderr),
+1 an unexpected failure (with a traceback: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pmf_spark.config import load_config_file, resolve, to_toml
+from pmf_spark.errors import PMFUserError
+from pmf_spark.params import (DUPLICATE_POLICIES, FORMATS, GRAM_DTYPES, LINKS, REG_SCALINGS,
+                              SYNTHETIC_SHAPES, JobConfig, PMFParams)
+
+GROUPS = {
+    "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
+                      "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate",
+                      "synthetic", "test_fraction", "split_seed"]),
+    "model": ("model", ["rank", "epochs", "lambda_u", "lambda_v", "biases", "lambda_bias",
+                        "reg_scaling", "link", "clip", "init_std", "seed"]),
+    "output": ("job", ["output", "output_files"]),
+    "spark and performance": ("model", ["blocks", "gram_dtype", "chunk_ratings"]),
+}
+CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
+           "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES}
+SECTION_CLASS = {"job": JobConfig, "model": PMFParams}
+
+
+def _type_of(annotation: str):
+    if annotation.startswith("bool"):
+        return bool
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="train_pmf.py",
+        description="Train probabilistic matrix factorisation (PMF) by ALS on Spark and write "
+                    "user/item factors and metrics to Parquet. With no --ratings it trains on "
+                    "built-in synthetic MovieLens-shaped data.",
+        epilog="Precedence: defaults < --config file < flags. Spark options (--master, --conf, "
+               "memory) go to spark-submit.sh before the job file.")
+    p.add_argument("--config", metavar="FILE",
+                   help="job configuration (TOML, tables [job] and [model]), e.g. conf/seed.toml")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration as TOML and exit")
+    p.add_argument("--verbose", action="store_true", help="keep Spark's own log messages")
+    for title, (section, names) in GROUPS.items():
+        g = p.add_argument_group(title)
+        cls = SECTION_CLASS[section]
+        for name in names:
+            f = cls.__dataclass_fields__[name]
+            flag = "--" + name.replace("_", "-")
+            doc = f.metadata.get("doc", "")
+            default = f.default
+            typ = _type_of(str(f.type))
+            dest = f"{section}.{name}"
+            if typ is bool:
+                g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS,
+                               help=f"{doc} (default: {'on' if default else 'off'})")
+            else:
+                g.add_argument(flag, dest=dest, type=typ, choices=CHOICES.get(name),
+                               default=argparse.SUPPRESS, metavar=None if name in CHOICES
+                               else name.split("_")[-1].upper(),
+                               help=f"{doc} (default: {default})")
+            if name == "lambda_v":
+                g.add_argument("--lambda", dest="lambda_both", type=float,
+                               default=argparse.SUPPRESS, metavar="LAMBDA",
+                               help="set --lambda-u and --lambda-v together")
+    return p
+
+
+def flags_to_sections(ns: argparse.Namespace) -> dict:
+    out = {"job": {}, "model": {}}
+    values = vars(ns)
+    if "lambda_both" in values:
+        out["model"]["lambda_u"] = values["lambda_both"]
+        out["model"]["lambda_v"] = values["lambda_both"]
+    for key, value in values.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            out[section][name] = value
+    return out
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s pmf-spark  %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("pmf_spark")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None, spark=None) -> int:
+    """Run the job; returns the exit code. ``spark``: an existing session to use
+    (and leave running), for embedding; by default one is created and stopped."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
+    setup_logging(args.verbose)
+    try:
+        file_values = load_config_file(args.config) if args.config else None
+        job, model = resolve(file_values, flags_to_sections(args))
+        if args.print_config:
+            print(to_toml(job, model), end="")
+            return 0
+        from pyspark.sql import SparkSession
+
+        from pmf_spark.pipeline import run_training
+
+        own = spark is None
+        if own:
+            spark = SparkSession.builder.appName("pmf-spark train").getOrCreate()
+            if not args.verbose:
+                spark.sparkContext.setLogLevel("ERROR")
+        try:
+            run_training(spark, job, model)
+        finally:
+            if own:
+                spark.stop()
+        return 0
+    except PMFUserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

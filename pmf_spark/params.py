@@ -1,0 +1,188 @@
+"""Typed, validated parameters.
+
+:class:`PMFParams` configures the model and the algorithm, :class:`JobConfig`
+the job around it (input, split, output). Both are frozen dataclasses that
+validate every field once, in ``__post_init__``, with an error naming the
+field; both round-trip through plain dicts (``to_dict``/``from_dict``), which
+is what ``model.json`` and the TOML job configuration hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+FORMATS = ("auto", "movielens-100k", "movielens-dat", "movielens-csv", "csv", "parquet")
+SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m")
+LINKS = ("linear", "sigmoid")
+REG_SCALINGS = ("none", "count")
+GRAM_DTYPES = ("float64", "float32")
+DUPLICATE_POLICIES = ("latest", "error")
+
+
+def _doc(text: str, **kw):
+    """A dataclass field with a one-line description kept in its metadata."""
+    return field(metadata={"doc": text}, **kw)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{name}: must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name}: must be <= {hi}, got {value}")
+
+
+def _check_float(name: str, value, lo: float | None = None, lo_open: bool = False,
+                 hi: float | None = None, hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: must be finite, got {value}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise ConfigError(f"{name}: must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+class _Params:
+    """Dict round trip and helpful unknown-key errors for the dataclasses below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = ""):
+        names = cls.field_names()
+        for key in values:
+            if key not in names:
+                near = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                loc = f" in {where}" if where else ""
+                raise ConfigError(f"unknown key {key!r}{loc}{hint}")
+        return cls(**values)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PMFParams(_Params):
+    """Model and algorithm parameters. lambda values are in z-score units."""
+
+    rank: int = _doc("number of latent dimensions d", default=30)
+    epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
+    lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, as in PMF)",
+                           default=10.0)
+    lambda_v: float = _doc("item factor prior precision ratio sigma^2/sigma_V^2 (unscaled, as in PMF)",
+                           default=10.0)
+    biases: bool = _doc("learn user and item biases jointly with the factors", default=True)
+    lambda_bias: float = _doc("prior precision ratio of the user and item biases", default=10.0)
+    reg_scaling: str = _doc("'none': fixed lambda (PMF); 'count': lambda * n_ratings of the row "
+                            "(ALS-WR, Spark MLlib)", default="none")
+    link: str = _doc("'linear': mu + sigma * (u.v + biases); 'sigmoid': min + (max-min) * "
+                     "sigmoid(u.v + biases), the seed's read-out", default="linear")
+    clip: bool = _doc("clip linear predictions to the training rating range", default=True)
+    init_std: float = _doc("std of the Gaussian initial factors; 0 = the prior's, 1/sqrt(lambda)",
+                           default=0.0)
+    seed: int = _doc("seed of the initial factors", default=0)
+    blocks: int = _doc("row blocks per side; 0 = the cluster's default parallelism", default=0)
+    gram_dtype: str = _doc("dtype of the Gram matrices: float64, or float32 (solve stays float64)",
+                           default="float64")
+    chunk_ratings: int = _doc("most ratings packed into one row of the cached block layout",
+                              default=1_000_000)
+
+    def __post_init__(self):
+        _check_int("rank", self.rank, 1, 1000)
+        _check_int("epochs", self.epochs, 1, 100_000)
+        _check_float("lambda_u", self.lambda_u, 0.0)
+        _check_float("lambda_v", self.lambda_v, 0.0)
+        _check_bool("biases", self.biases)
+        _check_float("lambda_bias", self.lambda_bias, 0.0)
+        _check_choice("reg_scaling", self.reg_scaling, REG_SCALINGS)
+        _check_choice("link", self.link, LINKS)
+        _check_bool("clip", self.clip)
+        _check_float("init_std", self.init_std, 0.0)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("blocks", self.blocks, 0, 100_000)
+        _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
+        _check_int("chunk_ratings", self.chunk_ratings, 1000)
+
+    @property
+    def k(self) -> int:
+        """Unknowns per row: the factors plus one bias when biases are on."""
+        return self.rank + (1 if self.biases else 0)
+
+
+@dataclass(frozen=True)
+class JobConfig(_Params):
+    """Where the ratings come from, how they are split, where outputs go."""
+
+    ratings: str | None = _doc("ratings file or directory; none = built-in synthetic data",
+                               default=None)
+    format: str = _doc("input format: auto (from the file name), movielens-100k, movielens-dat, "
+                       "movielens-csv, csv, parquet", default="auto")
+    test: str | None = _doc("a given test split in the same format (no random split then)",
+                            default=None)
+    user_col: str | None = _doc("user id column (csv/parquet; default by format)", default=None)
+    item_col: str | None = _doc("item id column (csv/parquet; default by format)", default=None)
+    rating_col: str | None = _doc("rating column (csv/parquet; default by format)", default=None)
+    timestamp_col: str | None = _doc("timestamp column used to keep the latest duplicate",
+                                     default=None)
+    sep: str | None = _doc("field separator for csv", default=None)
+    rating_min: float | None = _doc("lowest valid rating; default by format or the data's minimum",
+                                    default=None)
+    rating_max: float | None = _doc("highest valid rating; default by format or the data's maximum",
+                                    default=None)
+    on_duplicate: str = _doc("duplicate (user, item) pairs: 'latest' keeps the newest by timestamp, "
+                             "'error' refuses", default="latest")
+    synthetic: str = _doc("shape of the built-in data when no ratings are given: small, ml-1m, ml-10m",
+                          default="small")
+    test_fraction: float = _doc("fraction of ratings held out for testing", default=0.15)
+    split_seed: int = _doc("seed of the train/test split", default=0)
+    output: str = _doc("output directory (replaced atomically on success)", default="out/pmf")
+    output_files: int = _doc("Parquet files per factor table; 0 = by size", default=0)
+
+    def __post_init__(self):
+        _check_choice("format", self.format, FORMATS)
+        _check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
+        _check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
+        _check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
+        _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
+        _check_int("output_files", self.output_files, 0, 10_000)
+        for name in ("rating_min", "rating_max"):
+            v = getattr(self, name)
+            if v is not None:
+                _check_float(name, v)
+        if (self.rating_min is not None and self.rating_max is not None
+                and self.rating_min >= self.rating_max):
+            raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
+                              f"({self.rating_max})")
+        for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col", "sep"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or v == ""):
+                raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")
+        if not isinstance(self.output, str) or not self.output:
+            raise ConfigError(f"output: expected a directory path, got {self.output!r}")
+        if self.test is not None and self.ratings is None:
+            raise ConfigError("test: a given test split needs --ratings as well")

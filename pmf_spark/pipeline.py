@@ -1,0 +1,274 @@
+"""The training job's steps, shared by ``jobs/train_pmf.py`` and the Python API:
+load and validate the input, prepare, train, write the outputs atomically."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from . import __version__
+from .errors import ConfigError, InputDataError
+from .io import AtomicOutput, CleanRatings, load_ratings, path_exists, qualify, read_text
+from .params import JobConfig, PMFParams
+from .prepare import PreparedData, prepare
+from .synthetic import get_shape, synthetic_ratings
+from .train import ALSTrainer, EpochMetrics, FactorModel, TrainState
+
+log = logging.getLogger("pmf_spark")
+
+MODEL_FORMAT_VERSION = 1
+FACTOR_TABLES = {"user": "user_factors", "item": "item_factors"}
+VOCAB_TABLES = {"user": "user_vocabulary", "item": "item_vocabulary"}
+
+
+def factor_schema(side: str, id_type: str) -> T.StructType:
+    """Schema of ``user_factors`` / ``item_factors``: the original id, the factor
+    vector, the bias (z units) and the number of training ratings."""
+    return T.StructType([
+        T.StructField(f"{side}_id", T.LongType() if id_type == "long" else T.StringType()),
+        T.StructField("features", T.ArrayType(T.DoubleType())),
+        T.StructField("bias", T.DoubleType()),
+        T.StructField("n_ratings", T.IntegerType()),
+    ])
+
+
+def vocabulary_schema(side: str, id_type: str) -> T.StructType:
+    """Schema of ``user_vocabulary`` / ``item_vocabulary``: original id <-> dense index."""
+    return T.StructType([
+        T.StructField(f"{side}_id", T.LongType() if id_type == "long" else T.StringType()),
+        T.StructField("idx", T.IntegerType()),
+        T.StructField("n_ratings", T.IntegerType()),
+    ])
+
+
+def versions() -> dict:
+    import pandas
+    import pyspark
+
+    return {"pmf_spark": __version__, "pyspark": pyspark.__version__, "numpy": np.__version__,
+            "pandas": pandas.__version__, "pyarrow": pa.__version__,
+            "python": platform.python_version()}
+
+
+def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, CleanRatings | None]:
+    """The validated training input (and given test split): files or synthetic data."""
+    if cfg.ratings is None:
+        shape = get_shape(cfg.synthetic)
+        df = synthetic_ratings(spark, cfg.synthetic, seed=cfg.split_seed)
+        log.info("built-in synthetic data %r: %d users x %d items, %d ratings (seed %d)",
+                 shape.name, shape.n_users, shape.n_items, shape.n_ratings, cfg.split_seed)
+        clean = CleanRatings(
+            df=df.select("user", "item", "rating", F.lit(None).cast("long").alias("ts")),
+            path=f"synthetic:{shape.name}", n=shape.n_ratings, id_type="long",
+            rating_min=0.5, rating_max=5.0, scale=(0.5, 5.0), float32_exact=True,
+            has_timestamp=False)
+        return clean, None
+    opts = dict(user_col=cfg.user_col, item_col=cfg.item_col, rating_col=cfg.rating_col,
+                timestamp_col=cfg.timestamp_col, sep=cfg.sep, rating_min=cfg.rating_min,
+                rating_max=cfg.rating_max)
+    train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings", **opts)
+    test = None
+    if cfg.test is not None:
+        test = load_ratings(spark, cfg.test, cfg.format, role="test", **opts)
+    log.info("read %d ratings from %s%s", train.n, cfg.ratings,
+             f" and {test.n} test ratings from {cfg.test}" if test else "")
+    return train, test
+
+
+def check_output_path(spark: SparkSession, cfg: JobConfig) -> None:
+    """Refuse an output that would overwrite the input or something that is not ours."""
+    out = qualify(spark, cfg.output).rstrip("/")
+    for given in (cfg.ratings, cfg.test):
+        if given is None:
+            continue
+        src = qualify(spark, given).rstrip("/")
+        if src == out or src.startswith(out + "/"):
+            raise ConfigError(f"output {cfg.output}: is the input {given} or contains it; "
+                              f"choose another --output")
+    if path_exists(spark, cfg.output) and not is_pmf_output(spark, cfg.output):
+        raise ConfigError(f"output {cfg.output}: exists and is not a pmf-spark output; "
+                          f"refusing to replace it (choose another --output or remove it)")
+
+
+def is_pmf_output(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(jpath):
+        return False
+    if not fs.getFileStatus(jpath).isDirectory():
+        return False
+    listing = fs.listStatus(jpath)
+    if len(listing) == 0:
+        return True
+    return fs.exists(jvm.org.apache.hadoop.fs.Path(jpath, "model.json"))
+
+
+def factor_frame(spark: SparkSession, matrix: np.ndarray, bias: np.ndarray,
+                 vocab: DataFrame, id_name: str) -> DataFrame:
+    """(id, features array<double>, bias, n_ratings) from a dense-index factor matrix."""
+    n, r = matrix.shape
+    offsets = pa.array(np.arange(0, n * r + 1, r, dtype=np.int32))
+    features = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    tbl = pa.table({"idx": pa.array(np.arange(n, dtype=np.int32)), "features": features,
+                    "bias": pa.array(bias)})
+    fac = spark.createDataFrame(tbl)
+    return (vocab.join(fac, "idx")
+            .select(F.col("id").alias(id_name), "features", "bias", "n_ratings"))
+
+
+def _n_files(cfg: JobConfig, n_rows: int, rank: int) -> int:
+    if cfg.output_files:
+        return cfg.output_files
+    return max(1, math.ceil(n_rows * (rank * 8 + 24) / (128 << 20)))
+
+
+def history_csv(history: list[EpochMetrics]) -> str:
+    buf = _io.StringIO()
+    names = list(EpochMetrics.__dataclass_fields__)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(names)
+    for m in history:
+        w.writerow([getattr(m, k) for k in names])
+    return buf.getvalue()
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (the outputs are on disk under ``output``)."""
+
+    output: str
+    model: FactorModel
+    history: list[EpochMetrics]
+    data: PreparedData
+    trainer: ALSTrainer
+    state: TrainState
+    seconds: float
+
+
+def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: PreparedData,
+                  trainer: ALSTrainer, state: TrainState, seconds: dict) -> str:
+    """Write factors, vocabularies, metrics and model.json; swap them in atomically."""
+    model = trainer.model(state)
+    out = AtomicOutput(spark, cfg.output)
+    try:
+        counts = {}
+        sc = spark.sparkContext
+        sc.setJobDescription("write outputs")
+        for side, mat, bias, vocab in (("user", model.U, model.user_bias, data.users),
+                                       ("item", model.V, model.item_bias, data.items)):
+            name = FACTOR_TABLES[side]
+            df = factor_frame(spark, mat, bias, vocab, f"{side}_id")
+            n_files = _n_files(cfg, mat.shape[0], params.rank)
+            (df.repartitionByRange(n_files, f"{side}_id").sortWithinPartitions(f"{side}_id")
+             .write.parquet(out.path(name)))
+            counts[name] = int(mat.shape[0])
+            vname = VOCAB_TABLES[side]
+            (vocab.select(F.col("id").alias(f"{side}_id"), "idx", "n_ratings")
+             .repartitionByRange(n_files, "idx").sortWithinPartitions("idx")
+             .write.parquet(out.path(vname)))
+            counts[vname] = int(mat.shape[0])
+        sc.setJobDescription(None)
+        history = [m.to_dict() for m in state.history]
+        final = history[-1] if history else {}
+        out.write_json("metrics.json", {"epochs": history, "final": final})
+        out.write_text("metrics.csv", history_csv(state.history))
+        meta = {
+            "format_version": MODEL_FORMAT_VERSION,
+            "model": params.to_dict(),
+            "job": cfg.to_dict(),
+            "data": data.summary(),
+            "mu": data.mu, "sigma": data.sigma,
+            "rating_range": [data.rating_lo, data.rating_hi],
+            "rank": params.rank,
+            "epochs_run": state.epoch,
+            "blocks": trainer.blocks,
+            "final_metrics": final,
+            "seconds": seconds,
+            "versions": versions(),
+        }
+        out.write_json("model.json", meta)
+        return out.commit({"tables": counts, "files": ["model.json", "metrics.json",
+                                                       "metrics.csv"]})
+    except BaseException:
+        out.abort()
+        raise
+
+
+def epoch_logger(total: int) -> "callable":
+    """The default per-epoch log line, with an ETA from the mean epoch time."""
+    times: list[float] = []
+
+    def _log(m: EpochMetrics):
+        times.append(m.seconds)
+        eta = (total - m.epoch) * (sum(times) / len(times))
+        log.info("epoch %3d/%d  train rmse %.4f mae %.4f  test rmse %.4f mae %.4f  "
+                 "objective %.6g  %6.2fs  eta %s", m.epoch, total, m.train_rmse, m.train_mae,
+                 m.test_rmse, m.test_mae, m.objective, m.seconds, _fmt_eta(eta))
+    return _log
+
+
+def _fmt_eta(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
+                 callback=None) -> TrainResult:
+    """The whole job: input -> prepared data -> ALS -> outputs under ``cfg.output``."""
+    t0 = time.perf_counter()
+    check_output_path(spark, cfg)
+    train, test = load_inputs(spark, cfg)
+    data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
+                   on_duplicate=cfg.on_duplicate)
+    log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "
+             "range [%g, %g]", data.n_users, data.n_items, data.n_train, data.n_test,
+             data.mu, data.sigma, data.rating_lo, data.rating_hi)
+    if data.cold_users or data.cold_items:
+        log.info("%d user(s) and %d item(s) have no training ratings: kept at the prior mean, "
+                 "predicted from the mean plus the known side's bias",
+                 data.cold_users, data.cold_items)
+    t_prep = time.perf_counter()
+    log_epoch = epoch_logger(params.epochs)
+
+    def on_epoch(m):
+        log_epoch(m)
+        return callback(m) if callback is not None else None
+
+    trainer = ALSTrainer(spark, data, params, callback=on_epoch)
+    trainer.setup()
+    log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.blocks,
+             trainer.setup_seconds)
+    state = trainer.fit()
+    t_fit = time.perf_counter()
+    seconds = {"prepare": t_prep - t0, "setup": trainer.setup_seconds,
+               "train": t_fit - t_prep - trainer.setup_seconds,
+               "per_epoch": [m.seconds for m in state.history]}
+    path = write_outputs(spark, cfg, params, data, trainer, state, seconds)
+    total = time.perf_counter() - t0
+    final = state.history[-1]
+    log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
+             state.epoch, total)
+    return TrainResult(output=path, model=trainer.model(state), history=state.history,
+                       data=data, trainer=trainer, state=state, seconds=total)
+
+
+def read_model_meta(spark: SparkSession, path: str) -> dict:
+    import json
+
+    text = read_text(spark, path.rstrip("/") + "/model.json")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{path}/model.json: not valid JSON ({exc})") from None

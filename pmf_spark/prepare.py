@@ -1,0 +1,156 @@
+"""From validated ratings to the indexed, split training data.
+
+Steps: drop duplicate (user, item) pairs (keep the latest by timestamp), split
+into train/test by a seeded hash of (user, item) -- deterministic whatever the
+partitioning, so recomputation can never move a rating across the split --,
+materialise the split, compute the training statistics (mean, std, range) and
+build the vocabularies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from .errors import InputDataError
+from .indexing import build_vocabulary, index_ratings
+from .io import CleanRatings
+
+log = logging.getLogger("pmf_spark")
+
+_HASH_BUCKETS = 1 << 30
+
+
+@dataclass
+class PreparedData:
+    """Indexed ratings ready for training, with what the model needs to know.
+
+    ``ratings`` (u int, i int, rating double, is_test boolean) and both
+    vocabularies are persisted; ``release()`` unpersists them.
+    """
+
+    ratings: DataFrame
+    users: DataFrame
+    items: DataFrame
+    n_users: int
+    n_items: int
+    n_train: int
+    n_test: int
+    mu: float
+    sigma: float
+    rating_lo: float
+    rating_hi: float
+    id_type: str
+    float32_exact: bool
+    duplicates_dropped: int
+    cold_users: int
+    cold_items: int
+
+    def release(self) -> None:
+        for df in (self.ratings, self.users, self.items):
+            df.unpersist()
+
+    def summary(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            "n_users", "n_items", "n_train", "n_test", "mu", "sigma", "rating_lo", "rating_hi",
+            "id_type", "duplicates_dropped", "cold_users", "cold_items")}
+
+
+def split_column(seed: int, fraction: float) -> F.Column:
+    """True for the ratings that go to the test split: a seeded hash of (user, item)."""
+    h = F.pmod(F.xxhash64(F.col("user"), F.col("item"), F.lit(int(seed))), F.lit(_HASH_BUCKETS))
+    return (h.cast("double") / float(_HASH_BUCKETS)) < F.lit(float(fraction))
+
+
+def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[DataFrame, int]:
+    """Keep one rating per (user, item): the latest by timestamp, ties by the higher
+    rating. Returns (persisted frame, number of rows dropped)."""
+    order = F.struct(F.col("ts"), F.col("rating"))
+    grouped = (clean.df.groupBy("user", "item")
+               .agg(F.count(F.lit(1)).alias("_n"), F.max_by("rating", order).alias("rating"))
+               .persist(StorageLevel.MEMORY_AND_DISK))
+    st = grouped.agg(F.sum(F.col("_n") - 1).alias("dropped"),
+                     F.min(F.when(F.col("_n") > 1, F.struct("user", "item"))).alias("ex")).first()
+    dropped = int(st["dropped"] or 0)
+    if dropped:
+        ex = st["ex"]
+        what = (f"{role} {clean.path}: {dropped} duplicate rating(s) of the same (user, item), "
+                f"e.g. user {ex[0]} item {ex[1]}")
+        if policy == "error":
+            grouped.unpersist()
+            raise InputDataError(what + " (--on-duplicate error)")
+        if not clean.has_timestamp:
+            grouped.unpersist()
+            raise InputDataError(what + "; there is no timestamp column to keep the latest by: "
+                                 "name one with --timestamp-col or use --on-duplicate error")
+        log.info("%s: kept the latest of each duplicated (user, item); dropped %d row(s)",
+                 clean.path, dropped)
+    return grouped.drop("_n"), dropped
+
+
+def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: float,
+            split_seed: int, on_duplicate: str) -> PreparedData:
+    """Dedupe, split (or take the given test split), index and summarise."""
+    if test is not None and test.id_type != train.id_type:
+        raise InputDataError(f"test {test.path}: ids are {test.id_type}s but the training "
+                             f"ratings' are {train.id_type}s")
+    tr, dropped = dedupe(train, on_duplicate, "ratings")
+    if test is None:
+        combined = tr.withColumn("is_test", split_column(split_seed, test_fraction))
+        parts = [tr]
+    else:
+        te, dropped_test = dedupe(test, on_duplicate, "test")
+        dropped += dropped_test
+        combined = (tr.withColumn("is_test", F.lit(False))
+                    .unionByName(te.withColumn("is_test", F.lit(True))))
+        parts = [tr, te]
+    combined = combined.select("user", "item", "rating", "is_test").persist(
+        StorageLevel.MEMORY_AND_DISK)
+    train_r = F.when(~F.col("is_test"), F.col("rating"))
+    st = combined.agg(
+        F.sum(F.when(~F.col("is_test"), 1).otherwise(0)).alias("n_train"),
+        F.sum(F.when(F.col("is_test"), 1).otherwise(0)).alias("n_test"),
+        F.avg(train_r).alias("mu"), F.stddev_pop(train_r).alias("sigma"),
+        F.min(train_r).alias("lo"), F.max(train_r).alias("hi")).first()
+    for p in parts:
+        p.unpersist()
+    n_train, n_test = int(st["n_train"] or 0), int(st["n_test"] or 0)
+    if n_train + n_test < 2:
+        raise InputDataError(f"ratings {train.path}: {n_train + n_test} rating(s); "
+                             f"training needs at least 2")
+    if n_train == 0:
+        raise InputDataError(f"ratings {train.path}: the split left no training ratings "
+                             f"(lower --test-fraction)")
+    if n_test == 0:
+        where = test.path if test is not None else train.path
+        raise InputDataError(f"ratings {where}: the split left no test ratings "
+                             f"(raise --test-fraction or give --test)")
+    sigma = float(st["sigma"])
+    if not sigma > 0.0:
+        # every training rating is the same: z-scores are 0, the model predicts the mean
+        log.warning("all training ratings equal %g; the model can only predict that value",
+                    st["mu"])
+        sigma = 1.0
+
+    users, n_users = build_vocabulary(combined, "user")
+    items, n_items = build_vocabulary(combined, "item")
+    cold = (users.agg(F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))).first()[0] or 0,
+            items.agg(F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))).first()[0] or 0)
+    indexed = index_ratings(combined, users, items).persist(StorageLevel.MEMORY_AND_DISK)
+    indexed.count()
+    combined.unpersist()
+    # predictions are clipped to the range the training ratings span (within the
+    # declared scale): ML-1M's ratings.dat is on 1..5 although the format allows 0.5
+    lo_train, hi_train = float(st["lo"]), float(st["hi"])
+    if lo_train == hi_train and train.scale is not None:
+        lo_train, hi_train = train.scale
+    return PreparedData(
+        ratings=indexed, users=users, items=items, n_users=n_users, n_items=n_items,
+        n_train=n_train, n_test=n_test, mu=float(st["mu"]), sigma=sigma,
+        rating_lo=lo_train, rating_hi=hi_train, id_type=train.id_type,
+        float32_exact=train.float32_exact and (test is None or test.float32_exact),
+        duplicates_dropped=dropped, cold_users=int(cold[0]), cold_items=int(cold[1]))

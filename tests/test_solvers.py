@@ -1,0 +1,145 @@
+"""The batched ridge solver against numpy's least squares (no Spark)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pmf_spark.solvers import bucket_rows, reference_ridge_rows, ridge_solve_csr, to_rating
+
+
+def random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.0):
+    counts = rng.integers(0, max_per_row + 1, n_rows)
+    counts[rng.random(n_rows) < empty_fraction] = 0
+    counts = np.minimum(counts, n_fixed)
+    cols = [np.sort(rng.choice(n_fixed, c, replace=False)) for c in counts]
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cols = np.concatenate(cols).astype(np.int32) if cols else np.zeros(0, np.int32)
+    return indptr, cols, rng.normal(size=cols.size)
+
+
+def lstsq_rows(indptr, cols, targets, design, reg, row_scale=None):
+    """Each row as an augmented least-squares problem [F; sqrt(L)] x = [t; 0]."""
+    k = design.shape[1]
+    out = np.zeros((indptr.size - 1, k))
+    for i in range(indptr.size - 1):
+        sl = slice(indptr[i], indptr[i + 1])
+        if indptr[i + 1] == indptr[i]:
+            continue
+        s = 1.0 if row_scale is None else row_scale[i]
+        A = np.vstack([design[cols[sl]], np.diag(np.sqrt(reg * s))])
+        b = np.concatenate([targets[sl], np.zeros(k)])
+        out[i] = np.linalg.lstsq(A, b, rcond=None)[0]
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 40), n_fixed=st.integers(1, 60),
+       k=st.integers(1, 12), max_per_row=st.integers(0, 70),
+       lam=st.floats(1e-3, 50.0), scaled=st.booleans())
+def test_batched_solve_matches_lstsq(seed, n_rows, n_fixed, k, max_per_row, lam, scaled):
+    rng = np.random.default_rng(seed)
+    indptr, cols, t = random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.2)
+    design = rng.normal(size=(n_fixed, k))
+    reg = np.full(k, lam)
+    reg[-1] = lam / 3.0
+    scale = np.diff(indptr).astype(float) if scaled else None
+    got = ridge_solve_csr(indptr, cols, t, design, reg, row_scale=scale, with_fitted=True)
+    want = lstsq_rows(indptr, cols, t, design, reg, scale)
+    np.testing.assert_allclose(got.x, want, rtol=1e-7, atol=1e-9)
+    # fitted values are the design row times the solution, entry by entry
+    rows = np.repeat(np.arange(n_rows), np.diff(indptr))
+    np.testing.assert_allclose(got.fitted, np.einsum("ij,ij->i", design[cols], got.x[rows]),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_rows_with_fewer_ratings_than_rank_satisfy_the_normal_equations():
+    rng = np.random.default_rng(1)
+    k = 30
+    indptr, cols, t = random_csr(rng, 50, 200, 10)          # every row has <= 10 < k entries
+    design = rng.normal(size=(200, k))
+    reg = np.full(k, 0.5)
+    x = ridge_solve_csr(indptr, cols, t, design, reg).x
+    for i in range(50):
+        sl = slice(indptr[i], indptr[i + 1])
+        F = design[cols[sl]]
+        resid = (F.T @ F + np.diag(reg)) @ x[i] - F.T @ t[sl]
+        assert np.abs(resid).max() < 1e-9
+
+
+def test_empty_rows_are_zero_and_empty_block_is_fine():
+    design = np.ones((5, 3))
+    sol = ridge_solve_csr(np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0), design,
+                          np.ones(3), with_fitted=True)
+    assert sol.x.shape == (3, 3) and not sol.x.any()
+    assert sol.fitted.shape == (0,)
+    indptr = np.array([0, 0, 2, 2])
+    x = ridge_solve_csr(indptr, np.array([1, 3], np.int32), np.array([1.0, 2.0]),
+                        np.arange(15.0).reshape(5, 3), np.ones(3)).x
+    assert not x[0].any() and not x[2].any() and np.abs(x[1]).sum() > 0
+
+
+def test_zero_regularisation_on_a_singular_row_falls_back_to_least_squares():
+    # one entry, two unknowns and no prior: the minimum-norm solution, never NaN
+    design = np.array([[1.0, 1.0], [2.0, 0.0]])
+    x = ridge_solve_csr(np.array([0, 1]), np.array([0], np.int32), np.array([2.0]), design,
+                        np.zeros(2)).x
+    assert np.isfinite(x).all()
+    np.testing.assert_allclose(design[0] @ x[0], 2.0, atol=1e-9)
+
+
+def test_nan_free_on_large_values():
+    rng = np.random.default_rng(3)
+    indptr, cols, t = random_csr(rng, 20, 30, 25)
+    design = rng.normal(size=(30, 4)) * 1e6
+    x = ridge_solve_csr(indptr, cols, t * 1e6, design, np.full(4, 1e-3)).x
+    assert np.isfinite(x).all()
+
+
+def test_float32_gram_is_close_to_float64():
+    rng = np.random.default_rng(4)
+    indptr, cols, t = random_csr(rng, 200, 300, 150)
+    design = rng.normal(size=(300, 11)) * 0.3
+    reg = np.full(11, 5.0)
+    a = ridge_solve_csr(indptr, cols, t, design, reg).x
+    b = ridge_solve_csr(indptr, cols, t, design, reg, gram_dtype=np.float32).x
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a - b).max() > 0  # really a different code path
+
+
+def test_matches_row_by_row_reference_on_skewed_rows():
+    rng = np.random.default_rng(5)
+    counts = np.array([1, 2, 3, 500, 40, 41, 42, 0, 900, 7])
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    cols = np.concatenate([rng.choice(1000, c, replace=False) for c in counts]).astype(np.int32)
+    t = rng.normal(size=cols.size)
+    design = rng.normal(size=(1000, 8))
+    reg = np.linspace(0.1, 3.0, 8)
+    got = ridge_solve_csr(indptr, cols, t, design, reg).x
+    np.testing.assert_allclose(got, reference_ridge_rows(indptr, cols, t, design, reg),
+                               rtol=1e-9, atol=1e-11)
+
+
+@given(counts=st.lists(st.integers(0, 400), min_size=0, max_size=300), k=st.integers(1, 40))
+@settings(max_examples=80, deadline=None)
+def test_buckets_cover_each_nonempty_row_once_with_bounded_padding(counts, k):
+    counts = np.array(counts, dtype=np.int64)
+    buckets = bucket_rows(counts, k, max_bytes=1 << 16)
+    seen = np.concatenate([b for b, _ in buckets]) if buckets else np.zeros(0, np.int64)
+    assert sorted(seen.tolist()) == np.flatnonzero(counts > 0).tolist()
+    for rows, length in buckets:
+        assert length == counts[rows].max()
+        # padding of any row is at most a quarter of the bucket length
+        assert (counts[rows] >= 0.75 * length - 1e-9).all()
+
+
+def test_to_rating_links():
+    z = np.array([-10.0, 0.0, 0.5, 10.0])
+    lin = to_rating(z, mu=3.0, sigma=1.0, lo=1.0, hi=5.0)
+    np.testing.assert_allclose(lin, [1.0, 3.0, 3.5, 5.0])
+    raw = to_rating(z, mu=3.0, sigma=1.0, lo=1.0, hi=5.0, clip=False)
+    assert raw[0] == -7.0
+    sig = to_rating(z, mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="sigmoid")
+    assert sig[1] == pytest.approx(3.0) and 1.0 < sig[0] < 1.001 and 4.999 < sig[3] < 5.0

@@ -1,0 +1,213 @@
+"""The Spark ALS path against the dense numpy reference, and its plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from helpers import dense_split, prepared, random_ratings
+from pmf_spark import reference
+from pmf_spark.params import PMFParams
+from pmf_spark.solvers import to_rating
+from pmf_spark.train import ALSTrainer, block_labels, pack_side
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def small(spark):
+    data = prepared(spark, random_ratings(0, 70, 45, 0.25), test_fraction=0.2)
+    yield data
+    data.release()
+
+
+def ref_kwargs(params, data):
+    return dict(rank=params.rank, lam_bias=params.lambda_bias, biases=params.biases,
+                count_scaling=params.reg_scaling == "count", mu=data.mu, sigma=data.sigma)
+
+
+@pytest.mark.parametrize("params", [
+    PMFParams(rank=5, blocks=3, lambda_u=3.0, lambda_v=7.0, lambda_bias=2.0),
+    PMFParams(rank=4, blocks=2, biases=False, reg_scaling="count", lambda_u=0.1, lambda_v=0.2),
+], ids=["pmf-biases", "als-wr-no-biases"])
+def test_half_epochs_equal_the_dense_reference(spark, small, params):
+    trainer = ALSTrainer(spark, small, params)
+    trainer.setup()
+    try:
+        state = trainer.initial_state()
+        R, _ = dense_split(small)
+        kw = ref_kwargs(params, small)
+        # one user half-epoch through applyInPandas, from the same initial item factors
+        users = state.user.copy()
+        trainer.half_epoch("user", state.item, users)
+        want_users = reference.half_step(R, state.item, lam=params.lambda_u, **kw)
+        np.testing.assert_allclose(users, want_users, rtol=0, atol=1e-8)
+        # then the item half-epoch
+        items = state.item.copy()
+        trainer.half_epoch("item", users, items, metrics=True)
+        want_items = reference.half_step(R.T, want_users, lam=params.lambda_v, **kw)
+        np.testing.assert_allclose(items, want_items, rtol=0, atol=1e-8)
+    finally:
+        trainer.release()
+
+
+def test_epochs_match_reference_predictions_and_metrics(spark, small):
+    params = PMFParams(rank=6, epochs=4, blocks=2, lambda_u=5.0, lambda_v=5.0)
+    trainer = ALSTrainer(spark, small, params)
+    trainer.setup()
+    try:
+        init = trainer.initial_state()
+        R, T = dense_split(small)
+        kw = ref_kwargs(params, small)
+        ru, ri = reference.als(R, init.user.copy(), init.item.copy(), params.epochs,
+                               lam_u=params.lambda_u, lam_v=params.lambda_v, **kw)
+        state = trainer.fit(trainer.initial_state())
+        Zs = reference.predict_z(state.user, state.item, params.rank)
+        Zr = reference.predict_z(ru, ri, params.rank)
+        np.testing.assert_allclose(Zs, Zr, rtol=0, atol=1e-8)
+        last = state.history[-1]
+        conv = dict(mu=small.mu, sigma=small.sigma, lo=small.rating_lo, hi=small.rating_hi)
+        for M, rmse, mae in ((R, last.train_rmse, last.train_mae),
+                             (T, last.test_rmse, last.test_mae)):
+            m = ~np.isnan(M)
+            err = to_rating(Zr[m], **conv) - M[m]
+            assert rmse == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-9)
+            assert mae == pytest.approx(np.mean(np.abs(err)), rel=1e-9)
+        want_obj = reference.objective(R, ru, ri, lam_u=5.0, lam_v=5.0, **kw)
+        assert last.objective == pytest.approx(want_obj, rel=1e-9)
+    finally:
+        trainer.release()
+
+
+def test_objective_never_rises_across_epochs(spark, small):
+    for params in (PMFParams(rank=8, epochs=8, blocks=2, lambda_u=2.0, lambda_v=2.0),
+                   PMFParams(rank=8, epochs=8, blocks=2, reg_scaling="count", lambda_u=0.05,
+                             lambda_v=0.05)):
+        trainer = ALSTrainer(spark, small, params)
+        try:
+            objs = [m.objective for m in trainer.fit().history]
+        finally:
+            trainer.release()
+        assert all(b <= a * (1 + 1e-12) for a, b in zip(objs, objs[1:])), objs
+        assert objs[-1] < objs[0]
+
+
+def plan_nodes(df) -> list[str]:
+    """Node names of the physical plan (what AQE starts from), not descending into the
+    plans that built cached relations."""
+    def walk(node):
+        if node.nodeName() == "AdaptiveSparkPlan":
+            return walk(node.executedPlan())
+        ch = node.children()
+        return [node.nodeName()] + [n for i in range(ch.size()) for n in walk(ch.apply(i))]
+    return walk(df._jdf.queryExecution().executedPlan())
+
+
+def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, small):
+    trainer = ALSTrainer(spark, small, PMFParams(rank=3, blocks=3))
+    trainer.setup()
+    try:
+        state = trainer.initial_state()
+        for solving, fixed in (("user", state.item), ("item", state.user)):
+            df, bc = trainer.half_epoch_frame(solving, fixed)
+            nodes = plan_nodes(df)
+            bc.destroy()
+            assert nodes == ["FlatMapGroupsInPandas", "InMemoryTableScan"], nodes
+        # the check can fail: a layout cached without the in-partition sort needs a Sort
+        import functools
+
+        from pmf_spark.train import block_of, solve_frame
+        from pmf_spark.udfs import PACKED_SCHEMA, pack_block
+        labels = block_labels(spark, 3)
+        fn = functools.partial(pack_block, chunk_ratings=1000, val_dtype="float32",
+                               with_test=False)
+        unsorted = (small.ratings.filter("not is_test")
+                    .select(F.col("u").alias("row"), F.col("i").alias("col"), "rating",
+                            block_of("u", labels).alias("block"))
+                    .groupBy("block").applyInPandas(fn, PACKED_SCHEMA)
+                    .repartition(3, "block").cache())
+        unsorted.count()  # materialised, like the real layout
+        df = solve_frame(unsorted, (np.zeros((small.n_items, 3)), None),
+                         **trainer.solve_kwargs("user", False))
+        nodes = plan_nodes(df)
+        assert "Sort" in nodes and "Exchange" not in nodes, nodes
+        unsorted.unpersist()
+    finally:
+        trainer.release()
+
+
+@pytest.mark.parametrize("blocks", [2, 3, 5, 8])
+def test_block_labels_land_one_per_partition(spark, small, blocks):
+    labels = block_labels(spark, blocks)
+    assert len(set(labels)) == blocks
+    packed = pack_side(small.ratings, "u", "i", labels, with_test=False, chunk_ratings=1000,
+                       val_dtype="float32")
+    per_part = (packed.select(F.spark_partition_id().alias("p"), "block")
+                .groupBy("p").agg(F.countDistinct("block").alias("n")).collect())
+    packed.unpersist()
+    assert len(per_part) == blocks and all(r["n"] == 1 for r in per_part)
+
+
+def test_results_do_not_depend_on_the_block_count(spark, small):
+    finals = []
+    for blocks in (1, 4):
+        trainer = ALSTrainer(spark, small, PMFParams(rank=5, epochs=3, blocks=blocks))
+        try:
+            st = trainer.fit()
+        finally:
+            trainer.release()
+        finals.append((st.history[-1].test_rmse, reference.predict_z(st.user, st.item, 5)))
+    assert finals[0][0] == pytest.approx(finals[1][0], abs=1e-10)
+    np.testing.assert_allclose(finals[0][1], finals[1][1], atol=1e-9)
+
+
+def test_blocks_are_balanced_by_rating_count(spark):
+    # heavy-tailed activity: count-ordered round-robin keeps blocks within a few percent
+    rng = np.random.default_rng(5)
+    import pandas as pd
+    n = rng.zipf(1.6, 400).clip(1, 300)
+    users = np.repeat(np.arange(400), n)
+    items = np.concatenate([rng.choice(300, k, replace=False) for k in n])
+    pdf = pd.DataFrame({"user": users, "item": items, "rating": 3.0 + (users % 3) / 2})
+    data = prepared(spark, pdf, test_fraction=0.1)
+    labels = block_labels(spark, 4)
+    packed = pack_side(data.ratings, "u", "i", labels, with_test=False, chunk_ratings=1000,
+                       val_dtype="float32")
+    nnz = [r["n"] for r in packed.groupBy("block").agg(F.sum("nnz").alias("n")).collect()]
+    packed.unpersist()
+    data.release()
+    assert max(nnz) - min(nnz) <= max(n) + 1, nnz
+
+
+def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
+    import pandas as pd
+
+    from helpers import clean_from_pandas
+    from pmf_spark.prepare import prepare
+
+    train = random_ratings(3, 40, 30, 0.3)
+    test = pd.DataFrame({"user": [99999, 99999, 100, 100], "item": [1000, 88888, 88888, 1003],
+                         "rating": [4.0, 2.0, 3.5, 1.0]})
+    data = prepare(clean_from_pandas(spark, train), clean_from_pandas(spark, test, "t"),
+                   test_fraction=0.5, split_seed=0, on_duplicate="error")
+    assert (data.cold_users, data.cold_items) == (1, 1)
+    trainer = ALSTrainer(spark, data, PMFParams(rank=4, epochs=2, blocks=2))
+    try:
+        st = trainer.fit()
+        cold_u = trainer.user_counts == 0
+        cold_i = trainer.item_counts == 0
+        assert cold_u.sum() == 1 and cold_i.sum() == 1
+        assert not st.user[cold_u].any() and not st.item[cold_i].any()
+        m = trainer.model(st)
+        # the cold user/item pairs predict the mean plus the known side's bias, never NaN
+        u_cold, i_cold = np.flatnonzero(cold_u)[0], np.flatnonzero(cold_i)[0]
+        pred = m.predict(np.array([u_cold, u_cold]), np.array([0, i_cold]))
+        assert np.isfinite(pred).all()
+        assert pred[1] == pytest.approx(np.clip(data.mu, data.rating_lo, data.rating_hi))
+        assert pred[0] == pytest.approx(np.clip(data.mu + data.sigma * m.item_bias[0],
+                                                data.rating_lo, data.rating_hi))
+        assert np.isfinite(st.history[-1].test_rmse)
+    finally:
+        trainer.release()
+        data.release()
