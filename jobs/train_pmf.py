@@ -11,13 +11,13 @@ Exit codes: 0 success, 2 bad input or configuration (one line on stderr),
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from pmf_spark.cli import OneLineErrorParser, setup_logging
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import PMFUserError
-from pmf_spark.params import (DUPLICATE_POLICIES, FORMATS, GRAM_DTYPES, LINKS, REG_SCALINGS,
-                              SYNTHETIC_SHAPES, JobConfig, PMFParams)
+from pmf_spark.params import (COLD_START, DUPLICATE_POLICIES, FORMATS, GRAM_DTYPES, LINKS,
+                              REG_SCALINGS, SYNTHETIC_SHAPES, JobConfig, PMFParams)
 
 GROUPS = {
     "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
@@ -26,10 +26,14 @@ GROUPS = {
     "model": ("model", ["rank", "epochs", "lambda_u", "lambda_v", "biases", "lambda_bias",
                         "reg_scaling", "link", "clip", "init_std", "seed"]),
     "output": ("job", ["output", "output_files"]),
+    "recommendations and evaluation": ("job", ["top_k", "min_item_ratings", "exclude_items",
+                                               "relevance_threshold", "cold_start",
+                                               "similar_items"]),
     "spark and performance": ("model", ["blocks", "gram_dtype", "chunk_ratings"]),
 }
 CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
-           "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES}
+           "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
+           "cold_start": COLD_START}
 SECTION_CLASS = {"job": JobConfig, "model": PMFParams}
 
 
@@ -41,13 +45,6 @@ def _type_of(annotation: str):
     if annotation.startswith("float"):
         return float
     return str
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,15 +97,6 @@ def flags_to_sections(ns: argparse.Namespace) -> dict:
             section, name = key.split(".", 1)
             out[section][name] = value
     return out
-
-
-def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s pmf-spark  %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("pmf_spark")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:

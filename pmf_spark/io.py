@@ -464,3 +464,20 @@ def local_path(path: str) -> str | None:
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path):
         return None
     return os.path.abspath(path)
+
+
+def read_id_list(spark: SparkSession, path: str, id_type: str, role: str) -> DataFrame:
+    """A file of ids, one per line ('#' comments and blank lines ignored), as a
+    one-column frame ``id`` of the model's id type."""
+    if not path_exists(spark, path):
+        raise InputDataError(f"{role} {path}: no such file or directory")
+    lines = (spark.read.text(path).select(F.trim(F.col("value")).alias("v"),
+                                          F.col("_metadata.file_path").alias("_file"))
+             .where((F.col("v") != "") & ~F.col("v").startswith("#")))
+    if id_type == "long":
+        ids = lines.select(F.col("v").try_cast("long").alias("id"), "v", "_file")
+        bad = ids.where(F.col("id").isNull()).select("_file", "v").first()
+        if bad is not None:
+            raise InputDataError(f"{role} {_short(bad[0])}: {bad[1]!r} is not an integer id")
+        return ids.select("id")
+    return lines.select(F.col("v").alias("id"))

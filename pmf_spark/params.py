@@ -23,6 +23,7 @@ LINKS = ("linear", "sigmoid")
 REG_SCALINGS = ("none", "count")
 GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
+COLD_START = ("popular", "drop")
 
 
 def _doc(text: str, **kw):
@@ -162,6 +163,18 @@ class JobConfig(_Params):
     split_seed: int = _doc("seed of the train/test split", default=0)
     output: str = _doc("output directory (replaced atomically on success)", default="out/pmf")
     output_files: int = _doc("Parquet files per factor table; 0 = by size", default=0)
+    top_k: int = _doc("recommendations per user written to recommendations/; 0 = none",
+                      default=10)
+    min_item_ratings: int = _doc("recommend only items with at least this many training ratings",
+                                 default=1)
+    exclude_items: str | None = _doc("file of item ids (one per line) never to recommend",
+                                     default=None)
+    relevance_threshold: float = _doc("a test rating at or above this is relevant (ranking "
+                                      "metrics)", default=4.0)
+    cold_start: str = _doc("users without training ratings: 'popular' gives them the most "
+                           "popular items (flagged), 'drop' leaves them out", default="popular")
+    similar_items: int = _doc("k nearest items by cosine written to item_neighbors/; 0 = none",
+                              default=0)
 
     def __post_init__(self):
         _check_choice("format", self.format, FORMATS)
@@ -170,6 +183,11 @@ class JobConfig(_Params):
         _check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
         _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
         _check_int("output_files", self.output_files, 0, 10_000)
+        _check_int("top_k", self.top_k, 0, 10_000)
+        _check_int("min_item_ratings", self.min_item_ratings, 0)
+        _check_float("relevance_threshold", self.relevance_threshold)
+        _check_choice("cold_start", self.cold_start, COLD_START)
+        _check_int("similar_items", self.similar_items, 0, 10_000)
         for name in ("rating_min", "rating_max"):
             v = getattr(self, name)
             if v is not None:
@@ -178,7 +196,8 @@ class JobConfig(_Params):
                 and self.rating_min >= self.rating_max):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
-        for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col", "sep"):
+        for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col", "sep",
+                     "exclude_items"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):
                 raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")

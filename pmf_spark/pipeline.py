@@ -13,15 +13,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from . import __version__
 from .errors import ConfigError, InputDataError
-from .io import AtomicOutput, CleanRatings, load_ratings, path_exists, qualify, read_text
+from .io import (AtomicOutput, CleanRatings, load_ratings, path_exists, qualify, read_id_list,
+                 read_text)
 from .params import JobConfig, PMFParams
 from .prepare import PreparedData, prepare
+from .recommend import (candidate_items, cold_start_recs, item_neighbors, item_tiebreak,
+                        ranking_metrics, recommend_all)
 from .synthetic import get_shape, synthetic_ratings
 from .train import ALSTrainer, EpochMetrics, FactorModel, TrainState
 
@@ -30,6 +34,8 @@ log = logging.getLogger("pmf_spark")
 MODEL_FORMAT_VERSION = 1
 FACTOR_TABLES = {"user": "user_factors", "item": "item_factors"}
 VOCAB_TABLES = {"user": "user_vocabulary", "item": "item_vocabulary"}
+RECS_TABLE = "recommendations"
+NEIGHBORS_TABLE = "item_neighbors"
 
 
 def factor_schema(side: str, id_type: str) -> T.StructType:
@@ -157,32 +163,123 @@ class TrainResult:
     seconds: float
 
 
+def ids_frame(df: DataFrame, data: PreparedData, user_col: str = "u",
+              item_col: str | None = "i") -> DataFrame:
+    """Replace dense indices by original ids (broadcast joins with the vocabularies)."""
+    out = df.join(F.broadcast(data.users.select(F.col("idx").alias(user_col),
+                                                F.col("id").alias("user_id"))), user_col)
+    if item_col is not None:
+        out = out.join(F.broadcast(data.items.select(F.col("idx").alias(item_col),
+                                                     F.col("id").alias("item_id"))), item_col)
+    return out
+
+
+def _write_sorted(df: DataFrame, path: str, n_files: int, *keys: str) -> None:
+    df.repartitionByRange(n_files, keys[0]).sortWithinPartitions(*keys).write.parquet(path)
+
+
+def write_recommendations(spark: SparkSession, cfg: JobConfig, params: PMFParams,
+                          data: PreparedData, trainer: ALSTrainer, model: FactorModel,
+                          out: AtomicOutput) -> tuple[dict, int]:
+    """Top-k for every user, the popularity baseline and their ranking metrics."""
+    k = cfg.top_k
+    counts = trainer.item_counts
+    excluded = None
+    if cfg.exclude_items:
+        ids = read_id_list(spark, cfg.exclude_items, data.id_type, "exclude-items")
+        found = ids.join(data.items, "id").select("idx").distinct().toArrow()
+        excluded = found.column("idx").to_numpy().astype(np.int64)
+        log.info("excluding %d item(s) listed in %s", excluded.size, cfg.exclude_items)
+    candidates = candidate_items(counts, cfg.min_item_ratings, excluded)
+    tiebreak = item_tiebreak(data.items, data.n_items)
+    common = dict(k=k, candidates=candidates, tiebreak=tiebreak, popularity=counts)
+    sc = spark.sparkContext
+    frames = {}
+    for name, popular in (("model", False), ("popular", True)):
+        sc.setJobDescription(f"top-{k}: {name}")
+        recs = recommend_all(spark, trainer.packed_users, model, val_dtype=trainer.val_dtype,
+                             popular=popular, **common).withColumn("cold_start", F.lit(False))
+        if cfg.cold_start == "popular":
+            cold = cold_start_recs(spark, data.users, model, **common)
+            recs = recs.unionByName(cold.withColumn("cold_start", F.lit(True)))
+        frames[name] = recs.persist(StorageLevel.MEMORY_AND_DISK)
+    t0 = time.perf_counter()
+    n_recs = frames["model"].count()
+    seconds = time.perf_counter() - t0
+    sc.setJobDescription("write recommendations")
+    named = ids_frame(frames["model"], data).select(
+        "user_id", "rank", "item_id", "predicted_rating", "score", "cold_start")
+    _write_sorted(named, out.path(RECS_TABLE), _n_files(cfg, n_recs // max(1, k) + 1, k),
+                  "user_id", "rank")
+    test = data.ratings.where(F.col("is_test")).select("u", "i", "rating")
+    sc.setJobDescription("ranking metrics")
+    ranking = {name: ranking_metrics(df, test, k=k, threshold=cfg.relevance_threshold,
+                                     n_catalogue=int(candidates.sum()))
+               for name, df in frames.items()}
+    ranking["top_k_seconds"] = seconds
+    for df in frames.values():
+        df.unpersist()
+    sc.setJobDescription(None)
+    for name, label in (("model", "PMF"), ("popular", "most popular")):
+        r = ranking[name]
+        log.info("%-12s @%d (relevant >= %g, %d users): precision %.4f recall %.4f ndcg %.4f "
+                 "map %.4f hit rate %.4f coverage %.4f", label, k, cfg.relevance_threshold,
+                 r["users"], r["precision"], r["recall"], r["ndcg"], r["map"], r["hit_rate"],
+                 r["coverage"])
+    return ranking, n_recs
+
+
 def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: PreparedData,
                   trainer: ALSTrainer, state: TrainState, seconds: dict) -> str:
-    """Write factors, vocabularies, metrics and model.json; swap them in atomically."""
+    """Write factors, vocabularies, splits, recommendations, metrics and model.json;
+    swap them in atomically."""
     model = trainer.model(state)
     out = AtomicOutput(spark, cfg.output)
     try:
         counts = {}
         sc = spark.sparkContext
-        sc.setJobDescription("write outputs")
+        sc.setJobDescription("write factors")
         for side, mat, bias, vocab in (("user", model.U, model.user_bias, data.users),
                                        ("item", model.V, model.item_bias, data.items)):
-            name = FACTOR_TABLES[side]
-            df = factor_frame(spark, mat, bias, vocab, f"{side}_id")
             n_files = _n_files(cfg, mat.shape[0], params.rank)
-            (df.repartitionByRange(n_files, f"{side}_id").sortWithinPartitions(f"{side}_id")
-             .write.parquet(out.path(name)))
-            counts[name] = int(mat.shape[0])
-            vname = VOCAB_TABLES[side]
-            (vocab.select(F.col("id").alias(f"{side}_id"), "idx", "n_ratings")
-             .repartitionByRange(n_files, "idx").sortWithinPartitions("idx")
-             .write.parquet(out.path(vname)))
-            counts[vname] = int(mat.shape[0])
+            df = factor_frame(spark, mat, bias, vocab, f"{side}_id")
+            _write_sorted(df, out.path(FACTOR_TABLES[side]), n_files, f"{side}_id")
+            counts[FACTOR_TABLES[side]] = int(mat.shape[0])
+            _write_sorted(vocab.select(F.col("id").alias(f"{side}_id"), "idx", "n_ratings"),
+                          out.path(VOCAB_TABLES[side]), n_files, "idx")
+            counts[VOCAB_TABLES[side]] = int(mat.shape[0])
+        sc.setJobDescription("write splits")
+        for name, is_test, n in (("train_ratings", False, data.n_train),
+                                 ("test_ratings", True, data.n_test)):
+            split = ids_frame(data.ratings.where(F.col("is_test") == F.lit(is_test)), data)
+            _write_sorted(split.select("user_id", "item_id", "rating"), out.path(name),
+                          _n_files(cfg, n // 8 + 1, 1), "user_id", "item_id")
+            counts[name] = n
+        ranking = None
+        if cfg.top_k > 0:
+            ranking, counts[RECS_TABLE] = write_recommendations(
+                spark, cfg, params, data, trainer, model, out)
+            seconds["top_k"] = ranking.pop("top_k_seconds")
+        if cfg.similar_items > 0:
+            sc.setJobDescription(f"item neighbours: {cfg.similar_items}")
+            tiebreak = item_tiebreak(data.items, data.n_items)
+            nb = item_neighbors(spark, model, data.n_items, trainer.item_counts,
+                                k=cfg.similar_items, tiebreak=tiebreak, blocks=trainer.blocks)
+            named = (ids_frame(nb, data, user_col="i", item_col=None)
+                     .withColumnRenamed("user_id", "item_id")
+                     .join(F.broadcast(data.items.select(F.col("idx").alias("j"),
+                                                         F.col("id").alias("neighbor_id"))), "j")
+                     .select("item_id", "rank", "neighbor_id", "similarity"))
+            _write_sorted(named, out.path(NEIGHBORS_TABLE),
+                          _n_files(cfg, data.n_items, cfg.similar_items), "item_id", "rank")
+            counts[NEIGHBORS_TABLE] = spark.read.parquet(out.path(NEIGHBORS_TABLE)).count()
         sc.setJobDescription(None)
         history = [m.to_dict() for m in state.history]
         final = history[-1] if history else {}
-        out.write_json("metrics.json", {"epochs": history, "final": final})
+        metrics = {"epochs": history, "final": final}
+        if ranking is not None:
+            metrics["ranking"] = ranking
+        out.write_json("metrics.json", metrics)
         out.write_text("metrics.csv", history_csv(state.history))
         meta = {
             "format_version": MODEL_FORMAT_VERSION,
@@ -195,6 +292,7 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
             "epochs_run": state.epoch,
             "blocks": trainer.blocks,
             "final_metrics": final,
+            "ranking": ranking,
             "seconds": seconds,
             "versions": versions(),
         }

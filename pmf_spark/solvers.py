@@ -193,3 +193,42 @@ def to_rating(z: np.ndarray, *, mu: float, sigma: float, lo: float, hi: float,
         return lo + (hi - lo) / (1.0 + np.exp(-z))
     r = mu + sigma * z
     return np.clip(r, lo, hi) if clip else r
+
+
+def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray):
+    """The k best entries of every row of ``scores``, ordered by score descending,
+    then by ``tiebreak`` ascending; entries equal to -inf are never chosen.
+
+    Ties at the k-th place are resolved exactly (not by argpartition's luck).
+
+    Args:
+        scores: float64 (n, m); -inf marks an excluded entry.
+        k: how many to keep per row.
+        tiebreak: int (m,) the order of the columns among equal scores.
+
+    Returns:
+        (rows, ranks, cols, values): flat arrays, ranks 1-based; a row with fewer
+        than k admissible entries yields fewer.
+    """
+    n, m = scores.shape
+    kk = min(k, m)
+    if n == 0 or kk == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, np.zeros(0)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    vals = np.take_along_axis(scores, part, axis=1)
+    kth = vals.min(axis=1)
+    # rows where more entries than kk reach the boundary score: choose by tiebreak
+    crowded = np.flatnonzero(((scores >= kth[:, None]).sum(axis=1) > kk) & np.isfinite(kth))
+    for r in crowded:
+        cand = np.flatnonzero(scores[r] >= kth[r])
+        order = np.lexsort((tiebreak[cand], -scores[r, cand]))[:kk]
+        part[r] = cand[order]
+        vals[r] = scores[r, part[r]]
+    order = np.lexsort((tiebreak[part], -vals), axis=1)
+    part = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    ok = np.isfinite(vals)
+    rows = np.repeat(np.arange(n), kk).reshape(n, kk)
+    ranks = np.cumsum(ok, axis=1)
+    return rows[ok], ranks[ok], part[ok], vals[ok]

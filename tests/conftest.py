@@ -68,3 +68,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("pmf-spark measurements")
         for line in _REPORTED:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def ml100k_model(spark, ml100k, tmp_path_factory) -> str:
+    """The training job with default settings on MovieLens 100K (seeded 85/15), once."""
+    import train_pmf
+
+    out = tmp_path_factory.mktemp("ml100k") / "default"
+    code = train_pmf.main(["--ratings", str(ml100k / "u.data"), "--output", str(out)],
+                          spark=spark)
+    assert code == 0
+    return str(out)

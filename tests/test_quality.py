@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -37,9 +38,10 @@ def test_planted_data_is_recovered_to_the_noise_level(spark, tmp_path, report):
 
 
 @pytest.mark.movielens
-def test_movielens_100k_default_and_seed_configuration(spark, tmp_path, ml100k, report):
+def test_movielens_100k_default_and_seed_configuration(spark, tmp_path, ml100k, ml100k_model,
+                                                       report):
     data = str(ml100k / "u.data")
-    default = run_job(spark, tmp_path / "default", "--ratings", data)
+    default = json.loads((Path(ml100k_model) / "model.json").read_text())
     seed = run_job(spark, tmp_path / "seed", "--ratings", data,
                    "--config", str(ROOT / "conf" / "seed.toml"))
     d, s = default["final_metrics"]["test_rmse"], seed["final_metrics"]["test_rmse"]

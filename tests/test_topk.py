@@ -1,0 +1,114 @@
+"""Top-k selection, fold-in and ranking metrics against plain numpy/pandas (no Spark)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pmf_spark import reference
+from pmf_spark.recommend import fold_in, recommend_rows
+from pmf_spark.solvers import top_k
+
+
+def brute_top_k(scores, k, tiebreak):
+    out = []
+    for r in range(scores.shape[0]):
+        ok = np.flatnonzero(np.isfinite(scores[r]))
+        order = sorted(ok, key=lambda j: (-scores[r, j], tiebreak[j]))[:k]
+        out += [(r, n + 1, j, scores[r, j]) for n, j in enumerate(order)]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 12), m=st.integers(1, 30),
+       k=st.integers(1, 35), levels=st.integers(1, 6), excluded=st.floats(0, 0.9))
+def test_top_k_matches_a_full_sort_ties_included(seed, n, m, k, levels, excluded):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (n, m)).astype(float)   # few levels: many ties
+    scores[rng.random((n, m)) < excluded] = -np.inf
+    tiebreak = rng.permutation(m)
+    got = list(zip(*[a.tolist() for a in top_k(scores, k, tiebreak)]))
+    assert got == brute_top_k(scores, k, tiebreak)
+
+
+def test_recommend_rows_excludes_rated_and_non_candidates():
+    rng = np.random.default_rng(0)
+    n, m, r = 6, 20, 3
+    U, V = rng.normal(size=(n, r)), rng.normal(size=(m, r))
+    ub, ib = rng.normal(size=n), rng.normal(size=m)
+    rated = [np.sort(rng.choice(m, c, replace=False)) for c in (0, 3, 19, 5, 1, 20)]
+    indptr = np.concatenate([[0], np.cumsum([x.size for x in rated])])
+    cand = np.ones(m, bool)
+    cand[[2, 7]] = False
+    tiebreak = np.arange(m)[::-1].copy()
+    recs = recommend_rows(U, ub, indptr, np.concatenate(rated), V, ib, cand, tiebreak, 4,
+                          mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="linear", clip=True)
+    for u in range(n):
+        mine = recs[recs.u == u]
+        allowed = [j for j in range(m) if cand[j] and j not in set(rated[u])]
+        assert len(mine) == min(4, len(allowed))
+        assert not set(mine.i) & set(rated[u]) and not set(mine.i) & {2, 7}
+        full = 3.0 + U[u] @ V.T + ub[u] + ib
+        want = sorted(allowed, key=lambda j: (-full[j], tiebreak[j]))[:4]
+        assert mine.i.tolist() == want
+        np.testing.assert_allclose(mine.score, full[want])
+        np.testing.assert_allclose(mine.predicted_rating, np.clip(full[want], 1.0, 5.0))
+        assert mine["rank"].tolist() == list(range(1, len(want) + 1))
+
+
+def test_fold_in_equals_a_user_half_step():
+    rng = np.random.default_rng(1)
+    m, r = 30, 4
+    V, ib = rng.normal(size=(m, r)), rng.normal(size=m)
+    items = np.array([3, 9, 1, 22, 17])
+    ratings = np.array([4.0, 2.5, 5.0, 3.0, 1.0])
+    f, b = fold_in(V, ib, items, ratings, lam=2.0, lam_bias=0.5, biases=True,
+                   count_scaling=False, mu=3.2, sigma=1.1)
+    R = np.full((1, m), np.nan)
+    R[0, items] = ratings
+    want = reference.half_step(R, np.hstack([V, ib[:, None]]), rank=r, lam=2.0, lam_bias=0.5,
+                               biases=True, count_scaling=False, mu=3.2, sigma=1.1)[0]
+    np.testing.assert_allclose(np.r_[f, b], want, atol=1e-12)
+
+
+# ----------------------------------------------------------------------- ranking metrics
+
+def pandas_ranking(recs: pd.DataFrame, test: pd.DataFrame, k: int, threshold: float) -> dict:
+    """Plain pandas reference of pmf_spark.recommend.ranking_metrics."""
+    rel = test[test.rating >= threshold].groupby("u")["i"].apply(set)
+    rows = []
+    for u, relevant in rel.items():
+        mine = recs[(recs.u == u) & (recs["rank"] <= k)].sort_values("rank")
+        hits = [rk for rk, i in zip(mine["rank"], mine.i) if i in relevant]
+        R = len(relevant)
+        dcg = sum(1 / math.log2(rk + 1) for rk in hits)
+        idcg = sum(1 / math.log2(j + 1) for j in range(1, min(R, k) + 1))
+        ap = sum((n + 1) / rk for n, rk in enumerate(hits)) / min(R, k)
+        rows.append(dict(precision=len(hits) / k, recall=len(hits) / R, ndcg=dcg / idcg,
+                         map=ap, hit_rate=float(bool(hits))))
+    df = pd.DataFrame(rows)
+    return {c: float(df[c].mean()) for c in df.columns} | {"users": len(df)}
+
+
+HAND_RECS = pd.DataFrame({"u": [1, 1, 1, 2, 2, 2, 3, 3, 3],
+                          "rank": [1, 2, 3] * 3,
+                          "i": [10, 11, 12, 10, 13, 14, 15, 16, 17]})
+HAND_TEST = pd.DataFrame({"u": [1, 1, 2, 2, 2, 3, 4], "i": [11, 99, 14, 10, 20, 15, 10],
+                          "rating": [5.0, 4.0, 4.5, 3.0, 4.0, 2.0, 5.0]})
+
+
+def test_pandas_reference_on_a_hand_made_case():
+    # user 1: relevant {11, 99}, hit at rank 2; user 2: relevant {14, 20}, hit at rank 3;
+    # user 3: nothing relevant (not counted); user 4: relevant {10}, no recommendations
+    got = pandas_ranking(HAND_RECS, HAND_TEST, k=3, threshold=4.0)
+    assert got["users"] == 3
+    assert math.isclose(got["precision"], (1 / 3 + 1 / 3 + 0) / 3)
+    assert math.isclose(got["recall"], (1 / 2 + 1 / 2 + 0) / 3)
+    assert math.isclose(got["hit_rate"], 2 / 3)
+    idcg2 = 1 + 1 / math.log2(3)
+    assert math.isclose(got["ndcg"], ((1 / math.log2(3)) / idcg2 + 0.5 / idcg2) / 3)
+    assert math.isclose(got["map"], ((1 / 2) / 2 + (1 / 3) / 2) / 3)
