@@ -17,23 +17,27 @@ from pmf_spark.cli import OneLineErrorParser, setup_logging
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import PMFUserError
 from pmf_spark.params import (COLD_START, DUPLICATE_POLICIES, FORMATS, GRAM_DTYPES, LINKS,
-                              REG_SCALINGS, SYNTHETIC_SHAPES, JobConfig, PMFParams)
+                              MODELS, PRIORS, REG_SCALINGS, SYNTHETIC_SHAPES, JobConfig,
+                              PMFParams)
 
 GROUPS = {
     "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
                       "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate",
-                      "synthetic", "test_fraction", "split_seed"]),
-    "model": ("model", ["rank", "epochs", "lambda_u", "lambda_v", "biases", "lambda_bias",
-                        "reg_scaling", "link", "clip", "init_std", "seed"]),
+                      "synthetic", "test_fraction", "split_seed", "validation_fraction"]),
+    "model": ("model", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
+                        "lambda_bias", "reg_scaling", "priors", "prior_update_every",
+                        "early_stopping", "link", "clip", "init_std", "seed", "samples",
+                        "burn_in", "thin"]),
     "output": ("job", ["output", "output_files"]),
     "recommendations and evaluation": ("job", ["top_k", "min_item_ratings", "exclude_items",
                                                "relevance_threshold", "cold_start",
                                                "similar_items"]),
+    "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
     "spark and performance": ("model", ["blocks", "gram_dtype", "chunk_ratings"]),
 }
 CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
-           "cold_start": COLD_START}
+           "cold_start": COLD_START, "priors": PRIORS, "model": MODELS}
 SECTION_CLASS = {"job": JobConfig, "model": PMFParams}
 
 

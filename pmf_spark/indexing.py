@@ -20,7 +20,7 @@ VOCAB_COLUMNS = ("id", "idx", "n_ratings")
 
 
 def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
-    """Vocabulary of ``id_col`` over ``ratings`` (which has a boolean ``is_test``).
+    """Vocabulary of ``id_col`` over ``ratings`` (which has ``kind``, 0 = training).
 
     Returns:
         (vocab, size): vocab has columns ``id`` (the raw id), ``idx`` (int, dense
@@ -28,7 +28,7 @@ def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
         persisted, call ``unpersist`` when done.
     """
     counts = (ratings.groupBy(F.col(id_col).alias("id"))
-              .agg(F.sum(F.when(~F.col("is_test"), 1).otherwise(0)).cast("int").alias("n_ratings")))
+              .agg(F.sum(F.when(F.col("kind") == 0, 1).otherwise(0)).cast("int").alias("n_ratings")))
     ordered = counts.orderBy(F.col("n_ratings").desc(), F.col("id").asc())
     tagged = (ordered.withColumn("_pid", F.spark_partition_id())
               .withColumn("_pos", F.monotonically_increasing_id()
@@ -54,8 +54,8 @@ def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
 
 
 def index_ratings(ratings: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
-    """Replace raw ids by dense indices: columns u, i (int), rating, is_test."""
+    """Replace raw ids by dense indices: columns u, i (int), rating, is_test, kind."""
     u = users.select(F.col("id").alias("user"), F.col("idx").alias("u"))
     i = items.select(F.col("id").alias("item"), F.col("idx").alias("i"))
     return (ratings.join(u, "user").join(i, "item")
-            .select("u", "i", "rating", "is_test"))
+            .select("u", "i", "rating", "is_test", "kind"))

@@ -186,6 +186,11 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
         raise InputDataError(f"{path}: no such file or directory")
     if fmt == "auto":
         fmt = guess_format(path)
+        if fmt == "movielens-csv":
+            # ratings.csv is MovieLens' only with MovieLens' header
+            header = spark.read.option("header", True).csv(path).columns
+            if not {"userId", "movieId"} <= set(header):
+                fmt = "csv"
     if fmt not in SPECS:
         raise InputDataError(f"unknown format {fmt!r} (choose from {', '.join(SPECS)})")
     spec = SPECS[fmt]

@@ -24,6 +24,8 @@ REG_SCALINGS = ("none", "count")
 GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
+PRIORS = ("fixed", "spherical", "diagonal")
+MODELS = ("pmf", "bpmf")
 
 
 def _doc(text: str, **kw):
@@ -94,11 +96,11 @@ class PMFParams(_Params):
     rank: int = _doc("number of latent dimensions d", default=30)
     epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
     lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, as in PMF)",
-                           default=10.0)
+                           default=12.0)
     lambda_v: float = _doc("item factor prior precision ratio sigma^2/sigma_V^2 (unscaled, as in PMF)",
-                           default=10.0)
+                           default=12.0)
     biases: bool = _doc("learn user and item biases jointly with the factors", default=True)
-    lambda_bias: float = _doc("prior precision ratio of the user and item biases", default=10.0)
+    lambda_bias: float = _doc("prior precision ratio of the user and item biases", default=3.0)
     reg_scaling: str = _doc("'none': fixed lambda (PMF); 'count': lambda * n_ratings of the row "
                             "(ALS-WR, Spark MLlib)", default="none")
     link: str = _doc("'linear': mu + sigma * (u.v + biases); 'sigmoid': min + (max-min) * "
@@ -106,7 +108,18 @@ class PMFParams(_Params):
     clip: bool = _doc("clip linear predictions to the training rating range", default=True)
     init_std: float = _doc("std of the Gaussian initial factors; 0 = the prior's, 1/sqrt(lambda)",
                            default=0.0)
-    seed: int = _doc("seed of the initial factors", default=0)
+    seed: int = _doc("seed of the initial factors (and of BPMF's draws)", default=0)
+    priors: str = _doc("'fixed' lambdas, or re-estimate them every prior_update_every epochs: "
+                       "'spherical' (one prior variance per side) or 'diagonal' (one per "
+                       "dimension)", default="fixed")
+    prior_update_every: int = _doc("epochs between adaptive prior updates", default=1)
+    early_stopping: int = _doc("stop after this many epochs without a better validation RMSE "
+                               "and keep the best epoch; 0 = off", default=0)
+    model: str = _doc("'pmf' (MAP by ALS) or 'bpmf' (Bayesian PMF by Gibbs sampling)",
+                      default="pmf")
+    samples: int = _doc("BPMF: Gibbs samples averaged after the burn-in", default=80)
+    burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
+    thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
     blocks: int = _doc("row blocks per side; 0 = the cluster's default parallelism", default=0)
     gram_dtype: str = _doc("dtype of the Gram matrices: float64, or float32 (solve stays float64)",
                            default="float64")
@@ -125,6 +138,19 @@ class PMFParams(_Params):
         _check_bool("clip", self.clip)
         _check_float("init_std", self.init_std, 0.0)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_choice("priors", self.priors, PRIORS)
+        _check_int("prior_update_every", self.prior_update_every, 1)
+        _check_int("early_stopping", self.early_stopping, 0)
+        _check_choice("model", self.model, MODELS)
+        _check_int("samples", self.samples, 1, 100_000)
+        _check_int("burn_in", self.burn_in, 0, 100_000)
+        _check_int("thin", self.thin, 1, 100_000)
+        if self.priors != "fixed" and self.reg_scaling != "none":
+            raise ConfigError("priors: adaptive priors need reg_scaling 'none' (a count-scaled "
+                              "lambda is not one prior variance)")
+        if self.model == "bpmf" and (self.priors != "fixed" or self.early_stopping):
+            raise ConfigError("model: bpmf samples its own hyperparameters; use priors 'fixed' "
+                              "and early_stopping 0 with it")
         _check_int("blocks", self.blocks, 0, 100_000)
         _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
         _check_int("chunk_ratings", self.chunk_ratings, 1000)
@@ -161,6 +187,8 @@ class JobConfig(_Params):
                           default="small")
     test_fraction: float = _doc("fraction of ratings held out for testing", default=0.15)
     split_seed: int = _doc("seed of the train/test split", default=0)
+    validation_fraction: float = _doc("share of the training ratings held out for early "
+                                      "stopping (only with early_stopping)", default=0.05)
     output: str = _doc("output directory (replaced atomically on success)", default="out/pmf")
     output_files: int = _doc("Parquet files per factor table; 0 = by size", default=0)
     top_k: int = _doc("recommendations per user written to recommendations/; 0 = none",
@@ -175,6 +203,10 @@ class JobConfig(_Params):
                            "popular items (flagged), 'drop' leaves them out", default="popular")
     similar_items: int = _doc("k nearest items by cosine written to item_neighbors/; 0 = none",
                               default=0)
+    checkpoint_dir: str | None = _doc("write checkpoints of the training state here", default=None)
+    checkpoint_every: int = _doc("epochs between checkpoints (with checkpoint_dir)", default=5)
+    resume: bool = _doc("continue from the last complete checkpoint in checkpoint_dir",
+                        default=False)
 
     def __post_init__(self):
         _check_choice("format", self.format, FORMATS)
@@ -182,12 +214,17 @@ class JobConfig(_Params):
         _check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
         _check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
         _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
+        _check_float("validation_fraction", self.validation_fraction, 0.0, True, 1.0, True)
         _check_int("output_files", self.output_files, 0, 10_000)
         _check_int("top_k", self.top_k, 0, 10_000)
         _check_int("min_item_ratings", self.min_item_ratings, 0)
         _check_float("relevance_threshold", self.relevance_threshold)
         _check_choice("cold_start", self.cold_start, COLD_START)
         _check_int("similar_items", self.similar_items, 0, 10_000)
+        _check_int("checkpoint_every", self.checkpoint_every, 1)
+        _check_bool("resume", self.resume)
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError("resume: needs --checkpoint-dir, where the checkpoints are")
         for name in ("rating_min", "rating_max"):
             v = getattr(self, name)
             if v is not None:
@@ -197,7 +234,7 @@ class JobConfig(_Params):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
         for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col", "sep",
-                     "exclude_items"):
+                     "exclude_items", "checkpoint_dir"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):
                 raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")

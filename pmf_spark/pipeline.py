@@ -20,6 +20,7 @@ from pyspark.sql import types as T
 
 from . import __version__
 from .errors import ConfigError, InputDataError
+from .checkpoint import Checkpointer, fingerprint
 from .io import (AtomicOutput, CleanRatings, load_ratings, path_exists, qualify, read_id_list,
                  read_text)
 from .params import JobConfig, PMFParams
@@ -102,9 +103,72 @@ def check_output_path(spark: SparkSession, cfg: JobConfig) -> None:
         if src == out or src.startswith(out + "/"):
             raise ConfigError(f"output {cfg.output}: is the input {given} or contains it; "
                               f"choose another --output")
+    if cfg.checkpoint_dir:
+        ck = qualify(spark, cfg.checkpoint_dir).rstrip("/")
+        if ck == out or ck.startswith(out + "/"):
+            raise ConfigError(f"checkpoint-dir {cfg.checkpoint_dir}: must not be inside "
+                              f"--output {cfg.output} (a new output replaces that directory)")
     if path_exists(spark, cfg.output) and not is_pmf_output(spark, cfg.output):
         raise ConfigError(f"output {cfg.output}: exists and is not a pmf-spark output; "
                           f"refusing to replace it (choose another --output or remove it)")
+
+
+def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple[int, int]:
+    """Bytes the driver needs for the factor matrices: (JVM heap, Python process).
+
+    The Python driver holds both sides' state (factors and bias, float64), a design
+    copy for the broadcast and its pickle, the collected half-epoch, and what the
+    model needs on top: posterior variances (adaptive priors), the best epoch's copy
+    (early stopping), the kept samples (BPMF). The JVM holds one side's broadcast and
+    one collected side at a time, and the final factor tables while writing them.
+    """
+    w = (params.rank + 1) * 8
+    rows = n_users + n_items
+    copies = 6
+    if params.priors != "fixed":
+        copies += 2
+    if params.early_stopping:
+        copies += 2
+    python = copies * rows * w
+    jvm = 3 * max(n_users, n_items) * w
+    if params.model == "bpmf":
+        kept = max(1, params.samples // params.thin)
+        python += 2 * kept * rows * w
+        jvm = max(jvm, 2 * kept * max(n_users, n_items) * w)
+    return jvm + (256 << 20), python
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_driver_memory(spark: SparkSession, data: PreparedData, params: PMFParams,
+                        jvm_max: int | None = None, available: int | None = None) -> None:
+    """Refuse to start when the driver cannot hold the factor matrices."""
+    jvm_need, py_need = driver_memory_needed(data.n_users, data.n_items, params)
+    if jvm_max is None:
+        jvm_max = int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+    if available is None:
+        available = _available_memory()
+    gib = 1024.0 ** 3
+    what = (f"{data.n_users} users + {data.n_items} items at rank {params.rank}"
+            + (f" with {params.samples // params.thin} BPMF samples kept"
+               if params.model == "bpmf" else ""))
+    if jvm_need > 0.6 * jvm_max:
+        raise ConfigError(f"driver memory: {what} need about {jvm_need / gib:.1f} GiB of "
+                          f"driver JVM heap, but it has {jvm_max / gib:.1f} GiB; raise "
+                          f"--driver-memory to at least {math.ceil(jvm_need / 0.6 / gib)}g")
+    if available is not None and py_need > available:
+        raise ConfigError(f"driver memory: {what} need about {py_need / gib:.1f} GiB in the "
+                          f"Python driver, but the machine has {available / gib:.1f} GiB "
+                          f"available; use a larger driver machine or a lower rank")
 
 
 def is_pmf_output(spark: SparkSession, path: str) -> bool:
@@ -161,6 +225,7 @@ class TrainResult:
     trainer: ALSTrainer
     state: TrainState
     seconds: float
+    final: EpochMetrics
 
 
 def ids_frame(df: DataFrame, data: PreparedData, user_col: str = "u",
@@ -230,10 +295,12 @@ def write_recommendations(spark: SparkSession, cfg: JobConfig, params: PMFParams
 
 
 def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: PreparedData,
-                  trainer: ALSTrainer, state: TrainState, seconds: dict) -> str:
+                  trainer: ALSTrainer, state: TrainState, seconds: dict,
+                  final: EpochMetrics) -> str:
     """Write factors, vocabularies, splits, recommendations, metrics and model.json;
     swap them in atomically."""
     model = trainer.model(state)
+    rank = model.U.shape[1]
     out = AtomicOutput(spark, cfg.output)
     try:
         counts = {}
@@ -241,7 +308,7 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
         sc.setJobDescription("write factors")
         for side, mat, bias, vocab in (("user", model.U, model.user_bias, data.users),
                                        ("item", model.V, model.item_bias, data.items)):
-            n_files = _n_files(cfg, mat.shape[0], params.rank)
+            n_files = _n_files(cfg, mat.shape[0], rank)
             df = factor_frame(spark, mat, bias, vocab, f"{side}_id")
             _write_sorted(df, out.path(FACTOR_TABLES[side]), n_files, f"{side}_id")
             counts[FACTOR_TABLES[side]] = int(mat.shape[0])
@@ -249,7 +316,7 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
                           out.path(VOCAB_TABLES[side]), n_files, "idx")
             counts[VOCAB_TABLES[side]] = int(mat.shape[0])
         sc.setJobDescription("write splits")
-        for name, is_test, n in (("train_ratings", False, data.n_train),
+        for name, is_test, n in (("train_ratings", False, data.n_train + data.n_val),
                                  ("test_ratings", True, data.n_test)):
             split = ids_frame(data.ratings.where(F.col("is_test") == F.lit(is_test)), data)
             _write_sorted(split.select("user_id", "item_id", "rating"), out.path(name),
@@ -275,7 +342,7 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
             counts[NEIGHBORS_TABLE] = spark.read.parquet(out.path(NEIGHBORS_TABLE)).count()
         sc.setJobDescription(None)
         history = [m.to_dict() for m in state.history]
-        final = history[-1] if history else {}
+        final = final.to_dict()
         metrics = {"epochs": history, "final": final}
         if ranking is not None:
             metrics["ranking"] = ranking
@@ -288,8 +355,11 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
             "data": data.summary(),
             "mu": data.mu, "sigma": data.sigma,
             "rating_range": [data.rating_lo, data.rating_hi],
-            "rank": params.rank,
+            "rank": rank,
+            "latent_rank": params.rank,
             "epochs_run": state.epoch,
+            "best_epoch": final["epoch"],
+            "samples_averaged": len(state.samples),
             "blocks": trainer.blocks,
             "final_metrics": final,
             "ranking": ranking,
@@ -311,9 +381,15 @@ def epoch_logger(total: int) -> "callable":
     def _log(m: EpochMetrics):
         times.append(m.seconds)
         eta = (total - m.epoch) * (sum(times) / len(times))
-        log.info("epoch %3d/%d  train rmse %.4f mae %.4f  test rmse %.4f mae %.4f  "
-                 "objective %.6g  %6.2fs  eta %s", m.epoch, total, m.train_rmse, m.train_mae,
-                 m.test_rmse, m.test_mae, m.objective, m.seconds, _fmt_eta(eta))
+        extra = ""
+        if m.val_rmse == m.val_rmse:  # not NaN
+            extra += f"  val rmse {m.val_rmse:.4f}"
+        if m.objective == m.objective:
+            extra += f"  objective {m.objective:.6g}"
+        log.info("epoch %3d/%d  train rmse %.4f mae %.4f  test rmse %.4f mae %.4f%s  "
+                 "lambda %.3g/%.3g  %6.2fs  eta %s", m.epoch, total, m.train_rmse, m.train_mae,
+                 m.test_rmse, m.test_mae, extra, m.lambda_u, m.lambda_v, m.seconds,
+                 _fmt_eta(eta))
     return _log
 
 
@@ -329,7 +405,8 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     check_output_path(spark, cfg)
     train, test = load_inputs(spark, cfg)
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-                   on_duplicate=cfg.on_duplicate)
+                   on_duplicate=cfg.on_duplicate,
+                   validation_fraction=cfg.validation_fraction if params.early_stopping else 0.0)
     log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "
              "range [%g, %g]", data.n_users, data.n_items, data.n_train, data.n_test,
              data.mu, data.sigma, data.rating_lo, data.rating_hi)
@@ -337,29 +414,51 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
         log.info("%d user(s) and %d item(s) have no training ratings: kept at the prior mean, "
                  "predicted from the mean plus the known side's bias",
                  data.cold_users, data.cold_items)
+    check_driver_memory(spark, data, params)
     t_prep = time.perf_counter()
-    log_epoch = epoch_logger(params.epochs)
+    log_epoch = epoch_logger(params.burn_in + params.samples if params.model == "bpmf"
+                             else params.epochs)
 
     def on_epoch(m):
         log_epoch(m)
         return callback(m) if callback is not None else None
 
     trainer = ALSTrainer(spark, data, params, callback=on_epoch)
+    state, after_epoch = None, None
+    if cfg.checkpoint_dir:
+        ck = Checkpointer(spark, cfg.checkpoint_dir, cfg.checkpoint_every,
+                          fingerprint(params, cfg, data))
+        if cfg.resume:
+            loaded = ck.load_latest(lambda d: EpochMetrics(**d))
+            if loaded is None:
+                log.info("no checkpoint in %s yet: starting from the beginning",
+                         cfg.checkpoint_dir)
+            else:
+                state = TrainState(**loaded[1])
+                log.info("resuming from the checkpoint of epoch %d in %s", loaded[0],
+                         cfg.checkpoint_dir)
+
+        def after_epoch(st):
+            if st.epoch % cfg.checkpoint_every == 0:
+                ck.save(st)
     trainer.setup()
     log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.blocks,
              trainer.setup_seconds)
-    state = trainer.fit()
+    state = trainer.fit(state, after_epoch=after_epoch)
+    final = trainer.final_metrics(state)
+    if params.model == "bpmf":
+        log.info("BPMF: averaged %d sample(s): train rmse %.4f  test rmse %.4f mae %.4f",
+                 len(state.samples), final.train_rmse, final.test_rmse, final.test_mae)
     t_fit = time.perf_counter()
     seconds = {"prepare": t_prep - t0, "setup": trainer.setup_seconds,
                "train": t_fit - t_prep - trainer.setup_seconds,
                "per_epoch": [m.seconds for m in state.history]}
-    path = write_outputs(spark, cfg, params, data, trainer, state, seconds)
+    path = write_outputs(spark, cfg, params, data, trainer, state, seconds, final)
     total = time.perf_counter() - t0
-    final = state.history[-1]
     log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
              state.epoch, total)
     return TrainResult(output=path, model=trainer.model(state), history=state.history,
-                       data=data, trainer=trainer, state=state, seconds=total)
+                       data=data, trainer=trainer, state=state, seconds=total, final=final)
 
 
 def read_model_meta(spark: SparkSession, path: str) -> dict:

@@ -19,17 +19,20 @@ from pyspark.sql import functions as F
 from .errors import InputDataError
 from .indexing import build_vocabulary, index_ratings
 from .io import CleanRatings
+from .udfs import TEST, VALIDATION
 
 log = logging.getLogger("pmf_spark")
 
 _HASH_BUCKETS = 1 << 30
+_VALIDATION_SALT = 7919
 
 
 @dataclass
 class PreparedData:
     """Indexed ratings ready for training, with what the model needs to know.
 
-    ``ratings`` (u int, i int, rating double, is_test boolean) and both
+    ``ratings`` (u int, i int, rating double, is_test boolean, kind tinyint: 0
+    train, 1 test, 2 validation) and both
     vocabularies are persisted; ``release()`` unpersists them.
     """
 
@@ -40,6 +43,7 @@ class PreparedData:
     n_items: int
     n_train: int
     n_test: int
+    n_val: int
     mu: float
     sigma: float
     rating_lo: float
@@ -49,6 +53,7 @@ class PreparedData:
     duplicates_dropped: int
     cold_users: int
     cold_items: int
+    fingerprint: str = ""
 
     def release(self) -> None:
         for df in (self.ratings, self.users, self.items):
@@ -56,8 +61,9 @@ class PreparedData:
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in (
-            "n_users", "n_items", "n_train", "n_test", "mu", "sigma", "rating_lo", "rating_hi",
-            "id_type", "duplicates_dropped", "cold_users", "cold_items")}
+            "n_users", "n_items", "n_train", "n_test", "n_val", "mu", "sigma", "rating_lo",
+            "rating_hi", "id_type", "duplicates_dropped", "cold_users", "cold_items",
+            "fingerprint")}
 
 
 def split_column(seed: int, fraction: float) -> F.Column:
@@ -93,14 +99,27 @@ def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[Dat
 
 
 def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: float,
-            split_seed: int, on_duplicate: str) -> PreparedData:
-    """Dedupe, split (or take the given test split), index and summarise."""
+            split_seed: int, on_duplicate: str,
+            validation_fraction: float = 0.0,
+            keep: F.Column | None = None,
+            holdout: F.Column | None = None) -> PreparedData:
+    """Dedupe, split (or take the given test split), index and summarise.
+
+    With ``validation_fraction`` > 0 a share of the training ratings is held out
+    as a validation split (``kind`` 2) for early stopping, by another seeded hash.
+    ``keep`` drops ratings before anything else looks at them (tuning removes the
+    test split this way) and ``holdout`` replaces the random test split (the
+    rows it marks play the test role: a validation fold).
+    """
     if test is not None and test.id_type != train.id_type:
         raise InputDataError(f"test {test.path}: ids are {test.id_type}s but the training "
                              f"ratings' are {train.id_type}s")
     tr, dropped = dedupe(train, on_duplicate, "ratings")
+    if keep is not None:
+        tr = tr.where(keep)
     if test is None:
-        combined = tr.withColumn("is_test", split_column(split_seed, test_fraction))
+        combined = tr.withColumn("is_test", holdout if holdout is not None
+                                 else split_column(split_seed, test_fraction))
         parts = [tr]
     else:
         te, dropped_test = dedupe(test, on_duplicate, "test")
@@ -108,14 +127,24 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
         combined = (tr.withColumn("is_test", F.lit(False))
                     .unionByName(te.withColumn("is_test", F.lit(True))))
         parts = [tr, te]
-    combined = combined.select("user", "item", "rating", "is_test").persist(
+    if validation_fraction > 0:
+        is_val = ~F.col("is_test") & split_column(split_seed + _VALIDATION_SALT,
+                                                  validation_fraction)
+    else:
+        is_val = F.lit(False)
+    kind = (F.when(F.col("is_test"), TEST).when(is_val, VALIDATION).otherwise(0)
+            .cast("tinyint").alias("kind"))
+    combined = combined.select("user", "item", "rating", "is_test", kind).persist(
         StorageLevel.MEMORY_AND_DISK)
-    train_r = F.when(~F.col("is_test"), F.col("rating"))
+    train_r = F.when(F.col("kind") == 0, F.col("rating"))
     st = combined.agg(
-        F.sum(F.when(~F.col("is_test"), 1).otherwise(0)).alias("n_train"),
+        F.sum(F.when(F.col("kind") == 0, 1).otherwise(0)).alias("n_train"),
         F.sum(F.when(F.col("is_test"), 1).otherwise(0)).alias("n_test"),
+        F.sum(F.when(F.col("kind") == VALIDATION, 1).otherwise(0)).alias("n_val"),
         F.avg(train_r).alias("mu"), F.stddev_pop(train_r).alias("sigma"),
-        F.min(train_r).alias("lo"), F.max(train_r).alias("hi")).first()
+        F.min(train_r).alias("lo"), F.max(train_r).alias("hi"),
+        F.sum(F.pmod(F.xxhash64("user", "item", "rating", "kind"), F.lit(_HASH_BUCKETS)))
+        .alias("fingerprint")).first()
     for p in parts:
         p.unpersist()
     n_train, n_test = int(st["n_train"] or 0), int(st["n_test"] or 0)
@@ -150,7 +179,9 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
         lo_train, hi_train = train.scale
     return PreparedData(
         ratings=indexed, users=users, items=items, n_users=n_users, n_items=n_items,
-        n_train=n_train, n_test=n_test, mu=float(st["mu"]), sigma=sigma,
+        n_train=n_train, n_test=n_test, n_val=int(st["n_val"] or 0), mu=float(st["mu"]),
+        sigma=sigma,
         rating_lo=lo_train, rating_hi=hi_train, id_type=train.id_type,
         float32_exact=train.float32_exact and (test is None or test.float32_exact),
-        duplicates_dropped=dropped, cold_users=int(cold[0]), cold_items=int(cold[1]))
+        duplicates_dropped=dropped, cold_users=int(cold[0]), cold_items=int(cold[1]),
+        fingerprint=f"{int(st['fingerprint'] or 0):x}")

@@ -43,13 +43,20 @@ class BlockSolution:
     """Result of :func:`ridge_solve_csr`.
 
     Attributes:
-        x: float64 (n_rows, k), the solved rows (0 for rows without entries).
+        x: float64 (n_rows, k), the solved (or sampled) rows; 0 for rows without entries.
         fitted: float64 (nnz,) ``F[cols[e]] . x[row(e)]`` for every entry, in
             entry order, or ``None`` when not requested.
+        inv_diag: float64 (n_rows, k) diag(A_i^{-1}) (``with_cov``; 0 for empty rows).
+        gram_diag: float64 (n_rows, k) diag(F_I^T F_I) (``with_cov``).
+        var_sum: float64 (n_rows, k) the fixed side's variances summed over the row's
+            entries (``fixed_var`` given, else None).
     """
 
     x: np.ndarray
     fitted: np.ndarray | None
+    inv_diag: np.ndarray | None = None
+    gram_diag: np.ndarray | None = None
+    var_sum: np.ndarray | None = None
 
 
 def bucket_rows(counts: np.ndarray, k: int, max_pad: float = _MAX_PAD,
@@ -102,19 +109,38 @@ def ridge_solve_csr(indptr: np.ndarray, cols: np.ndarray, targets: np.ndarray,
                     design: np.ndarray, reg: np.ndarray, *,
                     row_scale: np.ndarray | None = None,
                     with_fitted: bool = False,
-                    gram_dtype=np.float64) -> BlockSolution:
-    """Solve every row's ridge regression of a CSR block.
+                    gram_dtype=np.float64,
+                    alpha: float = 1.0,
+                    prior_shift: np.ndarray | None = None,
+                    noise: np.ndarray | None = None,
+                    fixed_var: np.ndarray | None = None,
+                    with_cov: bool = False) -> BlockSolution:
+    """Solve (or sample) every row's Gaussian conditional of a CSR block.
+
+    Row i's system is ``A_i x = alpha F_I^T t_i + shift`` with
+    ``A_i = alpha (F_I^T F_I + diag(sum_{j in I} fixed_var_j)) + s_i P``: the ridge
+    regression of PMF when P is the diagonal ``reg`` (and no ``fixed_var``),
+    variational PMF when the fixed side's posterior variances are given, and
+    BPMF's conditional posterior when P is a full prior precision and
+    ``shift = P mu``.
 
     Args:
         indptr: int (n_rows + 1,) CSR row pointers into ``cols``/``targets``.
         cols: int (nnz,) row indices into ``design``.
         targets: float64 (nnz,) regression targets.
         design: float64 (n_fixed, k) the fixed side's design matrix.
-        reg: float64 (k,) diagonal prior precision per coordinate.
-        row_scale: float64 (n_rows,) multiplier of ``reg`` per row (1 when None).
+        reg: float64 (k,) diagonal prior precision, or (k, k) a full one.
+        row_scale: float64 (n_rows,) multiplier s_i of the prior precision (1 when None).
         with_fitted: also return the fitted value of every entry.
-        gram_dtype: dtype used for the gathered rows and Gram matrices; the
-            solve itself is always float64. float32 halves the memory traffic.
+        gram_dtype: dtype of the gathered rows and Gram matrices; the solve is
+            always float64. float32 halves the memory traffic.
+        alpha: weight of the data term (BPMF's noise precision; 1 for PMF).
+        prior_shift: float64 (k,) added to every row's right-hand side (P mu).
+        noise: float64 (n_rows, k) standard normal draws: return the sample
+            ``x = mean + L^{-T} noise`` (A = L L^T) instead of the mean.
+        fixed_var: float64 (n_fixed, k) posterior variances of the fixed side's
+            design columns (variational PMF).
+        with_cov: also return diag(A_i^{-1}) and diag(F_I^T F_I) per row.
 
     Returns:
         BlockSolution with x float64 (n_rows, k).
@@ -126,19 +152,24 @@ def ridge_solve_csr(indptr: np.ndarray, cols: np.ndarray, targets: np.ndarray,
     reg = np.asarray(reg, dtype=np.float64)
     n_rows = indptr.size - 1
     n_fixed, k = design.shape
-    if reg.shape != (k,):
-        raise ValueError(f"reg has shape {reg.shape}, expected ({k},)")
+    full_prior = reg.ndim == 2
+    if reg.shape not in ((k,), (k, k)):
+        raise ValueError(f"reg has shape {reg.shape}, expected ({k},) or ({k}, {k})")
     counts = np.diff(indptr)
     scale = np.ones(n_rows) if row_scale is None else np.asarray(row_scale, dtype=np.float64)
 
     x = np.zeros((n_rows, k), dtype=np.float64)
     fitted = np.zeros(cols.size, dtype=np.float64) if with_fitted else None
+    inv_diag = np.zeros((n_rows, k)) if with_cov else None
+    gram_diag = np.zeros((n_rows, k)) if with_cov else None
+    var_sum = np.zeros((n_rows, k)) if fixed_var is not None else None
     if cols.size == 0:
-        return BlockSolution(x, fitted)
+        return BlockSolution(x, fitted, inv_diag, gram_diag, var_sum)
 
     gdt = np.dtype(gram_dtype)
     # one zero row at index n_fixed absorbs the padding of every bucket
     design_pad = np.vstack([design, np.zeros((1, k))]).astype(gdt, copy=False)
+    var_pad = None if fixed_var is None else np.vstack([fixed_var, np.zeros((1, k))])
     targets_pad = np.append(targets, 0.0)
     cols_pad = np.append(cols.astype(np.int64, copy=False), n_fixed)
     pad_entry = cols.size  # index of the padding slot in targets_pad / cols_pad
@@ -155,13 +186,34 @@ def ridge_solve_csr(indptr: np.ndarray, cols: np.ndarray, targets: np.ndarray,
         Xt = X.transpose(0, 2, 1)
         gram = np.matmul(Xt, X).astype(np.float64, copy=False)  # (nb, k, k)
         rhs = np.matmul(Xt, t.astype(gdt, copy=False)[..., None])[..., 0].astype(np.float64)
-        gram[:, diag, diag] += reg[None, :] * scale[rows][:, None]
-        sol = _solve_stack(gram, rhs)
+        if with_cov:
+            gram_diag[rows] = gram[:, diag, diag]
+        if var_pad is not None:
+            vs = var_pad[cols_pad[pos]].sum(axis=1)        # (nb, k)
+            var_sum[rows] = vs
+            gram[:, diag, diag] += vs
+        if alpha != 1.0:
+            gram *= alpha
+            rhs *= alpha
+        if full_prior:
+            gram += reg[None, :, :] * scale[rows][:, None, None]
+        else:
+            gram[:, diag, diag] += reg[None, :] * scale[rows][:, None]
+        if prior_shift is not None:
+            rhs += prior_shift[None, :]
+        if noise is not None:
+            chol = np.linalg.cholesky(gram)                        # A = L L^T
+            mean = np.linalg.solve(gram, rhs[..., None])[..., 0]
+            sol = mean + np.linalg.solve(chol.transpose(0, 2, 1), noise[rows][..., None])[..., 0]
+        else:
+            sol = _solve_stack(gram, rhs)
+        if with_cov:
+            inv_diag[rows] = np.linalg.inv(gram)[:, diag, diag]
         x[rows] = sol
         if with_fitted:
             fit = np.matmul(X, sol.astype(gdt, copy=False)[..., None])[..., 0]
             fitted[pos[valid]] = fit[valid]
-    return BlockSolution(x, fitted)
+    return BlockSolution(x, fitted, inv_diag, gram_diag, var_sum)
 
 
 def reference_ridge_rows(indptr, cols, targets, design, reg, row_scale=None) -> np.ndarray:

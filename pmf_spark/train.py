@@ -64,7 +64,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -75,10 +75,15 @@ from pyspark.sql import functions as F
 from .errors import PMFUserError
 from .params import PMFParams
 from .prepare import PreparedData
+from .priors import (noise_variance, prior_variances, sample_noise_precision,
+                     sample_normal_wishart)
 from .solvers import to_rating
-from .udfs import PACKED_SCHEMA, SOLVED_SCHEMA, pack_block, solve_block
+from .udfs import (EVAL_SCHEMA, PACKED_SCHEMA, SOLVED_SCHEMA, evaluate_block, pack_block,
+                   solve_block)
 
 log = logging.getLogger("pmf_spark")
+
+NAN = float("nan")
 
 
 class TrainingDiverged(PMFUserError):
@@ -87,7 +92,11 @@ class TrainingDiverged(PMFUserError):
 
 @dataclass
 class EpochMetrics:
-    """One line of the training log (errors in rating units, objective in z units)."""
+    """One line of the training log (errors in rating units, objective in z units).
+
+    For BPMF the errors are those of the epoch's sample; the final metrics of a BPMF
+    run are those of the prediction averaged over the kept samples.
+    """
 
     epoch: int
     train_rmse: float
@@ -96,6 +105,11 @@ class EpochMetrics:
     test_mae: float
     objective: float
     seconds: float
+    val_rmse: float = NAN
+    val_mae: float = NAN
+    lambda_u: float = NAN
+    lambda_v: float = NAN
+    noise_var: float = NAN
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,8 +119,10 @@ class EpochMetrics:
 class FactorModel:
     """The trained model on the driver: dense-index factors and biases.
 
-    Shapes: U float64 (n_users, rank), V float64 (n_items, rank), user_bias
-    (n_users,), item_bias (n_items,); all zero for rows without training ratings.
+    Shapes: U float64 (n_users, r), V float64 (n_items, r), user_bias (n_users,),
+    item_bias (n_items,); all zero for rows without training ratings. For BPMF,
+    r = kept samples x rank: the samples side by side, scaled by 1/sqrt(samples),
+    so that ``U V^T`` is the average of the samples' predictions.
     """
 
     U: np.ndarray
@@ -142,16 +158,16 @@ def block_labels(spark: SparkSession, blocks: int) -> list[int]:
 def block_of(idx_col: str, labels: list[int]) -> F.Column:
     """The block label of a dense index column: ``labels[idx % B]``."""
     arr = F.array(*[F.lit(int(x)) for x in labels])
-    return F.element_at(arr, (F.col(idx_col) % F.lit(len(labels))) + 1).cast("int")
+    return F.element_at(arr, ((F.col(idx_col) % F.lit(len(labels))) + 1).cast("int")).cast("int")
 
 
 def pack_side(ratings: DataFrame, row: str, col: str, labels: list[int], *,
               with_test: bool, chunk_ratings: int, val_dtype: str) -> DataFrame:
     """Pack one side's ratings into the cached block layout (see :mod:`udfs`)."""
-    df = ratings if with_test else ratings.filter(~F.col("is_test"))
+    df = ratings if with_test else ratings.filter(F.col("kind") == 0)
     cols = [F.col(row).alias("row"), F.col(col).alias("col"), "rating"]
     if with_test:
-        cols.append("is_test")
+        cols.append("kind")
     df = df.select(*cols, block_of(row, labels).alias("block"))
     fn = functools.partial(pack_block, chunk_ratings=chunk_ratings, val_dtype=val_dtype,
                            with_test=with_test)
@@ -168,19 +184,23 @@ def solve_frame(packed: DataFrame, fixed, **kw) -> DataFrame:
     return packed.groupBy("block").applyInPandas(fn, SOLVED_SCHEMA)
 
 
-def _collect_solved(df: DataFrame, out: np.ndarray) -> dict:
-    """Collect a SOLVED frame into ``out`` (n, rank+1) and sum its statistics."""
+_SUMS = ("n_train", "sse", "sae", "sse_z", "n_test", "test_sse", "test_sae", "n_val",
+         "val_sse", "val_sae", "esse")
+
+
+def _collect_solved(df: DataFrame, out: np.ndarray, var_out: np.ndarray | None = None) -> dict:
+    """Collect a SOLVED frame into ``out`` (n, rank+1) (and the posterior variances
+    into ``var_out``) and sum its statistics."""
     tbl = df.toArrow()
     width = out.shape[1]
-    ids = tbl.column("row_ids").to_pylist()
-    facs = tbl.column("factors").to_pylist()
-    for rid, fac in zip(ids, facs):
-        r = np.frombuffer(rid, dtype=np.int32)
+    ids = [np.frombuffer(b, dtype=np.int32) for b in tbl.column("row_ids").to_pylist()]
+    for r, fac in zip(ids, tbl.column("factors").to_pylist()):
         out[r] = np.frombuffer(fac, dtype=np.float64).reshape(r.size, width)
-    sums = {}
-    for name in ("n_train", "sse", "sae", "sse_z", "n_test", "test_sse", "test_sae"):
-        sums[name] = float(np.sum(tbl.column(name).to_numpy())) if tbl.num_rows else 0.0
-    return sums
+    if var_out is not None:
+        for r, var in zip(ids, tbl.column("variances").to_pylist()):
+            var_out[r] = np.frombuffer(var, dtype=np.float64).reshape(r.size, width)
+    return {name: float(np.sum(tbl.column(name).to_numpy())) if tbl.num_rows else 0.0
+            for name in _SUMS}
 
 
 def _read_counts(vocab: DataFrame, n: int) -> np.ndarray:
@@ -192,16 +212,33 @@ def _read_counts(vocab: DataFrame, n: int) -> np.ndarray:
 
 @dataclass
 class TrainState:
-    """Everything a run carries from epoch to epoch (and what a checkpoint holds)."""
+    """Everything a run carries from epoch to epoch (and what a checkpoint holds).
 
-    user: np.ndarray          # (n_users, rank+1): factors and bias
-    item: np.ndarray          # (n_items, rank+1)
+    ``user``/``item``: (n, rank + 1) factors and bias. ``reg_user``/``reg_item``:
+    (k,) the current diagonal prior precisions (they move with adaptive priors,
+    which also keep each row's posterior variances in ``user_var``/``item_var``).
+    BPMF adds the kept samples and its noise precision; early stopping the best
+    epoch's copy.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    reg_user: np.ndarray
+    reg_item: np.ndarray
+    user_var: np.ndarray | None = None
+    item_var: np.ndarray | None = None
     epoch: int = 0
+    noise_var: float = 1.0
+    alpha: float = 1.0
     history: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
+    best: dict | None = None
+    stale: int = 0
 
 
 class ALSTrainer:
-    """Runs the ALS loop for prepared data. Nothing here creates a SparkSession.
+    """Runs the ALS loop (or BPMF's Gibbs sampler) for prepared data. Nothing
+    here creates a SparkSession.
 
     Args:
         spark: the active session.
@@ -226,6 +263,23 @@ class ALSTrainer:
         self.item_counts: np.ndarray | None = None
         self.setup_seconds = 0.0
 
+    @property
+    def k(self) -> int:
+        return self.params.k
+
+    @property
+    def total_epochs(self) -> int:
+        p = self.params
+        return p.burn_in + p.samples if p.model == "bpmf" else p.epochs
+
+    def with_params(self, params: PMFParams, callback=None) -> "ALSTrainer":
+        """A trainer for other parameters sharing this one's packed layout."""
+        other = ALSTrainer(self.spark, self.data, params.replace(blocks=self.blocks), callback)
+        other.packed_users, other.packed_items = self.packed_users, self.packed_items
+        other.user_counts, other.item_counts = self.user_counts, self.item_counts
+        other.val_dtype = self.val_dtype
+        return other
+
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         t0 = time.perf_counter()
@@ -239,7 +293,6 @@ class ALSTrainer:
                                       chunk_ratings=p.chunk_ratings, val_dtype=self.val_dtype)
         for name, packed in (("user", self.packed_users), ("item", self.packed_items)):
             rows = packed.groupBy("block").agg(F.sum("nnz").alias("nnz"),
-                                               F.sum("n_rows").alias("rows"),
                                                F.count(F.lit(1)).alias("chunks")).collect()
             nnz = sorted(int(r["nnz"]) for r in rows)
             log.info("%s blocks: %d, ratings per block %s..%s, %d chunk(s)", name, len(rows),
@@ -249,6 +302,13 @@ class ALSTrainer:
         self.item_counts = _read_counts(d.items, d.n_items)
         sc.setJobDescription(None)
         self.setup_seconds = time.perf_counter() - t0
+
+    def initial_reg(self, lam: float) -> np.ndarray:
+        p = self.params
+        reg = np.full(self.k, float(lam))
+        if p.biases:
+            reg[p.rank] = p.lambda_bias
+        return reg
 
     def initial_state(self) -> TrainState:
         """Seeded Gaussian factors with the prior's variance; biases 0; rows
@@ -269,7 +329,17 @@ class ALSTrainer:
             m[:, :p.rank] = rng.standard_normal((n, p.rank)) * std[:, None]
             m[counts == 0] = 0.0
             state.append(m)
-        return TrainState(user=state[0], item=state[1])
+        st = TrainState(user=state[0], item=state[1], reg_user=self.initial_reg(p.lambda_u),
+                         reg_item=self.initial_reg(p.lambda_v))
+        if p.priors != "fixed":
+            # the prior's variances (noise variance 1 in z units) as the starting posterior
+            for name, reg, counts in (("user_var", st.reg_user, self.user_counts),
+                                      ("item_var", st.reg_item, self.item_counts)):
+                var = np.zeros((counts.size, p.rank + 1))
+                var[:, :self.k] = 1.0 / np.maximum(reg, 1e-6)
+                var[counts == 0] = 0.0
+                setattr(st, name, var)
+        return st
 
     # ------------------------------------------------------------------ epochs
     def _design(self, side: np.ndarray):
@@ -282,81 +352,221 @@ class ALSTrainer:
             return design, side[:, r].copy()
         return np.ascontiguousarray(side[:, :r]), None
 
-    def solve_kwargs(self, solving: str, metrics: bool) -> dict:
+    def solve_kwargs(self, solving: str, metrics: bool, reg=None) -> dict:
         p, d = self.params, self.data
-        return dict(rank=p.rank, biases=p.biases,
-                    lam=p.lambda_u if solving == "user" else p.lambda_v,
-                    lam_bias=p.lambda_bias, count_scaling=p.reg_scaling == "count",
-                    mu=d.mu, sigma=d.sigma, lo=d.rating_lo, hi=d.rating_hi, link=p.link,
-                    clip=p.clip, val_dtype=self.val_dtype, gram_dtype=p.gram_dtype,
-                    metrics=metrics)
+        if reg is None:
+            reg = self.initial_reg(p.lambda_u if solving == "user" else p.lambda_v)
+        return dict(rank=p.rank, biases=p.biases, reg=tuple(float(x) for x in reg),
+                    count_scaling=p.reg_scaling == "count", mu=d.mu, sigma=d.sigma,
+                    lo=d.rating_lo, hi=d.rating_hi, link=p.link, clip=p.clip,
+                    val_dtype=self.val_dtype, gram_dtype=p.gram_dtype, metrics=metrics)
 
-    def half_epoch_frame(self, solving: str, fixed_side: np.ndarray, metrics: bool = False):
+    def half_epoch_frame(self, solving: str, fixed_side: np.ndarray, metrics: bool = False,
+                         reg=None, extra=None):
         """(DataFrame, broadcast) for solving ``solving`` ('user'/'item') against
         ``fixed_side``; the caller destroys the broadcast after collecting."""
-        bc = self.spark.sparkContext.broadcast(self._design(fixed_side))
+        design, offset = self._design(fixed_side)
+        bc = self.spark.sparkContext.broadcast((design, offset, extra))
         packed = self.packed_users if solving == "user" else self.packed_items
-        return solve_frame(packed, bc, **self.solve_kwargs(solving, metrics)), bc
+        kw = self.solve_kwargs(solving, metrics, reg)
+        return solve_frame(packed, bc, **kw), bc
 
     def half_epoch(self, solving: str, fixed_side: np.ndarray, out: np.ndarray,
-                   metrics: bool = False) -> dict:
-        df, bc = self.half_epoch_frame(solving, fixed_side, metrics)
+                   metrics: bool = False, reg=None, extra=None,
+                   var_out: np.ndarray | None = None) -> dict:
+        df, bc = self.half_epoch_frame(solving, fixed_side, metrics, reg, extra)
         try:
-            return _collect_solved(df, out)
+            return _collect_solved(df, out, var_out)
         finally:
             bc.destroy(blocking=False)
 
+    def _variational(self, state: TrainState, fixed_var: np.ndarray) -> dict:
+        """The fixed side's posterior variances for a variational half-epoch."""
+        r = self.params.rank
+        if self.params.biases:
+            design_var = np.zeros((fixed_var.shape[0], r + 1))
+            design_var[:, :r] = fixed_var[:, :r]        # the ones column is certain
+            offset_var = fixed_var[:, r].copy()
+        else:
+            design_var, offset_var = np.ascontiguousarray(fixed_var[:, :r]), None
+        return {"design_var": design_var, "offset_var": offset_var,
+                "noise_var": state.noise_var}
+
     def objective(self, state: TrainState, sse_z: float) -> float:
+        """E of the module docstring for the state's factors and priors."""
         p = self.params
         total = 0.5 * sse_z
-        for m, counts, lam in ((state.user, self.user_counts, p.lambda_u),
-                               (state.item, self.item_counts, p.lambda_v)):
+        for m, counts, reg in ((state.user, self.user_counts, state.reg_user),
+                               (state.item, self.item_counts, state.reg_item)):
             s = counts.astype(np.float64) if p.reg_scaling == "count" else (counts > 0) * 1.0
-            total += 0.5 * lam * float(s @ np.einsum("ij,ij->i", m[:, :p.rank], m[:, :p.rank]))
-            if p.biases:
-                total += 0.5 * p.lambda_bias * float(s @ (m[:, p.rank] ** 2))
+            x = m[:, :self.k]
+            total += 0.5 * float(s @ ((x ** 2) @ reg))
         return total
+
+    def _bayes(self, state: TrainState, solving: str, rng: np.random.Generator) -> dict:
+        """BPMF: hyperparameters of ``solving``'s side drawn given its current rows,
+        and the standard normal draws for its conditional samples."""
+        side = state.user if solving == "user" else state.item
+        counts = self.user_counts if solving == "user" else self.item_counts
+        x = side[counts > 0, :self.k]
+        mu, lam = sample_normal_wishart(rng, x)
+        noise = rng.standard_normal((side.shape[0], self.k))
+        return {"prior_precision": lam, "prior_shift": lam @ mu, "alpha": state.alpha,
+                "noise": noise}
+
+    def _update_priors(self, state: TrainState, expected_sse: float, n: int) -> None:
+        """Variational-EM update of the noise variance and both sides' priors."""
+        p = self.params
+        state.noise_var = noise_variance(expected_sse, n)
+        for side, counts in (("user", self.user_counts), ("item", self.item_counts)):
+            m = state.user if side == "user" else state.item
+            v = state.user_var if side == "user" else state.item_var
+            x, var = m[counts > 0, :self.k], v[counts > 0, :self.k]
+            reg = np.empty(self.k)
+            fac = slice(0, p.rank)
+            reg[fac] = state.noise_var / prior_variances(x[:, fac], var[:, fac], p.priors)
+            if p.biases:
+                b = [p.rank]
+                reg[p.rank] = state.noise_var / prior_variances(x[:, b], var[:, b],
+                                                                "spherical")[0]
+            if side == "user":
+                state.reg_user = reg
+            else:
+                state.reg_item = reg
 
     def run_epoch(self, state: TrainState) -> EpochMetrics:
         p = self.params
         e = state.epoch + 1
+        total = self.total_epochs
         sc = self.spark.sparkContext
         t0 = time.perf_counter()
-        sc.setJobDescription(f"epoch {e}/{p.epochs}: solve users")
-        self.half_epoch("user", state.item, state.user)
-        sc.setJobDescription(f"epoch {e}/{p.epochs}: solve items")
-        sums = self.half_epoch("item", state.user, state.item, metrics=True)
+        bpmf = p.model == "bpmf"
+        vb = p.priors != "fixed"
+        rng = np.random.default_rng([p.seed, e]) if bpmf else None
+        verb = "sample" if bpmf else "solve"
+        sc.setJobDescription(f"epoch {e}/{total}: {verb} users")
+        extra = (self._bayes(state, "user", rng) if bpmf
+                 else self._variational(state, state.item_var) if vb else None)
+        self.half_epoch("user", state.item, state.user, reg=state.reg_user, extra=extra,
+                        var_out=state.user_var)
+        sc.setJobDescription(f"epoch {e}/{total}: {verb} items")
+        extra = (self._bayes(state, "item", rng) if bpmf
+                 else self._variational(state, state.user_var) if vb else None)
+        sums = self.half_epoch("item", state.user, state.item, metrics=True, reg=state.reg_item,
+                               extra=extra, var_out=state.item_var)
         sc.setJobDescription(None)
         if not (np.isfinite(state.user).all() and np.isfinite(state.item).all()):
             raise TrainingDiverged(f"training diverged at epoch {e}: non-finite factors "
                                    f"(raise --lambda-u/--lambda-v)")
-        n_tr, n_te = max(sums["n_train"], 1.0), max(sums["n_test"], 1.0)
-        m = EpochMetrics(
-            epoch=e,
-            train_rmse=math.sqrt(sums["sse"] / n_tr), train_mae=sums["sae"] / n_tr,
-            test_rmse=math.sqrt(sums["test_sse"] / n_te) if sums["n_test"] else float("nan"),
-            test_mae=sums["test_sae"] / n_te if sums["n_test"] else float("nan"),
-            objective=self.objective(state, sums["sse_z"]),
-            seconds=time.perf_counter() - t0)
+        if vb and e % p.prior_update_every == 0:
+            self._update_priors(state, sums["sse_z"] + sums["esse"], int(sums["n_train"]))
+        if bpmf:
+            state.alpha = sample_noise_precision(rng, sums["sse_z"], int(sums["n_train"]))
+            state.noise_var = 1.0 / state.alpha
+            if e > p.burn_in and (e - p.burn_in) % p.thin == 0:
+                state.samples.append((state.user.copy(), state.item.copy()))
+        m = self._metrics(e, sums, state, time.perf_counter() - t0)
         state.epoch = e
         state.history.append(m)
+        if p.early_stopping and np.isfinite(m.val_rmse):
+            if state.best is None or m.val_rmse < state.best["metrics"].val_rmse:
+                state.best = {"metrics": m, "user": state.user.copy(),
+                              "item": state.item.copy()}
+                state.stale = 0
+            else:
+                state.stale += 1
         return m
 
-    def fit(self, state: TrainState | None = None) -> TrainState:
-        """Run the remaining epochs; returns the final state."""
+    def _metrics(self, e: int, sums: dict, state: TrainState, seconds: float) -> EpochMetrics:
+        def rm(sse, n):
+            return math.sqrt(sse / n) if n else NAN
+
+        def ma(sae, n):
+            return sae / n if n else NAN
+
+        fac = slice(0, self.params.rank)
+        return EpochMetrics(
+            epoch=e,
+            train_rmse=rm(sums["sse"], sums["n_train"]), train_mae=ma(sums["sae"], sums["n_train"]),
+            test_rmse=rm(sums["test_sse"], sums["n_test"]),
+            test_mae=ma(sums["test_sae"], sums["n_test"]),
+            objective=self.objective(state, sums["sse_z"]) if self.params.model == "pmf" else NAN,
+            seconds=seconds,
+            val_rmse=rm(sums["val_sse"], sums["n_val"]), val_mae=ma(sums["val_sae"], sums["n_val"]),
+            lambda_u=float(np.mean(state.reg_user[fac])),
+            lambda_v=float(np.mean(state.reg_item[fac])),
+            noise_var=state.noise_var)
+
+    def fit(self, state: TrainState | None = None,
+            after_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
+        """Run the remaining epochs; returns the final state (for early stopping,
+        the best epoch's factors; for BPMF, the last sample and the kept ones).
+        ``after_epoch`` sees the state after every epoch (checkpoints use it)."""
         if self.packed_users is None:
             self.setup()
         state = state or self.initial_state()
-        while state.epoch < self.params.epochs:
+        p = self.params
+        while state.epoch < self.total_epochs:
             m = self.run_epoch(state)
-            if self.callback is not None and self.callback(m) is False:
+            stop = self.callback is not None and self.callback(m) is False
+            if after_epoch is not None:
+                after_epoch(state)
+            if stop:
+                break
+            if p.early_stopping and state.stale >= p.early_stopping:
+                log.info("early stopping after epoch %d: no better validation RMSE for %d "
+                         "epoch(s); keeping epoch %d", m.epoch, state.stale,
+                         state.best["metrics"].epoch)
                 break
         return state
 
+    def final_metrics(self, state: TrainState) -> EpochMetrics:
+        """The metrics the run reports: the last epoch's, the best epoch's with early
+        stopping, or those of the averaged prediction for BPMF."""
+        if self.params.early_stopping and state.best is not None:
+            return state.best["metrics"]
+        if self.params.model == "bpmf" and state.samples:
+            return self.evaluate(self.model(state), state)
+        return state.history[-1]
+
+    def evaluate(self, model: FactorModel, state: TrainState) -> EpochMetrics:
+        """Train and test errors of a fixed model, one pass over the item layout."""
+        t0 = time.perf_counter()
+        shared = self.spark.sparkContext.broadcast(
+            (model.U, model.user_bias, model.V, model.item_bias))
+        d, p = self.data, self.params
+        fn = functools.partial(evaluate_block, shared=shared, mu=d.mu, sigma=d.sigma,
+                               lo=d.rating_lo, hi=d.rating_hi, link=p.link, clip=p.clip,
+                               val_dtype=self.val_dtype)
+        self.spark.sparkContext.setJobDescription("evaluate the averaged model")
+        tbl = self.packed_items.groupBy("block").applyInPandas(fn, EVAL_SCHEMA).toArrow()
+        self.spark.sparkContext.setJobDescription(None)
+        shared.destroy(blocking=False)
+        s = {c: float(np.sum(tbl.column(c).to_numpy())) for c in tbl.column_names
+             if c not in ("block", "chunk")}
+        last = state.history[-1]
+        return EpochMetrics(
+            epoch=state.epoch, train_rmse=math.sqrt(s["train_sse"] / max(s["n_train"], 1)),
+            train_mae=s["train_sae"] / max(s["n_train"], 1),
+            test_rmse=math.sqrt(s["test_sse"] / max(s["n_test"], 1)),
+            test_mae=s["test_sae"] / max(s["n_test"], 1), objective=NAN,
+            seconds=time.perf_counter() - t0, lambda_u=last.lambda_u, lambda_v=last.lambda_v,
+            noise_var=last.noise_var)
+
     def model(self, state: TrainState) -> FactorModel:
         r, d, p = self.params.rank, self.data, self.params
-        return FactorModel(U=state.user[:, :r].copy(), V=state.item[:, :r].copy(),
-                           user_bias=state.user[:, r].copy(), item_bias=state.item[:, r].copy(),
+        if p.model == "bpmf" and state.samples:
+            n = len(state.samples)
+            U = np.hstack([u[:, :r] for u, _ in state.samples]) / math.sqrt(n)
+            V = np.hstack([v[:, :r] for _, v in state.samples]) / math.sqrt(n)
+            ub = np.mean([u[:, r] for u, _ in state.samples], axis=0)
+            ib = np.mean([v[:, r] for _, v in state.samples], axis=0)
+        else:
+            user, item = state.user, state.item
+            if p.early_stopping and state.best is not None:
+                user, item = state.best["user"], state.best["item"]
+            U, V, ub, ib = user[:, :r], item[:, :r], user[:, r], item[:, r]
+        return FactorModel(U=U.copy(), V=V.copy(), user_bias=ub.copy(), item_bias=ib.copy(),
                            mu=d.mu, sigma=d.sigma, lo=d.rating_lo, hi=d.rating_hi,
                            link=p.link, clip=p.clip)
 

@@ -90,7 +90,7 @@ def test_effective_config_round_trips_through_toml(tmp_path):
     assert (job2, model2) == (job, model)
 
 
-@pytest.mark.parametrize("name", ["default", "seed", "movielens-10m"])
+@pytest.mark.parametrize("name", ["default", "seed", "movielens-10m", "bpmf"])
 def test_named_configurations_load(name):
     path = ROOT / "conf" / f"{name}.toml"
     job, model = resolve(load_config_file(str(path)), None)

@@ -49,6 +49,6 @@ def test_movielens_100k_default_and_seed_configuration(spark, tmp_path, ml100k, 
            f"(d=30, lambda=20, sigmoid, no biases) {s:.4f}")
     assert default["data"]["n_train"] + default["data"]["n_test"] == 100_000
     assert 0.14 < default["data"]["n_test"] / 100_000 < 0.16
-    assert d <= 0.95
+    assert d <= 0.92
     assert s > d                               # the sigmoid read-out costs accuracy
     assert seed["model"]["link"] == "sigmoid" and seed["rank"] == 30

@@ -122,13 +122,13 @@ def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, smal
         labels = block_labels(spark, 3)
         fn = functools.partial(pack_block, chunk_ratings=1000, val_dtype="float32",
                                with_test=False)
-        unsorted = (small.ratings.filter("not is_test")
+        unsorted = (small.ratings.filter("kind = 0")
                     .select(F.col("u").alias("row"), F.col("i").alias("col"), "rating",
                             block_of("u", labels).alias("block"))
                     .groupBy("block").applyInPandas(fn, PACKED_SCHEMA)
                     .repartition(3, "block").cache())
         unsorted.count()  # materialised, like the real layout
-        df = solve_frame(unsorted, (np.zeros((small.n_items, 3)), None),
+        df = solve_frame(unsorted, (np.zeros((small.n_items, 3)), None, None),
                          **trainer.solve_kwargs("user", False))
         nodes = plan_nodes(df)
         assert "Sort" in nodes and "Exchange" not in nodes, nodes

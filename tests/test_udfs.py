@@ -17,6 +17,7 @@ def ratings_frame(rng, n_rows, n_cols, density, test_fraction=0.0):
     vals = rng.integers(1, 11, r.size) / 2.0
     df = pd.DataFrame({"row": r.astype(np.int32), "col": c.astype(np.int32), "rating": vals,
                        "is_test": rng.random(r.size) < test_fraction})
+    df["kind"] = df.is_test.astype(np.int8)
     return df.sample(frac=1.0, random_state=1).reset_index(drop=True)  # unordered, like Spark
 
 
@@ -69,8 +70,9 @@ def test_solve_block_matches_dense_reference_and_reports_metrics(biases, count_s
     design = np.hstack([fixed[:, :rank], np.ones((n_cols, 1))]) if biases else fixed[:, :rank]
     offset = fixed[:, rank].copy() if biases else None
     mu, sigma, lo, hi = 3.0, 1.1, 0.5, 5.0
-    out = solve_block((0,), packed, fixed=(design, offset), rank=rank, biases=biases, lam=2.0,
-                      lam_bias=0.7, count_scaling=count_scaling, mu=mu, sigma=sigma, lo=lo,
+    reg = (2.0,) * rank + ((0.7,) if biases else ())
+    out = solve_block((0,), packed, fixed=(design, offset, None), rank=rank, biases=biases,
+                      reg=reg, count_scaling=count_scaling, mu=mu, sigma=sigma, lo=lo,
                       hi=hi, link="linear", clip=True, val_dtype="float64",
                       gram_dtype="float64", metrics=True)
     assert list(out.columns) == SOLVED_COLUMNS
@@ -99,7 +101,7 @@ def test_sigmoid_link_metrics_use_the_sigmoid_read_out():
     df = ratings_frame(rng, 10, 12, 0.5)
     packed = pack_block((0,), df, chunk_ratings=1000, val_dtype="float32", with_test=False)
     design = rng.normal(size=(12, 3))
-    kw = dict(fixed=(design, None), rank=3, biases=False, lam=1.0, lam_bias=1.0,
+    kw = dict(fixed=(design, None, None), rank=3, biases=False, reg=(1.0, 1.0, 1.0),
               count_scaling=False, mu=3.0, sigma=1.0, lo=1.0, hi=5.0, clip=True,
               val_dtype="float32", gram_dtype="float64", metrics=True)
     lin = solve_block((0,), packed, link="linear", **kw)

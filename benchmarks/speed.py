@@ -1,0 +1,251 @@
+"""Seconds per epoch: pmf-spark vs Spark MLlib ALS on the same cached DataFrame, one run.
+
+    .venv/bin/python benchmarks/speed.py --shape ml-1m  [--rank 30] [--iters 10]
+    .venv/bin/python benchmarks/speed.py --shape ml-10m --driver-memory 8g
+    .venv/bin/python benchmarks/speed.py --data ../shared/data/ml-100k/u.data
+
+What runs, in one process on one local[cores] session, on the same prepared
+ratings (seeded 85/15 split, dense ids, cached):
+
+- ``pmf-spark als-wr``: our job's ALS with MLlib's regularisation (λ scaled by each
+  row's count, no biases) and λ = regParam / σ (we work on z-scored ratings);
+- ``pmf-spark default``: our default model (PMF: unscaled λ, biases);
+- ``pmf-spark float32``: the default with float32 Gram matrices;
+- ``mllib``: ``pyspark.ml.recommendation.ALS`` with the same rank, iterations and
+  regParam. Seconds per iteration are (T(iters) - T(1)) / (iters - 1) of two fits,
+  which removes its setup the way we report ours separately;
+- ``numpy floor``: our batched solver in this single process, one BLAS thread.
+
+Per epoch is the median over epochs after the first. Peak RSS: the driver JVM,
+the Python driver and the largest Python worker (VmHWM). Writes
+benchmarks/results/speed-<shape>.{json,md}; the BLAS each side used is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, md_table, session, write_results  # noqa: E402
+
+
+def vm_hwm_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def worker_pids() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def memory(spark) -> dict:
+    jvm_pid = int(str(spark.sparkContext._jvm.java.lang.management.ManagementFactory
+                      .getRuntimeMXBean().getName()).split("@")[0])
+    workers = [vm_hwm_mb(p) for p in worker_pids()]
+    return {"driver_jvm_peak_mb": vm_hwm_mb(jvm_pid),
+            "driver_python_peak_mb": vm_hwm_mb(os.getpid()),
+            "worker_python_peak_mb": max(workers) if workers else float("nan"),
+            "python_workers": len(workers)}
+
+
+def run_ours(spark, data, params, label):
+    from pmf_spark.train import ALSTrainer
+
+    t0 = time.perf_counter()
+    trainer = ALSTrainer(spark, data, params)
+    trainer.setup()
+    state = trainer.fit()
+    total = time.perf_counter() - t0
+    per = [m.seconds for m in state.history]
+    out = {"setup_seconds": trainer.setup_seconds, "epoch_seconds": per,
+           "per_epoch": statistics.median(per[1:]) if len(per) > 1 else per[0],
+           "first_epoch": per[0], "end_to_end": total,
+           "test_rmse": trainer.final_metrics(state).test_rmse, "blocks": trainer.blocks}
+    trainer.release()
+    print(f"{label:22s} {out['per_epoch']:7.2f} s/epoch  setup {out['setup_seconds']:.1f}s  "
+          f"test rmse {out['test_rmse']:.4f}", flush=True)
+    return out
+
+
+def run_mllib(spark, data, rank, iters, reg):
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    train = data.ratings.where("kind = 0").select("u", "i", "rating")
+    test = data.ratings.where("is_test").select("u", "i", "rating")
+    times = {}
+    model = None
+    for n in (1, iters):
+        als = ALS(rank=rank, maxIter=n, regParam=reg, userCol="u", itemCol="i",
+                  ratingCol="rating", coldStartStrategy="nan", seed=0)
+        t0 = time.perf_counter()
+        model = als.fit(train)
+        model.userFactors.count()          # the fit is lazy at the end: force it
+        times[n] = time.perf_counter() - t0
+    pred = model.transform(test)
+    p = F.when(F.isnan("prediction"), F.lit(data.mu)).otherwise(F.col("prediction"))
+    p = F.least(F.greatest(p, F.lit(data.rating_lo)), F.lit(data.rating_hi))
+    rmse = pred.select(F.sqrt(F.avg((p - F.col("rating")) ** 2))).first()[0]
+    per = (times[iters] - times[1]) / max(1, iters - 1)
+    out = {"per_epoch": per, "fit_seconds": times[iters], "fit_1_iter_seconds": times[1],
+           "end_to_end": times[iters], "test_rmse": rmse,
+           "num_blocks": spark.sparkContext.defaultParallelism}
+    print(f"{'mllib':22s} {per:7.2f} s/iter   fit {times[iters]:.1f}s  test rmse {rmse:.4f}",
+          flush=True)
+    return out
+
+
+def numpy_floor(data, params, epochs=3):
+    """One process, one BLAS thread: the same solves without Spark."""
+    from threadpoolctl import threadpool_limits
+
+    from pmf_spark.solvers import ridge_solve_csr
+
+    tbl = data.ratings.where("kind = 0").select("u", "i", "rating").toArrow()
+    u = tbl.column("u").to_numpy()
+    i = tbl.column("i").to_numpy()
+    z = (tbl.column("rating").to_numpy() - data.mu) / data.sigma
+
+    def csr(rows, cols, n):
+        order = np.lexsort((cols, rows))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        return indptr, cols[order].astype(np.int32), z[order]
+
+    U_csr, V_csr = csr(u, i, data.n_users), csr(i, u, data.n_items)
+    rng = np.random.default_rng(0)
+    k = params.rank + 1
+    U = rng.normal(0, 0.1, (data.n_users, k))
+    V = rng.normal(0, 0.1, (data.n_items, k))
+    reg = np.full(k, params.lambda_u)
+    reg[-1] = params.lambda_bias
+    times = []
+    with threadpool_limits(1):
+        for _ in range(epochs):
+            t0 = time.perf_counter()
+            for (indptr, cols, t), fixed, out in ((U_csr, V, U), (V_csr, U, V)):
+                design = np.hstack([fixed[:, :-1], np.ones((fixed.shape[0], 1))])
+                sol = ridge_solve_csr(indptr, cols, t - fixed[cols, -1], design, reg,
+                                      gram_dtype=np.dtype(params.gram_dtype))
+                out[:] = sol.x
+            times.append(time.perf_counter() - t0)
+    per = statistics.median(times)
+    print(f"{'numpy floor (' + params.gram_dtype + ')':22s} {per:7.2f} s/epoch", flush=True)
+    return {"per_epoch": per, "epoch_seconds": times}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="ml-1m", help="synthetic shape: small, ml-1m, ml-10m")
+    ap.add_argument("--data", help="a ratings file instead (format from its name)")
+    ap.add_argument("--rank", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--reg-param", type=float, default=0.1, help="MLlib regParam")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=0, help="pmf-spark blocks (0 = cores)")
+    ap.add_argument("--driver-memory", default="6g")
+    ap.add_argument("--skip", default="", help="comma-separated runs to skip")
+    ap.add_argument("--name")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+
+    spark = session("pmf-spark speed benchmark", args.cores, args.driver_memory)
+    import logging
+
+    logging.getLogger("pmf_spark").setLevel(logging.WARNING)
+    from pmf_spark.io import load_ratings
+    from pmf_spark.params import JobConfig, PMFParams
+    from pmf_spark.pipeline import load_inputs
+    from pmf_spark.prepare import prepare
+
+    t0 = time.perf_counter()
+    if args.data:
+        clean = load_ratings(spark, args.data)
+        label = Path(args.data).name
+    else:
+        clean, _ = load_inputs(spark, JobConfig(synthetic=args.shape))
+        label = args.shape
+    data = prepare(clean, None, test_fraction=0.15, split_seed=0, on_duplicate="latest")
+    prep = time.perf_counter() - t0
+    print(f"{label}: {data.n_users} users x {data.n_items} items, {data.n_train} train / "
+          f"{data.n_test} test ratings; prepared in {prep:.1f}s", flush=True)
+
+    base = PMFParams(rank=args.rank, epochs=args.iters, blocks=args.blocks)
+    runs = {}
+    if "als-wr" not in skip:
+        lam = args.reg_param / data.sigma
+        runs["pmf-spark als-wr"] = run_ours(spark, data, base.replace(
+            reg_scaling="count", biases=False, lambda_u=lam, lambda_v=lam), "pmf-spark als-wr")
+    if "default" not in skip:
+        runs["pmf-spark default"] = run_ours(spark, data, base, "pmf-spark default")
+    if "float32" not in skip:
+        runs["pmf-spark float32"] = run_ours(spark, data, base.replace(gram_dtype="float32"),
+                                             "pmf-spark float32")
+    if "mllib" not in skip:
+        runs["mllib"] = run_mllib(spark, data, args.rank, args.iters, args.reg_param)
+    floors = {}
+    if "floor" not in skip:
+        floors["float64"] = numpy_floor(data, base)
+        floors["float32"] = numpy_floor(data, base.replace(gram_dtype="float32"))
+    mem = memory(spark)
+    info = machine(spark)
+    ml = runs.get("mllib", {}).get("per_epoch")
+    rows = []
+    for name, r in runs.items():
+        floor = floors.get("float32" if "float32" in name else "float64", {}).get("per_epoch")
+        rows.append([name, f"{r['per_epoch']:.2f}",
+                     f"{r['per_epoch'] / ml:.2f}x" if ml and name != "mllib" else "1.00x",
+                     f"{r['per_epoch'] / floor:.2f}x" if floor and name != "mllib" else "",
+                     f"{r.get('setup_seconds', r.get('fit_1_iter_seconds', 0)):.1f}",
+                     f"{r['end_to_end']:.1f}", f"{r['test_rmse']:.4f}"])
+    for name, f in floors.items():
+        rows.append([f"numpy floor {name}", f"{f['per_epoch']:.2f}", "", "1.00x", "", "", ""])
+    md = (f"# Seconds per epoch on {label} (rank {args.rank}, {args.iters} iterations, "
+          f"local[{args.cores}])\n\n"
+          + md_table(["run", "s/epoch", "vs MLlib", "vs numpy floor", "setup s", "end-to-end s",
+                      "test RMSE"], rows)
+          + f"\nMeasured {info['date']}: {info['cpu']}, {info['cores']} cores, Spark "
+            f"{info['pyspark']}, numpy {info['numpy']} ({info['numpy_blas']}), MLlib BLAS "
+            f"{info['jvm_blas'].get('blas')}, LAPACK {info['jvm_blas'].get('lapack')}, "
+            f"threads {info['threads']}. Peak RSS: driver JVM "
+            f"{mem['driver_jvm_peak_mb']:.0f} MB, Python driver "
+            f"{mem['driver_python_peak_mb']:.0f} MB, largest Python worker "
+            f"{mem['worker_python_peak_mb']:.0f} MB.\n")
+    name = args.name or f"speed-{label}"
+    write_results(name, {"data": label, "rank": args.rank, "iters": args.iters,
+                         "reg_param": args.reg_param, "prepare_seconds": prep,
+                         "n_users": data.n_users, "n_items": data.n_items,
+                         "n_train": data.n_train, "n_test": data.n_test,
+                         "runs": runs, "numpy_floor": floors, "memory": mem,
+                         "machine": info}, md)
+    print(md)
+    data.release()
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""spark-submit entry point: search PMF hyperparameters on validation data.
+
+    ./spark-submit.sh jobs/tune.py --ratings ml-100k/u.data --trials 30 --folds 3 \\
+        --output out/tune
+    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml
+
+The test split (the training job's seeded random split with the same --split-seed
+and --test-fraction, or a --test file, which is never read) takes no part:
+validation data is carved from the training ratings only. Writes results.parquet,
+results.json and best.toml (a job configuration the training job accepts) to
+--output, atomically. Exit codes: 0 success, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pmf_spark.cli import OneLineErrorParser, setup_logging
+from pmf_spark.config import load_config_file, resolve, to_toml
+from pmf_spark.errors import ConfigError, PMFUserError
+
+log = logging.getLogger("pmf_spark")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser():
+    p = OneLineErrorParser(prog="tune.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", metavar="FILE", help="base job configuration (TOML)")
+    g = p.add_argument_group("input (as the training job)")
+    for flag in ("ratings", "format", "test", "user-col", "item-col", "rating-col",
+                 "timestamp-col", "sep"):
+        g.add_argument(f"--{flag}")
+    g.add_argument("--synthetic")
+    g.add_argument("--test-fraction", type=float)
+    g.add_argument("--split-seed", type=int)
+    s = p.add_argument_group("search")
+    s.add_argument("--trials", type=int, default=20, help="trials incl. the base (default 20)")
+    s.add_argument("--folds", type=int, default=1,
+                   help="1 = one validation split, k > 1 = k-fold CV (default 1)")
+    s.add_argument("--validation-fraction", type=float, default=0.15,
+                   help="share of the training ratings validated on when --folds 1")
+    s.add_argument("--ranks", default="10,20,30,50,80", help="ranks to draw from")
+    s.add_argument("--lambda-range", default="1,100", help="log-uniform range of lambda_u/v")
+    s.add_argument("--lambda-bias-range", default="1,100", help="log-uniform range of lambda_bias")
+    s.add_argument("--priors", default="fixed", help="prior modes to draw from, e.g. "
+                                                     "fixed,spherical,diagonal")
+    s.add_argument("--epochs", type=int, help="epochs per trial (default: the base config's)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the search")
+    s.add_argument("--parallel", type=int, default=0,
+                   help="trials trained at once; 0 = cores // blocks")
+    s.add_argument("--blocks", type=int, default=0, help="blocks per trial; 0 = cores")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", default="out/tune")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None, spark=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    setup_logging(args.verbose)
+    try:
+        from pmf_spark.tuning import SearchSpace, run_search, sample_trials
+
+        file_values = load_config_file(args.config) if args.config else None
+        job_flags = {k: v for k, v in {
+            "ratings": args.ratings, "format": args.format, "test": args.test,
+            "user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
+            "timestamp_col": args.timestamp_col, "sep": args.sep, "synthetic": args.synthetic,
+            "test_fraction": args.test_fraction, "split_seed": args.split_seed}.items()
+            if v is not None}
+        model_flags = {"epochs": args.epochs} if args.epochs is not None else {}
+        job, base = resolve(file_values, {"job": job_flags, "model": model_flags})
+        if args.trials < 1 or args.folds < 1:
+            raise ConfigError("trials and folds must be >= 1")
+        if not 0 < args.validation_fraction < 1:
+            raise ConfigError(f"validation_fraction: must be in (0, 1), got "
+                              f"{args.validation_fraction}")
+        lam = _floats(args.lambda_range)
+        lam_b = _floats(args.lambda_bias_range)
+        if len(lam) != 2 or len(lam_b) != 2:
+            raise ConfigError("--lambda-range and --lambda-bias-range take low,high")
+        space = SearchSpace(ranks=tuple(int(x) for x in _floats(args.ranks)), lambda_range=lam,
+                            lambda_bias_range=lam_b,
+                            priors=tuple(x.strip() for x in args.priors.split(",")))
+        trials = sample_trials(space, base, args.trials, args.seed)
+
+        from pyspark.sql import SparkSession
+
+        from pmf_spark.io import AtomicOutput
+        from pmf_spark.pipeline import check_output_path, load_inputs
+
+        own = spark is None
+        if own:
+            spark = SparkSession.builder.appName("pmf-spark tune").getOrCreate()
+            if not args.verbose:
+                spark.sparkContext.setLogLevel("ERROR")
+        try:
+            check_output_path(spark, job.replace(output=args.output))
+            train, _ = load_inputs(spark, job.replace(test=None))
+            cores = spark.sparkContext.defaultParallelism
+            blocks = args.blocks or max(1, cores)
+            parallel = args.parallel or max(1, cores // blocks)
+            results = run_search(
+                spark, train, trials, test_fraction=None if job.test else job.test_fraction,
+                split_seed=job.split_seed, on_duplicate=job.on_duplicate, folds=args.folds,
+                validation_fraction=args.validation_fraction, parallel=parallel, blocks=blocks)
+            rows = sorted((r.row() for r in results), key=lambda r: r["val_rmse"])
+            best = min(results, key=lambda r: r.mean)
+            out = AtomicOutput(spark, args.output)
+            try:
+                import pandas as pd
+
+                spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
+                    out.path("results.parquet"))
+                out.write_json("results.json", {"folds": args.folds, "trials": rows,
+                                                "search": space.__dict__,
+                                                "best_trial": best.trial})
+                out.write_text("best.toml", "# the best trial of jobs/tune.py "
+                               f"(validation rmse {best.mean:.4f} +- {best.sd:.4f})\n"
+                               + to_toml(job, best.params.replace(blocks=0)))
+                out.commit({"tables": {"results.parquet": len(rows)}})
+            except BaseException:
+                out.abort()
+                raise
+            log.info("best: trial %d  rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
+                     "priors %s  validation rmse %.4f +- %.4f  ->  %s/best.toml", best.trial,
+                     best.params.rank, best.params.lambda_u, best.params.lambda_v,
+                     best.params.lambda_bias, best.params.priors, best.mean, best.sd,
+                     args.output)
+        finally:
+            if own:
+                spark.stop()
+        return 0
+    except PMFUserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
