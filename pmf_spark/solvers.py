@@ -11,12 +11,13 @@ where ``F_I`` (n_i x k) holds the rows of the fixed design matrix for the n_i
 entries of row i, ``t_i`` the targets and ``Lambda_i = s_i * diag(reg)`` the
 prior precision, ``s_i = 1`` (PMF) or ``s_i = n_i`` (ALS-WR, count scaling).
 
-The batched solver keeps rows in CSR form (``indptr``, ``cols``, ``targets``),
-sorts them by entry count, pads rows of similar length into buckets (at most
-20% padding per row), gathers each bucket's design rows into one
-``(rows, L, k)`` array, forms all Gram matrices with one stacked ``matmul`` and
-solves them with one stacked ``np.linalg.solve``. Rows with no entries are
-set to the prior mean, 0, explicitly.
+The batched solver keeps rows in CSR form (``indptr``, ``cols``, ``targets``).
+It walks the rows in chunks of a bounded number of entries: for each row it
+gathers the row's design rows and forms ``X^T X`` (numpy hands a 2-D ``A.T @ A``
+to BLAS ``syrk``, half the work of a general product and measured 1.5-7x faster
+than one stacked, padded ``matmul`` over rows of similar length) and ``X^T t``;
+then it solves the whole chunk with one stacked ``np.linalg.solve``. Rows with no
+entries are set to the prior mean, 0, explicitly.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ __all__ = [
     "BlockSolution",
     "ridge_solve_csr",
     "reference_ridge_rows",
-    "bucket_rows",
+    "row_chunks",
 ]
 
-#: Padding a row may carry inside a bucket, as a fraction of the bucket length.
-_MAX_PAD = 0.25
-#: Upper bound on the bytes of one gathered (rows, L, k) bucket.
-_BUCKET_BYTES = 48 << 20
+#: Entries gathered per chunk of rows (bounds the memory of the gathered rows).
+_CHUNK_ENTRIES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -59,37 +58,19 @@ class BlockSolution:
     var_sum: np.ndarray | None = None
 
 
-def bucket_rows(counts: np.ndarray, k: int, max_pad: float = _MAX_PAD,
-                max_bytes: int = _BUCKET_BYTES, itemsize: int = 8):
-    """Group rows with entries into buckets of similar length.
-
-    Args:
-        counts: int (n_rows,) entries per row.
-        k: columns of the design matrix (bytes per gathered entry = k * itemsize).
-
-    Returns:
-        list of (row_indices int64 (nb,), padded_length int), rows in ascending
-        count order; rows with 0 entries are left out.
-    """
-    counts = np.asarray(counts)
-    order = np.argsort(counts, kind="stable")
-    order = order[counts[order] > 0]
-    out = []
-    n = order.size
-    start = 0
-    while start < n:
-        c0 = int(counts[order[start]])
-        limit = max(c0, int(np.floor(c0 / (1.0 - max_pad))))
-        # the last row (in ascending order) whose count stays within the limit
-        end = int(np.searchsorted(counts[order], limit, side="right"))
-        end = max(end, start + 1)
-        length = int(counts[order[end - 1]])
-        per_row = max(1, length * k * itemsize)
-        max_rows = max(1, max_bytes // per_row)
-        end = min(end, start + max_rows)
-        length = int(counts[order[end - 1]])
-        out.append((order[start:end].astype(np.int64), length))
-        start = end
+def row_chunks(counts: np.ndarray, max_entries: int = _CHUNK_ENTRIES):
+    """Consecutive ranges of the rows with entries, each with at most
+    ``max_entries`` entries (or one row): a list of int64 row-index arrays."""
+    rows = np.flatnonzero(np.asarray(counts) > 0)
+    out, start, total = [], 0, 0
+    for j, r in enumerate(rows):
+        c = int(counts[r])
+        if j > start and total + c > max_entries:
+            out.append(rows[start:j])
+            start, total = j, 0
+        total += c
+    if start < rows.size:
+        out.append(rows[start:])
     return out
 
 
@@ -167,29 +148,32 @@ def ridge_solve_csr(indptr: np.ndarray, cols: np.ndarray, targets: np.ndarray,
         return BlockSolution(x, fitted, inv_diag, gram_diag, var_sum)
 
     gdt = np.dtype(gram_dtype)
-    # one zero row at index n_fixed absorbs the padding of every bucket
-    design_pad = np.vstack([design, np.zeros((1, k))]).astype(gdt, copy=False)
-    var_pad = None if fixed_var is None else np.vstack([fixed_var, np.zeros((1, k))])
-    targets_pad = np.append(targets, 0.0)
-    cols_pad = np.append(cols.astype(np.int64, copy=False), n_fixed)
-    pad_entry = cols.size  # index of the padding slot in targets_pad / cols_pad
+    design_g = design.astype(gdt, copy=False)
     diag = np.arange(k)
 
-    for rows, length in bucket_rows(counts, k, itemsize=gdt.itemsize):
-        starts = indptr[rows]
-        offs = np.arange(length)
-        pos = starts[:, None] + offs[None, :]
-        valid = offs[None, :] < counts[rows][:, None]
-        pos = np.where(valid, pos, pad_entry)
-        X = design_pad[cols_pad[pos]]                      # (nb, L, k)
-        t = targets_pad[pos]                               # (nb, L)
-        Xt = X.transpose(0, 2, 1)
-        gram = np.matmul(Xt, X).astype(np.float64, copy=False)  # (nb, k, k)
-        rhs = np.matmul(Xt, t.astype(gdt, copy=False)[..., None])[..., 0].astype(np.float64)
+    chunks = row_chunks(counts, _CHUNK_ENTRIES)
+    # one buffer for all chunks: fresh large allocations page-fault on every chunk
+    most = max((c.size for c in chunks), default=0)
+    gram_buf, rhs_buf = np.empty((most, k, k)), np.empty((most, k))
+    for rows in chunks:
+        nb = rows.size
+        gram, rhs = gram_buf[:nb], rhs_buf[:nb]
+        gathered = []
+        for j, r in enumerate(rows):
+            a, b = indptr[r], indptr[r + 1]
+            X = design_g[cols[a:b]]                      # (n_i, k)
+            gram[j] = X.T @ X                              # syrk
+            rhs[j] = targets[a:b].astype(gdt, copy=False) @ X
+            if with_fitted:
+                gathered.append(X)
         if with_cov:
             gram_diag[rows] = gram[:, diag, diag]
-        if var_pad is not None:
-            vs = var_pad[cols_pad[pos]].sum(axis=1)        # (nb, k)
+        if fixed_var is not None:
+            # the chunk's rows are consecutive among the non-empty ones, so their entries
+            # are one contiguous range, row after row
+            span = cols[indptr[rows[0]]:indptr[rows[-1] + 1]]
+            offsets = np.concatenate([[0], np.cumsum(counts[rows])[:-1]])
+            vs = np.add.reduceat(fixed_var[span], offsets, axis=0)
             var_sum[rows] = vs
             gram[:, diag, diag] += vs
         if alpha != 1.0:
@@ -211,8 +195,9 @@ def ridge_solve_csr(indptr: np.ndarray, cols: np.ndarray, targets: np.ndarray,
             inv_diag[rows] = np.linalg.inv(gram)[:, diag, diag]
         x[rows] = sol
         if with_fitted:
-            fit = np.matmul(X, sol.astype(gdt, copy=False)[..., None])[..., 0]
-            fitted[pos[valid]] = fit[valid]
+            sol_g = sol.astype(gdt, copy=False)
+            for j, r in enumerate(rows):
+                fitted[indptr[r]:indptr[r + 1]] = gathered[j] @ sol_g[j]
     return BlockSolution(x, fitted, inv_diag, gram_diag, var_sum)
 
 

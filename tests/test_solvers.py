@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmf_spark.solvers import bucket_rows, reference_ridge_rows, ridge_solve_csr, to_rating
+from pmf_spark.solvers import reference_ridge_rows, ridge_solve_csr, row_chunks, to_rating
 
 
 def random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.0):
@@ -122,17 +122,32 @@ def test_matches_row_by_row_reference_on_skewed_rows():
                                rtol=1e-9, atol=1e-11)
 
 
-@given(counts=st.lists(st.integers(0, 400), min_size=0, max_size=300), k=st.integers(1, 40))
+@given(counts=st.lists(st.integers(0, 400), min_size=0, max_size=300),
+       budget=st.integers(1, 2000))
 @settings(max_examples=80, deadline=None)
-def test_buckets_cover_each_nonempty_row_once_with_bounded_padding(counts, k):
+def test_row_chunks_cover_each_nonempty_row_once_in_order(counts, budget):
     counts = np.array(counts, dtype=np.int64)
-    buckets = bucket_rows(counts, k, max_bytes=1 << 16)
-    seen = np.concatenate([b for b, _ in buckets]) if buckets else np.zeros(0, np.int64)
-    assert sorted(seen.tolist()) == np.flatnonzero(counts > 0).tolist()
-    for rows, length in buckets:
-        assert length == counts[rows].max()
-        # padding of any row is at most a quarter of the bucket length
-        assert (counts[rows] >= 0.75 * length - 1e-9).all()
+    chunks = row_chunks(counts, budget)
+    seen = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    assert seen.tolist() == np.flatnonzero(counts > 0).tolist()
+    for rows in chunks:
+        # within budget unless a single row is larger than it
+        assert counts[rows].sum() <= budget or rows.size == 1
+
+
+def test_chunked_solve_equals_one_chunk(monkeypatch):
+    import pmf_spark.solvers as solvers
+    rng = np.random.default_rng(6)
+    indptr, cols, t = random_csr(rng, 300, 80, 40, empty_fraction=0.3)
+    design = rng.normal(size=(80, 6))
+    fixed_var = rng.uniform(0, 0.2, size=(80, 6))
+    kw = dict(with_fitted=True, with_cov=True, fixed_var=fixed_var)
+    whole = ridge_solve_csr(indptr, cols, t, design, np.full(6, 2.0), **kw)
+    monkeypatch.setattr(solvers, "_CHUNK_ENTRIES", 37)
+    parts = solvers.ridge_solve_csr(indptr, cols, t, design, np.full(6, 2.0), **kw)
+    for a, b in ((whole.x, parts.x), (whole.fitted, parts.fitted),
+                 (whole.inv_diag, parts.inv_diag), (whole.var_sum, parts.var_sum)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
 
 
 def test_to_rating_links():
