@@ -28,7 +28,7 @@ GROUPS = {
                         "lambda_bias", "reg_scaling", "priors", "prior_update_every",
                         "early_stopping", "link", "clip", "init_std", "seed", "samples",
                         "burn_in", "thin"]),
-    "output": ("job", ["output", "output_files"]),
+    "output": ("job", ["output", "output_files", "report"]),
     "recommendations and evaluation": ("job", ["top_k", "min_item_ratings", "exclude_items",
                                                "relevance_threshold", "cold_start",
                                                "similar_items"]),

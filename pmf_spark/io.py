@@ -114,6 +114,10 @@ def qualify(spark: SparkSession, path: str) -> str:
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     fs, jpath = _jvm_fs(spark, path)
+    try:
+        fs.setWriteChecksum(False)   # no .crc side files for our small JSON/HTML files
+    except Exception:  # not a checksummed filesystem
+        pass
     out = fs.create(jpath, True)
     try:
         out.write(bytearray(text.encode("utf-8")))
@@ -250,6 +254,34 @@ def load_ratings(spark: SparkSession, path: str, fmt: str = "auto", *, user_col=
     """Read and validate ratings in one aggregation; raise InputDataError on bad input."""
     raw, spec = read_raw(spark, path, fmt, user_col=user_col, item_col=item_col,
                          rating_col=rating_col, timestamp_col=timestamp_col, sep=sep)
+    return validate_raw(raw, spec, path, role=role, rating_min=rating_min,
+                        rating_max=rating_max)
+
+
+def frame_ratings(df: DataFrame, user_col: str, item_col: str, rating_col: str,
+                  timestamp_col: str | None = None, *, rating_min: float | None = None,
+                  rating_max: float | None = None, role: str = "ratings") -> CleanRatings:
+    """Validate ratings given as a DataFrame (the Python API) like a file."""
+    for kind, c in (("user", user_col), ("item", item_col), ("rating", rating_col),
+                    ("timestamp", timestamp_col)):
+        if c is not None and c not in df.columns:
+            raise InputDataError(f"{role} DataFrame: no column {c!r} for the {kind} "
+                                 f"(columns: {', '.join(df.columns)})")
+    raw = df.select(F.col(f"`{user_col}`").alias("u"), F.col(f"`{item_col}`").alias("i"),
+                    F.col(f"`{rating_col}`").alias("r"),
+                    (F.col(f"`{timestamp_col}`") if timestamp_col
+                     else F.lit(None).cast("string")).alias("ts"),
+                    F.lit("DataFrame").alias("_file"), F.lit(None).cast("string").alias("_bad"))
+    spec = dataclasses.replace(SPECS["parquet"], user=user_col, item=item_col,
+                               rating=rating_col, timestamp=timestamp_col)
+    return validate_raw(raw, spec, "DataFrame", role=role, rating_min=rating_min,
+                        rating_max=rating_max)
+
+
+def validate_raw(raw: DataFrame, spec: FormatSpec, path: str, *, role: str = "ratings",
+                 rating_min: float | None = None,
+                 rating_max: float | None = None) -> CleanRatings:
+    """The one-pass validation of raw columns (u, i, r, ts, _file, _bad)."""
     dtypes = dict(raw.dtypes)
     where = f"{role} {path}"
 

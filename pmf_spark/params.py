@@ -203,6 +203,8 @@ class JobConfig(_Params):
                            "popular items (flagged), 'drop' leaves them out", default="popular")
     similar_items: int = _doc("k nearest items by cosine written to item_neighbors/; 0 = none",
                               default=0)
+    report: bool = _doc("write report.html with learning curves, error plots and ranking "
+                        "metrics", default=True)
     checkpoint_dir: str | None = _doc("write checkpoints of the training state here", default=None)
     checkpoint_every: int = _doc("epochs between checkpoints (with checkpoint_dir)", default=5)
     resume: bool = _doc("continue from the last complete checkpoint in checkpoint_dir",
@@ -223,6 +225,7 @@ class JobConfig(_Params):
         _check_int("similar_items", self.similar_items, 0, 10_000)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_bool("resume", self.resume)
+        _check_bool("report", self.report)
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume: needs --checkpoint-dir, where the checkpoints are")
         for name in ("rating_min", "rating_max"):

@@ -341,7 +341,13 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
                           _n_files(cfg, data.n_items, cfg.similar_items), "item_id", "rank")
             counts[NEIGHBORS_TABLE] = spark.read.parquet(out.path(NEIGHBORS_TABLE)).count()
         sc.setJobDescription(None)
+        diag = None
+        if cfg.report and data.n_test > 0:
+            from .report import diagnostics, rating_bins
+            bins = rating_bins(data.rating_lo, data.rating_hi)
+            diag = diagnostics(spark, trainer, model, bins)
         history = [m.to_dict() for m in state.history]
+        final_metrics = final
         final = final.to_dict()
         metrics = {"epochs": history, "final": final}
         if ranking is not None:
@@ -362,13 +368,20 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
             "samples_averaged": len(state.samples),
             "blocks": trainer.blocks,
             "final_metrics": final,
+            "baseline_rmse": diag["baseline_rmse"] if diag else None,
             "ranking": ranking,
             "seconds": seconds,
             "versions": versions(),
         }
         out.write_json("model.json", meta)
-        return out.commit({"tables": counts, "files": ["model.json", "metrics.json",
-                                                       "metrics.csv"]})
+        files = ["model.json", "metrics.json", "metrics.csv"]
+        if diag is not None:
+            from .report import figures, render_html
+            figs = figures(state.history, diag, bins, trainer.user_counts)
+            out.write_text("report.html", render_html(meta, figs, ranking))
+            files.append("report.html")
+            del final_metrics
+        return out.commit({"tables": counts, "files": files})
     except BaseException:
         out.abort()
         raise

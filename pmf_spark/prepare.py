@@ -102,7 +102,8 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
             split_seed: int, on_duplicate: str,
             validation_fraction: float = 0.0,
             keep: F.Column | None = None,
-            holdout: F.Column | None = None) -> PreparedData:
+            holdout: F.Column | None = None,
+            require_test: bool = True) -> PreparedData:
     """Dedupe, split (or take the given test split), index and summarise.
 
     With ``validation_fraction`` > 0 a share of the training ratings is held out
@@ -154,7 +155,7 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
     if n_train == 0:
         raise InputDataError(f"ratings {train.path}: the split left no training ratings "
                              f"(lower --test-fraction)")
-    if n_test == 0:
+    if n_test == 0 and require_test:
         where = test.path if test is not None else train.path
         raise InputDataError(f"ratings {where}: the split left no test ratings "
                              f"(raise --test-fraction or give --test)")

@@ -238,3 +238,38 @@ def evaluate_block(key, pdf, *, shared, mu, sigma, lo, hi, link, clip, val_dtype
 EVAL_SCHEMA = ("block int, chunk int, n_train long, train_sse double, train_sae double, "
                "n_test long, test_sse double, test_sae double")
 EVAL_COLUMNS = [c.strip().split(" ")[0] for c in EVAL_SCHEMA.split(",")]
+
+
+DIAG_SCHEMA = "block int, chunk int, pred_hist binary, true_hist binary, user_sse binary, " \
+              "user_n binary, base_sse double"
+DIAG_COLUMNS = [c.strip().split(" ")[0] for c in DIAG_SCHEMA.split(",")]
+
+
+def diagnose_block(key, pdf, *, shared, bins, n_users, mu, sigma, lo, hi, link, clip,
+                   val_dtype):
+    """Test-split diagnostics of a fixed model over one packed item block: histograms
+    of predicted and true ratings over ``bins`` (edges), and per-user squared error
+    sums and counts (n_users,), for the report."""
+    limit_blas_threads()
+    ud, uo, idz, io = shared.value if hasattr(shared, "value") else shared
+    conv = dict(mu=mu, sigma=sigma, lo=lo, hi=hi, link=link, clip=clip)
+    edges = np.asarray(bins, dtype=np.float64)
+    out = []
+    for _, row in pdf.iterrows():
+        c = decode_chunk(row, val_dtype)
+        sel = c["test_kind"] == TEST
+        users = c["test_cols"][sel]
+        items = c["row_ids"][c["test_rows"][sel]]
+        truth = c["test_vals"][sel]
+        z = np.einsum("ij,ij->i", ud[users], idz[items]) + uo[users] + io[items]
+        pred = to_rating(z, **conv)
+        err2 = (pred - truth) ** 2
+        out.append({
+            "block": int(key[0]), "chunk": int(row["chunk"]),
+            "pred_hist": _b(np.histogram(np.clip(pred, edges[0], edges[-1]), edges)[0]),
+            "true_hist": _b(np.histogram(np.clip(truth, edges[0], edges[-1]), edges)[0]),
+            "user_sse": _b(np.bincount(users, weights=err2, minlength=n_users)),
+            "user_n": _b(np.bincount(users, minlength=n_users).astype(np.int64)),
+            "base_sse": float(((truth - mu) ** 2).sum()),
+        })
+    return pd.DataFrame(out, columns=DIAG_COLUMNS)

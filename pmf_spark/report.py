@@ -1,0 +1,179 @@
+"""The run report: a self-contained ``report.html`` with the learning curves, the
+distribution of predicted vs true test ratings, the per-user test error against
+activity, and the ranking metrics next to the popularity baseline.
+
+Everything plotted is aggregated in Spark first (histograms, per-user sums); the
+driver only ever holds per-epoch metrics, histograms and per-user arrays. Figures
+are drawn with matplotlib's Agg backend (no display needed) and embedded as PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import io
+import math
+
+import numpy as np
+
+from .udfs import DIAG_SCHEMA, diagnose_block
+
+FIGURES = ("learning_curves", "rating_distribution", "error_vs_activity")
+
+
+def rating_bins(lo: float, hi: float, step: float = 0.25) -> np.ndarray:
+    """Histogram edges with one bin centred on every multiple of ``step`` in [lo, hi]."""
+    n = int(round((hi - lo) / step))
+    return lo - step / 2 + step * np.arange(n + 2)
+
+
+def diagnostics(spark, trainer, model, bins: np.ndarray) -> dict:
+    """Histograms of predicted/true test ratings and per-user test errors."""
+    d, p = trainer.data, trainer.params
+    shared = spark.sparkContext.broadcast((model.U, model.user_bias, model.V, model.item_bias))
+    fn = functools.partial(diagnose_block, shared=shared, bins=tuple(bins), n_users=d.n_users,
+                           mu=d.mu, sigma=d.sigma, lo=d.rating_lo, hi=d.rating_hi,
+                           link=p.link, clip=p.clip, val_dtype=trainer.val_dtype)
+    spark.sparkContext.setJobDescription("report: test diagnostics")
+    tbl = trainer.packed_items.groupBy("block").applyInPandas(fn, DIAG_SCHEMA).toArrow()
+    spark.sparkContext.setJobDescription(None)
+    shared.destroy(blocking=False)
+    nb = len(bins) - 1
+    out = {"pred_hist": np.zeros(nb, np.int64), "true_hist": np.zeros(nb, np.int64),
+           "user_sse": np.zeros(d.n_users), "user_n": np.zeros(d.n_users, np.int64)}
+    for name, dtype in (("pred_hist", np.int64), ("true_hist", np.int64),
+                        ("user_sse", np.float64), ("user_n", np.int64)):
+        for b in tbl.column(name).to_pylist():
+            out[name] += np.frombuffer(b, dtype=dtype)
+    n = out["user_n"].sum()
+    base = float(np.sum(tbl.column("base_sse").to_numpy())) if tbl.num_rows else 0.0
+    out["baseline_rmse"] = math.sqrt(base / n) if n else float("nan")
+    return out
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> dict:
+    """The report's figures as PNG bytes, by name."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out = {}
+    epochs = [m.epoch for m in history]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(epochs, [m.train_rmse for m in history], "o-", label="train RMSE", ms=3)
+    ax.plot(epochs, [m.test_rmse for m in history], "o-", label="test RMSE", ms=3)
+    if any(not math.isnan(m.val_rmse) for m in history):
+        ax.plot(epochs, [m.val_rmse for m in history], "o-", label="validation RMSE", ms=3)
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("RMSE (rating units)")
+    ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out["learning_curves"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    width = np.diff(bins)
+    centers = bins[:-1] + width / 2
+    total_t = max(1, diag["true_hist"].sum())
+    total_p = max(1, diag["pred_hist"].sum())
+    ax.bar(centers, diag["true_hist"] / total_t, width=width, alpha=0.5, label="true test ratings")
+    ax.step(centers, diag["pred_hist"] / total_p, where="mid", color="C3", lw=1.5,
+            label="predicted")
+    ax.set_xlabel("rating")
+    ax.set_ylabel("share of test ratings")
+    ax.set_title("Predicted vs true ratings (test split)")
+    ax.legend()
+    out["rating_distribution"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    has = diag["user_n"] > 0
+    n_train = user_counts[has]
+    rmse = np.sqrt(diag["user_sse"][has] / diag["user_n"][has])
+    ax.scatter(np.maximum(n_train, 0.8), rmse, s=4, alpha=0.25, color="C0", label="users")
+    edges = np.unique(np.round(np.geomspace(1, max(2, n_train.max() + 1), 12)))
+    mids, means = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        sel = (n_train >= a) & (n_train < b)
+        if sel.any():
+            mids.append(math.sqrt(a * b))
+            means.append(math.sqrt(diag["user_sse"][has][sel].sum()
+                                   / diag["user_n"][has][sel].sum()))
+    ax.plot(mids, means, "o-", color="C3", label="RMSE of the bin")
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    lo_x, hi_x = max(0.8, n_train.min()), n_train.max()
+    ax.set_xticks([t for m in (1, 10, 100, 1000, 10000, 100000) for t in (m, 2 * m, 5 * m)
+                   if lo_x <= t <= hi_x * 1.2])
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("user's training ratings (log scale)")
+    ax.set_ylabel("user's test RMSE")
+    ax.set_title("Test error vs user activity")
+    ax.legend()
+    out["error_vs_activity"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _table(header, rows) -> str:
+    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
+    """report.html: self-contained (images inline), no scripts."""
+    f = meta.get("final_metrics", {})
+    d = meta.get("data", {})
+    summary = _table(["", "value"], [
+        ["users x items", f"{d.get('n_users')} x {d.get('n_items')}"],
+        ["training / test ratings", f"{d.get('n_train')} / {d.get('n_test')}"],
+        ["model", f"{meta['model']['model']} rank {meta['latent_rank']}, "
+                  f"lambda_u {meta['model']['lambda_u']}, lambda_v {meta['model']['lambda_v']}, "
+                  f"priors {meta['model']['priors']}"],
+        ["epochs run (reported)", f"{meta.get('epochs_run')} ({meta.get('best_epoch')})"],
+        ["test RMSE / MAE", f"{f.get('test_rmse', float('nan')):.4f} / "
+                            f"{f.get('test_mae', float('nan')):.4f}"],
+        ["train RMSE / MAE", f"{f.get('train_rmse', float('nan')):.4f} / "
+                             f"{f.get('train_mae', float('nan')):.4f}"],
+        ["predicting the training mean", f"{meta.get('baseline_rmse', float('nan')):.4f}"],
+    ])
+    rank_html = "<p>Top-k was not computed (<code>--top-k 0</code>).</p>"
+    if ranking:
+        keys = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+        k = ranking["model"]["k"]
+        rows = [[name] + [f"{ranking[src][key]:.4f}" for key in keys]
+                for name, src in (("PMF", "model"), ("most popular", "popular"))]
+        rank_html = (f"<p>At k = {k}; relevant = test rating &ge; "
+                     f"{ranking['model']['relevance_threshold']}; over "
+                     f"{ranking['model']['users']} users with a relevant test rating.</p>"
+                     + _table(["", *[f"{x}@{k}" if x != "coverage" else x for x in keys]],
+                              rows))
+    imgs = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode(figs[name]).decode()}"/></figure>' for name in FIGURES)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pmf-spark report</title>
+<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;
+text-align:left}}figure{{display:inline-block;margin:0.5em}}img{{max-width:460px}}</style>
+</head><body><h1>pmf-spark training report</h1>
+<h2>Run</h2>{summary}
+<h2>Figures</h2>{imgs}
+<h2>Ranking on the test split</h2>{rank_html}
+<p>Errors are in rating units. The popularity baseline recommends the items with the most
+training ratings, excluding what each user already rated.</p>
+</body></html>
+"""
