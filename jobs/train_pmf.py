@@ -33,7 +33,8 @@ GROUPS = {
                                                "relevance_threshold", "cold_start",
                                                "similar_items"]),
     "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
-    "spark and performance": ("model", ["blocks", "gram_dtype", "chunk_ratings"]),
+    "spark and performance": ("model", ["blocks", "gram_dtype", "chunk_ratings",
+                                        "resident_mb"]),
 }
 CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,

@@ -125,6 +125,8 @@ class PMFParams(_Params):
                            default="float64")
     chunk_ratings: int = _doc("most ratings packed into one row of the cached block layout",
                               default=1_000_000)
+    resident_mb: int = _doc("MB of decoded blocks each Python worker keeps between epochs, so "
+                            "later epochs skip re-sending them; 0 = off", default=1024)
 
     def __post_init__(self):
         _check_int("rank", self.rank, 1, 1000)
@@ -154,6 +156,7 @@ class PMFParams(_Params):
         _check_int("blocks", self.blocks, 0, 100_000)
         _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
         _check_int("chunk_ratings", self.chunk_ratings, 1000)
+        _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
 
     @property
     def k(self) -> int:

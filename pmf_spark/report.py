@@ -100,7 +100,8 @@ def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> d
     has = diag["user_n"] > 0
     n_train = user_counts[has]
     rmse = np.sqrt(diag["user_sse"][has] / diag["user_n"][has])
-    ax.scatter(np.maximum(n_train, 0.8), rmse, s=4, alpha=0.25, color="C0", label="users")
+    alpha = float(min(0.35, max(0.03, 300.0 / max(1, n_train.size))))
+    ax.scatter(np.maximum(n_train, 0.8), rmse, s=4, alpha=alpha, color="C0", label="users")
     edges = np.unique(np.round(np.geomspace(1, max(2, n_train.max() + 1), 12)))
     mids, means = [], []
     for a, b in zip(edges[:-1], edges[1:]):

@@ -64,10 +64,12 @@ import functools
 import logging
 import math
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -84,6 +86,8 @@ from .udfs import (EVAL_SCHEMA, PACKED_SCHEMA, SOLVED_SCHEMA, evaluate_block, pa
 log = logging.getLogger("pmf_spark")
 
 NAN = float("nan")
+#: blocks smaller than this (MB sent to Python per half-epoch) are always sent in full
+RESIDENT_MIN_BLOCK_MB = 32.0
 
 
 class TrainingDiverged(PMFUserError):
@@ -188,17 +192,18 @@ _SUMS = ("n_train", "sse", "sae", "sse_z", "n_test", "test_sse", "test_sae", "n_
          "val_sse", "val_sae", "esse")
 
 
-def _collect_solved(df: DataFrame, out: np.ndarray, var_out: np.ndarray | None = None) -> dict:
-    """Collect a SOLVED frame into ``out`` (n, rank+1) (and the posterior variances
-    into ``var_out``) and sum its statistics."""
-    tbl = df.toArrow()
+def _collect_solved(tbl, out: np.ndarray, var_out: np.ndarray | None = None) -> dict:
+    """Copy a collected SOLVED table (pyarrow) into ``out`` (n, rank+1) (and the
+    posterior variances into ``var_out``) and sum its statistics."""
     width = out.shape[1]
     ids = [np.frombuffer(b, dtype=np.int32) for b in tbl.column("row_ids").to_pylist()]
     for r, fac in zip(ids, tbl.column("factors").to_pylist()):
-        out[r] = np.frombuffer(fac, dtype=np.float64).reshape(r.size, width)
+        if r.size:
+            out[r] = np.frombuffer(fac, dtype=np.float64).reshape(r.size, width)
     if var_out is not None:
         for r, var in zip(ids, tbl.column("variances").to_pylist()):
-            var_out[r] = np.frombuffer(var, dtype=np.float64).reshape(r.size, width)
+            if r.size:
+                var_out[r] = np.frombuffer(var, dtype=np.float64).reshape(r.size, width)
     return {name: float(np.sum(tbl.column(name).to_numpy())) if tbl.num_rows else 0.0
             for name in _SUMS}
 
@@ -262,6 +267,10 @@ class ALSTrainer:
         self.user_counts: np.ndarray | None = None
         self.item_counts: np.ndarray | None = None
         self.setup_seconds = 0.0
+        self.token = uuid.uuid4().hex        # names this packed layout in workers' stores
+        self.warm = {"user": False, "item": False}
+        self.block_mb = {"user": 0.0, "item": 0.0}
+        self.resident_stats = {"light_chunks": 0, "resent_chunks": 0}
 
     @property
     def k(self) -> int:
@@ -278,6 +287,7 @@ class ALSTrainer:
         other.packed_users, other.packed_items = self.packed_users, self.packed_items
         other.user_counts, other.item_counts = self.user_counts, self.item_counts
         other.val_dtype = self.val_dtype
+        other.token, other.warm, other.block_mb = self.token, self.warm, self.block_mb
         return other
 
     # ------------------------------------------------------------------ setup
@@ -291,13 +301,20 @@ class ALSTrainer:
                                       chunk_ratings=p.chunk_ratings, val_dtype=self.val_dtype)
         self.packed_items = pack_side(d.ratings, "i", "u", labels, with_test=True,
                                       chunk_ratings=p.chunk_ratings, val_dtype=self.val_dtype)
+        vbytes = 4 if self.val_dtype == "float32" else 8
         for name, packed in (("user", self.packed_users), ("item", self.packed_items)):
             rows = packed.groupBy("block").agg(F.sum("nnz").alias("nnz"),
+                                               F.sum("n_test").alias("n_test"),
                                                F.count(F.lit(1)).alias("chunks")).collect()
             nnz = sorted(int(r["nnz"]) for r in rows)
-            log.info("%s blocks: %d, ratings per block %s..%s, %d chunk(s)", name, len(rows),
-                     nnz[0] if nnz else 0, nnz[-1] if nnz else 0,
-                     sum(int(r["chunks"]) for r in rows))
+            wire = sum(int(r["nnz"]) * (4 + vbytes) + int(r["n_test"]) * (9 + vbytes)
+                       for r in rows)
+            self.block_mb[name] = wire / max(1, len(rows)) / (1 << 20)
+            log.info("%s blocks: %d, ratings per block %s..%s, %d chunk(s), %.1f MB per block%s",
+                     name, len(rows), nnz[0] if nnz else 0, nnz[-1] if nnz else 0,
+                     sum(int(r["chunks"]) for r in rows), self.block_mb[name],
+                     " (kept in the Python workers between epochs)"
+                     if self.uses_resident(name) else "")
         self.user_counts = _read_counts(d.users, d.n_users)
         self.item_counts = _read_counts(d.items, d.n_items)
         sc.setJobDescription(None)
@@ -362,23 +379,60 @@ class ALSTrainer:
                     val_dtype=self.val_dtype, gram_dtype=p.gram_dtype, metrics=metrics)
 
     def half_epoch_frame(self, solving: str, fixed_side: np.ndarray, metrics: bool = False,
-                         reg=None, extra=None):
+                         reg=None, extra=None, light: bool = False, blocks=None):
         """(DataFrame, broadcast) for solving ``solving`` ('user'/'item') against
-        ``fixed_side``; the caller destroys the broadcast after collecting."""
+        ``fixed_side``; the caller destroys the broadcast after collecting.
+
+        ``light``: send only the chunks' keys (workers use their resident copies);
+        ``blocks``: only these blocks (the full data, for chunks reported missing).
+        """
         design, offset = self._design(fixed_side)
         bc = self.spark.sparkContext.broadcast((design, offset, extra))
         packed = self.packed_users if solving == "user" else self.packed_items
+        if light:
+            packed = packed.select("block", "chunk", "n_rows", "nnz", "n_test")
+        if blocks is not None:
+            packed = packed.where(F.col("block").isin([int(b) for b in blocks]))
         kw = self.solve_kwargs(solving, metrics, reg)
+        if self.uses_resident(solving):
+            kw["resident"] = ((self.token, solving), self.params.resident_mb)
         return solve_frame(packed, bc, **kw), bc
+
+    def uses_resident(self, solving: str) -> bool:
+        """Keep blocks in the workers only where it pays: a miss costs one more Spark job
+        (~0.1 s), so blocks must be big enough for the saved transfer to outweigh it."""
+        return (self.params.resident_mb > 0
+                and self.block_mb[solving] >= RESIDENT_MIN_BLOCK_MB)
+
+    def _run(self, solving, fixed_side, metrics, reg, extra, light=False, blocks=None):
+        df, bc = self.half_epoch_frame(solving, fixed_side, metrics, reg, extra, light, blocks)
+        try:
+            return df.toArrow()
+        finally:
+            bc.destroy(blocking=False)
 
     def half_epoch(self, solving: str, fixed_side: np.ndarray, out: np.ndarray,
                    metrics: bool = False, reg=None, extra=None,
                    var_out: np.ndarray | None = None) -> dict:
-        df, bc = self.half_epoch_frame(solving, fixed_side, metrics, reg, extra)
-        try:
-            return _collect_solved(df, out, var_out)
-        finally:
-            bc.destroy(blocking=False)
+        """Solve one side; returns the summed statistics."""
+        import pyarrow.compute as pc
+
+        resident = self.uses_resident(solving)
+        if not (resident and self.warm[solving]):
+            tbl = self._run(solving, fixed_side, metrics, reg, extra)
+            self.warm[solving] = resident
+            return _collect_solved(tbl, out, var_out)
+        tbl = self._run(solving, fixed_side, metrics, reg, extra, light=True)
+        missing = pc.filter(tbl.column("block"), tbl.column("missing")).to_pylist()
+        self.resident_stats["light_chunks"] += tbl.num_rows
+        if missing:
+            # the workers that ran these blocks do not hold them: send those blocks again
+            gone = sorted(set(missing))
+            keep = pc.invert(pc.is_in(tbl.column("block"), value_set=pa.array(gone, pa.int32())))
+            resent = self._run(solving, fixed_side, metrics, reg, extra, blocks=gone)
+            self.resident_stats["resent_chunks"] += resent.num_rows
+            tbl = pa.concat_tables([tbl.filter(keep), resent])
+        return _collect_solved(tbl, out, var_out)
 
     def _variational(self, state: TrainState, fixed_var: np.ndarray) -> dict:
         """The fixed side's posterior variances for a variational half-epoch."""

@@ -20,6 +20,8 @@ Arrow row per rating is what makes an epoch cheap (see SPARK-NOTES).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pandas as pd
 
@@ -34,7 +36,7 @@ PACKED_COLUMNS = [c.strip().split(" ")[0] for c in PACKED_SCHEMA.split(",")]
 SOLVED_SCHEMA = (
     "block int, chunk int, row_ids binary, factors binary, n_train long, sse double, sae double, "
     "sse_z double, n_test long, test_sse double, test_sae double, n_val long, val_sse double, "
-    "val_sae double, variances binary, esse double")
+    "val_sae double, variances binary, esse double, missing boolean")
 
 #: held-out entry kinds in the packed layout
 TEST, VALIDATION = 1, 2
@@ -122,13 +124,90 @@ def decode_chunk(row, val_dtype: str) -> dict:
     }
 
 
+# ----------------------------------------------------------------------- resident blocks
+#
+# A Python worker that has decoded a chunk keeps it, keyed by the packed layout's token,
+# the side, the block and the chunk, so a later half-epoch can send only the chunk's key
+# (the "light" input: the cached layout with its binary columns pruned away) instead of
+# tens of MB per block. Spark does not pin partitions to workers: a worker that does not
+# hold a chunk reports it missing and the driver re-runs those blocks with the full data
+# (which also stores them). A hit is checked against the chunk's sizes before use, and
+# each worker's store is bounded (least recently used chunks go first).
+
+_RESIDENT: "OrderedDict[tuple, tuple[dict, int]]" = OrderedDict()
+_resident_bytes = 0
+
+
+def _chunk_nbytes(c: dict) -> int:
+    return sum(a.nbytes for a in c.values())
+
+
+def resident_get(key, n_rows: int, nnz: int, n_test: int):
+    """The stored chunk for ``key`` if this worker holds it and its sizes match."""
+    hit = _RESIDENT.get(key)
+    if hit is None:
+        return None
+    c = hit[0]
+    if c["row_ids"].size != n_rows or c["cols"].size != nnz or c["test_cols"].size != n_test:
+        resident_drop(key)
+        return None
+    _RESIDENT.move_to_end(key)
+    return c
+
+
+def resident_put(key, c: dict, budget_mb: int) -> None:
+    global _resident_bytes
+    if budget_mb <= 0:
+        return
+    resident_drop(key)
+    size = _chunk_nbytes(c)
+    _RESIDENT[key] = (c, size)
+    _resident_bytes += size
+    while _resident_bytes > budget_mb * (1 << 20) and len(_RESIDENT) > 1:
+        old = next(iter(_RESIDENT))
+        resident_drop(old)
+
+
+def resident_drop(key) -> None:
+    global _resident_bytes
+    hit = _RESIDENT.pop(key, None)
+    if hit is not None:
+        _resident_bytes -= hit[1]
+
+
+def resident_clear() -> None:
+    global _resident_bytes
+    _RESIDENT.clear()
+    _resident_bytes = 0
+
+
+def _chunks(pdf, val_dtype, resident):
+    """(row, decoded chunk or None) for the rows of a packed or light block input.
+
+    ``resident``: None, or (key prefix, budget MB). Light rows (no binary columns)
+    resolve from this worker's store; full rows are decoded and stored.
+    """
+    light = "row_ids" not in pdf.columns
+    for _, row in pdf.sort_values("chunk").iterrows():
+        key = None if resident is None else (*resident[0], int(row["block"]),
+                                             int(row["chunk"]))
+        if light:
+            yield row, resident_get(key, int(row["n_rows"]), int(row["nnz"]),
+                                    int(row["n_test"]))
+            continue
+        c = decode_chunk(row, val_dtype)
+        if key is not None:
+            resident_put(key, c, resident[1])
+        yield row, c
+
+
 def _error_sums(pred, truth):
     err = pred - truth
     return float(err @ err), float(np.abs(err).sum())
 
 
 def solve_block(key, pdf, *, fixed, rank, biases, reg, count_scaling, mu, sigma, lo, hi, link,
-                clip, val_dtype, gram_dtype, metrics):
+                clip, val_dtype, gram_dtype, metrics, resident=None):
     """Solve (or, for BPMF, sample) every row of one block against the broadcast
     fixed side.
 
@@ -146,7 +225,9 @@ def solve_block(key, pdf, *, fixed, rank, biases, reg, count_scaling, mu, sigma,
     With ``metrics``, also returns training, test and validation error sums of
     the updated model in rating units (and the z-unit squared error of the
     objective); in variational mode, the rows' posterior variances and the
-    expected squared error beyond the fitted residuals.
+    expected squared error beyond the fitted residuals. With ``resident`` (see the
+    resident-block notes above) the input may be light, and a chunk this worker
+    does not hold comes back as a row with ``missing`` set.
     """
     limit_blas_threads()
     design, offset, extra = fixed.value if hasattr(fixed, "value") else fixed
@@ -163,8 +244,10 @@ def solve_block(key, pdf, *, fixed, rank, biases, reg, count_scaling, mu, sigma,
         solve_kw = dict(fixed_var=extra["design_var"], with_cov=True)
     conv = dict(mu=mu, sigma=sigma, lo=lo, hi=hi, link=link, clip=clip)
     out = []
-    for _, row in pdf.sort_values("chunk").iterrows():
-        c = decode_chunk(row, val_dtype)
+    for row, c in _chunks(pdf, val_dtype, resident):
+        if c is None:
+            out.append(_missing_row(key, row))
+            continue
         z = (c["vals"] - mu) / sigma
         off = offset[c["cols"]] if offset is not None else 0.0
         counts = np.diff(c["indptr"]).astype(np.float64)
@@ -189,7 +272,7 @@ def solve_block(key, pdf, *, fixed, rank, biases, reg, count_scaling, mu, sigma,
                "n_train": int(c["cols"].size), "sse": 0.0, "sae": 0.0, "sse_z": 0.0,
                "n_test": 0, "test_sse": 0.0, "test_sae": 0.0,
                "n_val": 0, "val_sse": 0.0, "val_sae": 0.0,
-               "variances": _b(var) if vb else b"", "esse": esse}
+               "variances": _b(var) if vb else b"", "esse": esse, "missing": False}
         if metrics:
             z_hat = sol.fitted + off
             rec["sse"], rec["sae"] = _error_sums(to_rating(z_hat, **conv), c["vals"])
@@ -207,6 +290,13 @@ def solve_block(key, pdf, *, fixed, rank, biases, reg, count_scaling, mu, sigma,
                         pred[sel], c["test_vals"][sel])
         out.append(rec)
     return pd.DataFrame(out, columns=SOLVED_COLUMNS)
+
+
+def _missing_row(key, row) -> dict:
+    return {"block": int(key[0]), "chunk": int(row["chunk"]), "row_ids": b"", "factors": b"",
+            "n_train": 0, "sse": 0.0, "sae": 0.0, "sse_z": 0.0, "n_test": 0, "test_sse": 0.0,
+            "test_sae": 0.0, "n_val": 0, "val_sse": 0.0, "val_sae": 0.0, "variances": b"",
+            "esse": 0.0, "missing": True}
 
 
 def evaluate_block(key, pdf, *, shared, mu, sigma, lo, hi, link, clip, val_dtype):

@@ -114,6 +114,13 @@ def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, smal
             nodes = plan_nodes(df)
             bc.destroy()
             assert nodes == ["FlatMapGroupsInPandas", "InMemoryTableScan"], nodes
+            # the light input (keys only) and the re-send of some blocks keep the layout too
+            for kw in ({"light": True}, {"blocks": [0]}):
+                df, bc = trainer.half_epoch_frame(solving, fixed, **kw)
+                nodes = plan_nodes(df)
+                bc.destroy()
+                assert "Exchange" not in nodes and "Sort" not in nodes, (kw, nodes)
+                assert nodes[0] == "FlatMapGroupsInPandas" and nodes[-1] == "InMemoryTableScan"
         # the check can fail: a layout cached without the in-partition sort needs a Sort
         import functools
 
@@ -211,3 +218,49 @@ def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
     finally:
         trainer.release()
         data.release()
+
+
+def test_resident_blocks_give_identical_results_and_fall_back_when_missing(spark, small):
+    """Later epochs send only chunk keys; a worker without the chunk reports it and the
+    driver re-sends that block. Bit-identical factors either way."""
+    import pmf_spark.train as train_mod
+    trainer = ALSTrainer(spark, small, PMFParams(rank=2, epochs=1, blocks=3))
+    trainer.setup()
+    assert not trainer.uses_resident("user")             # tiny blocks are always sent
+    assert 0 < trainer.block_mb["item"] < train_mod.RESIDENT_MIN_BLOCK_MB
+    trainer.release()
+    monkey_min = train_mod.RESIDENT_MIN_BLOCK_MB
+    train_mod.RESIDENT_MIN_BLOCK_MB = 0.0        # these test blocks are tiny
+    try:
+        _resident_checks(spark, small)
+    finally:
+        train_mod.RESIDENT_MIN_BLOCK_MB = monkey_min
+
+
+def _resident_checks(spark, small):
+    runs = {}
+    for name, mb in (("off", 0), ("on", 256)):
+        trainer = ALSTrainer(spark, small, PMFParams(rank=4, epochs=4, blocks=3, resident_mb=mb))
+        try:
+            st = trainer.fit()
+            runs[name] = (st, dict(trainer.resident_stats))
+        finally:
+            trainer.release()
+    (off, _), (on, stats) = runs["off"], runs["on"]
+    np.testing.assert_array_equal(off.user, on.user)
+    np.testing.assert_array_equal(off.item, on.item)
+    assert stats["light_chunks"] > 0                     # epochs 2..4 went light
+    # empty every worker's store: the next light run misses everything and re-sends it all
+    trainer = ALSTrainer(spark, small, PMFParams(rank=4, epochs=2, blocks=3, resident_mb=256))
+    try:
+        st = trainer.fit()
+        spark.sparkContext.parallelize(range(8), 8).foreach(
+            lambda _: __import__("pmf_spark.udfs", fromlist=["udfs"]).resident_clear())
+        trainer.token = "not-in-any-worker"               # and a key nobody holds
+        trainer.half_epoch("user", st.item, st.user)
+        assert trainer.resident_stats["resent_chunks"] > 0
+        R, _ = dense_split(small)
+        want = reference.half_step(R, st.item, lam=12.0, **ref_kwargs(trainer.params, small))
+        np.testing.assert_allclose(st.user, want, atol=1e-8)
+    finally:
+        trainer.release()

@@ -108,3 +108,35 @@ def test_sigmoid_link_metrics_use_the_sigmoid_read_out():
     sig = solve_block((0,), packed, link="sigmoid", **kw)
     assert lin.factors.tolist() == sig.factors.tolist()   # the link only changes the read-out
     assert lin.sse.sum() != pytest.approx(sig.sse.sum())
+
+
+def test_resident_store_hits_misses_and_sizes():
+    from pmf_spark import udfs
+    rng = np.random.default_rng(4)
+    df = ratings_frame(rng, 12, 9, 0.5, test_fraction=0.2)
+    packed = pack_block((3,), df, chunk_ratings=1000, val_dtype="float64", with_test=True)
+    light = packed[["block", "chunk", "n_rows", "nnz", "n_test"]]
+    design = rng.normal(size=(9, 2))
+    kw = dict(fixed=(design, None, None), rank=2, biases=False, reg=(1.0, 1.0),
+              count_scaling=False, mu=3.0, sigma=1.0, lo=0.5, hi=5.0, link="linear", clip=True,
+              val_dtype="float64", gram_dtype="float64", metrics=True,
+              resident=(("tok", "item"), 64))
+    udfs.resident_clear()
+    miss = solve_block((3,), light, **kw)
+    assert miss.missing.all() and (miss.row_ids == b"").all()
+    full = solve_block((3,), packed, **kw)              # decodes and stores
+    assert not full.missing.any()
+    hit = solve_block((3,), light, **kw)                 # served from the store
+    assert not hit.missing.any()
+    for col in ("row_ids", "factors", "sse", "test_sse"):
+        assert hit[col].tolist() == full[col].tolist()
+    # a stored chunk whose sizes no longer match is dropped, never used
+    wrong = light.copy()
+    wrong["nnz"] += 1
+    assert solve_block((3,), wrong, **kw).missing.all()
+    assert solve_block((3,), light, **kw).missing.all()   # it was dropped
+    # the budget bounds the store
+    udfs.resident_put(("a",), {"x": np.zeros(300_000)}, budget_mb=1)
+    udfs.resident_put(("b",), {"x": np.zeros(300_000)}, budget_mb=1)
+    assert ("a",) not in udfs._RESIDENT and ("b",) in udfs._RESIDENT
+    udfs.resident_clear()
