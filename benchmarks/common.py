@@ -18,7 +18,7 @@ def ml100k_dir() -> Path:
     return Path(os.environ.get("PMF_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 
 
-def session(app: str, cores: int = 2, driver_memory: str = "6g"):
+def session(app: str, cores: int = 2, driver_memory: str = "6g", conf: dict | None = None):
     """A local[cores] session configured like conf/local.conf (UI off)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -31,8 +31,10 @@ def session(app: str, cores: int = 2, driver_memory: str = "6g"):
              .config("spark.driver.memory", driver_memory)
              .config("spark.sql.shuffle.partitions", "16")
              .config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-             .config("spark.executorEnv.OMP_NUM_THREADS", "1")
-             .getOrCreate())
+             .config("spark.executorEnv.OMP_NUM_THREADS", "1"))
+    for key, value in (conf or {}).items():
+        spark = spark.config(key, value)
+    spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -61,14 +61,48 @@ def worker_pids() -> list[int]:
     return pids
 
 
-def memory(spark) -> dict:
+def vm_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class WorkerSampler:
+    """Largest RSS of any Python worker, sampled every half second (workers come and
+    go, so their own high-water marks at the end miss the ones that exited)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0.0
+        self.seen = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            for pid in worker_pids():
+                self.seen.add(pid)
+                self.peak = max(self.peak, vm_rss_mb(pid))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def memory(spark, sampler) -> dict:
     jvm_pid = int(str(spark.sparkContext._jvm.java.lang.management.ManagementFactory
                       .getRuntimeMXBean().getName()).split("@")[0])
-    workers = [vm_hwm_mb(p) for p in worker_pids()]
+    sampler.stop()
     return {"driver_jvm_peak_mb": vm_hwm_mb(jvm_pid),
             "driver_python_peak_mb": vm_hwm_mb(os.getpid()),
-            "worker_python_peak_mb": max(workers) if workers else float("nan"),
-            "python_workers": len(workers)}
+            "worker_python_peak_mb": sampler.peak,
+            "python_worker_processes_seen": len(sampler.seen)}
 
 
 def run_ours(spark, data, params, label):
@@ -83,10 +117,11 @@ def run_ours(spark, data, params, label):
     out = {"setup_seconds": trainer.setup_seconds, "epoch_seconds": per,
            "per_epoch": statistics.median(per[1:]) if len(per) > 1 else per[0],
            "first_epoch": per[0], "end_to_end": total,
-           "test_rmse": trainer.final_metrics(state).test_rmse, "blocks": trainer.blocks}
+           "test_rmse": trainer.final_metrics(state).test_rmse, "blocks": trainer.blocks,
+           "resident": dict(trainer.resident_stats)}
     trainer.release()
     print(f"{label:22s} {out['per_epoch']:7.2f} s/epoch  setup {out['setup_seconds']:.1f}s  "
-          f"test rmse {out['test_rmse']:.4f}", flush=True)
+          f"test rmse {out['test_rmse']:.4f}  resident {out['resident']}", flush=True)
     return out
 
 
@@ -168,11 +203,15 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=0, help="pmf-spark blocks (0 = cores)")
     ap.add_argument("--driver-memory", default="6g")
     ap.add_argument("--skip", default="", help="comma-separated runs to skip")
+    ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Spark properties for the session")
     ap.add_argument("--name")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
-    spark = session("pmf-spark speed benchmark", args.cores, args.driver_memory)
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    spark = session("pmf-spark speed benchmark", args.cores, args.driver_memory, conf)
+    sampler = WorkerSampler()
     import logging
 
     logging.getLogger("pmf_spark").setLevel(logging.WARNING)
@@ -194,6 +233,8 @@ def main(argv=None) -> int:
           f"{data.n_test} test ratings; prepared in {prep:.1f}s", flush=True)
 
     base = PMFParams(rank=args.rank, epochs=args.iters, blocks=args.blocks)
+    # warm up (JIT, page cache, Python workers) so run order does not bias the table
+    run_ours(spark, data, base.replace(epochs=2), "warm-up (not reported)")
     runs = {}
     if "als-wr" not in skip:
         lam = args.reg_param / data.sigma
@@ -201,6 +242,9 @@ def main(argv=None) -> int:
             reg_scaling="count", biases=False, lambda_u=lam, lambda_v=lam), "pmf-spark als-wr")
     if "default" not in skip:
         runs["pmf-spark default"] = run_ours(spark, data, base, "pmf-spark default")
+    if "no-resident" not in skip:
+        runs["pmf-spark no resident"] = run_ours(spark, data, base.replace(resident_mb=0),
+                                                 "pmf-spark no resident")
     if "float32" not in skip:
         runs["pmf-spark float32"] = run_ours(spark, data, base.replace(gram_dtype="float32"),
                                              "pmf-spark float32")
@@ -210,7 +254,7 @@ def main(argv=None) -> int:
     if "floor" not in skip:
         floors["float64"] = numpy_floor(data, base)
         floors["float32"] = numpy_floor(data, base.replace(gram_dtype="float32"))
-    mem = memory(spark)
+    mem = memory(spark, sampler)
     info = machine(spark)
     ml = runs.get("mllib", {}).get("per_epoch")
     rows = []
@@ -235,7 +279,7 @@ def main(argv=None) -> int:
             f"{mem['driver_python_peak_mb']:.0f} MB, largest Python worker "
             f"{mem['worker_python_peak_mb']:.0f} MB.\n")
     name = args.name or f"speed-{label}"
-    write_results(name, {"data": label, "rank": args.rank, "iters": args.iters,
+    write_results(name, {"data": label, "rank": args.rank, "iters": args.iters, "conf": conf,
                          "reg_param": args.reg_param, "prepare_seconds": prep,
                          "n_users": data.n_users, "n_items": data.n_items,
                          "n_train": data.n_train, "n_test": data.n_test,
