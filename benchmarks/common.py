@@ -28,6 +28,7 @@ def session(app: str, cores: int = 2, driver_memory: str = "6g", conf: dict | No
 
     spark = (SparkSession.builder.master(f"local[{cores}]").appName(app)
              .config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
              .config("spark.driver.memory", driver_memory)
              .config("spark.sql.shuffle.partitions", "16")
              .config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")

@@ -10,11 +10,15 @@ ratings (seeded 85/15 split, dense ids, cached):
 - ``pmf-spark als-wr``: our job's ALS with MLlib's regularisation (λ scaled by each
   row's count, no biases) and λ = regParam / σ (we work on z-scored ratings);
 - ``pmf-spark default``: our default model (PMF: unscaled λ, biases);
+- ``pmf-spark no resident``: the default without worker-resident blocks
+  (``--resident-mb 0``: every half-epoch sends the packed ratings to Python);
 - ``pmf-spark float32``: the default with float32 Gram matrices;
 - ``mllib``: ``pyspark.ml.recommendation.ALS`` with the same rank, iterations and
   regParam. Seconds per iteration are (T(iters) - T(1)) / (iters - 1) of two fits,
   which removes its setup the way we report ours separately;
-- ``numpy floor``: our batched solver in this single process, one BLAS thread.
+- ``numpy floor``: our batched solver in this single process, one BLAS thread;
+- ``spark job floor``: one empty Spark job of a half-epoch's shape (broadcast,
+  applyInPandas over one row per block, Arrow collect), the fixed cost per half-epoch.
 
 Per epoch is the median over epochs after the first. Peak RSS: the driver JVM,
 the Python driver and the largest Python worker (VmHWM). Writes
@@ -153,6 +157,31 @@ def run_mllib(spark, data, rank, iters, reg):
     return out
 
 
+def spark_job_floor(spark, cores, repeats=10):
+    """Seconds of one Spark job of our half-epoch's shape doing no work: a broadcast,
+    ``groupBy(block).applyInPandas`` over a cached frame with one tiny row per block,
+    Arrow back to the driver. Every half-epoch pays at least this."""
+    import pandas as pd
+
+    frame = spark.range(cores).selectExpr("cast(id as int) as block").cache()
+    frame.count()
+
+    def echo(pdf: pd.DataFrame) -> pd.DataFrame:
+        return pdf
+
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        bc = spark.sparkContext.broadcast(np.zeros(1))
+        frame.groupBy("block").applyInPandas(echo, "block int").toArrow()
+        bc.destroy(blocking=False)
+        times.append(time.perf_counter() - t0)
+    frame.unpersist()
+    per = statistics.median(times[1:])
+    print(f"{'spark job floor':22s} {per:7.2f} s/job (an epoch runs two)", flush=True)
+    return {"per_job": per, "job_seconds": times[1:]}
+
+
 def numpy_floor(data, params, epochs=3):
     """One process, one BLAS thread: the same solves without Spark."""
     from threadpoolctl import threadpool_limits
@@ -223,7 +252,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if args.data:
         clean = load_ratings(spark, args.data)
-        label = Path(args.data).name
+        label = f"{Path(args.data).parent.name}/{Path(args.data).name}"
     else:
         clean, _ = load_inputs(spark, JobConfig(synthetic=args.shape))
         label = args.shape
@@ -254,6 +283,7 @@ def main(argv=None) -> int:
     if "floor" not in skip:
         floors["float64"] = numpy_floor(data, base)
         floors["float32"] = numpy_floor(data, base.replace(gram_dtype="float32"))
+    job_floor = spark_job_floor(spark, args.cores) if "job-floor" not in skip else None
     mem = memory(spark, sampler)
     info = machine(spark)
     ml = runs.get("mllib", {}).get("per_epoch")
@@ -261,7 +291,7 @@ def main(argv=None) -> int:
     for name, r in runs.items():
         floor = floors.get("float32" if "float32" in name else "float64", {}).get("per_epoch")
         rows.append([name, f"{r['per_epoch']:.2f}",
-                     f"{r['per_epoch'] / ml:.2f}x" if ml and name != "mllib" else "1.00x",
+                     "1.00x" if name == "mllib" else f"{r['per_epoch'] / ml:.2f}x" if ml else "",
                      f"{r['per_epoch'] / floor:.2f}x" if floor and name != "mllib" else "",
                      f"{r.get('setup_seconds', r.get('fit_1_iter_seconds', 0)):.1f}",
                      f"{r['end_to_end']:.1f}", f"{r['test_rmse']:.4f}"])
@@ -277,13 +307,17 @@ def main(argv=None) -> int:
             f"threads {info['threads']}. Peak RSS: driver JVM "
             f"{mem['driver_jvm_peak_mb']:.0f} MB, Python driver "
             f"{mem['driver_python_peak_mb']:.0f} MB, largest Python worker "
-            f"{mem['worker_python_peak_mb']:.0f} MB.\n")
-    name = args.name or f"speed-{label}"
+            f"{mem['worker_python_peak_mb']:.0f} MB."
+          + (f" One empty Spark job of a half-epoch's shape (broadcast, applyInPandas, "
+             f"Arrow collect) takes {job_floor['per_job']:.2f} s; an epoch runs two."
+             if job_floor else "") + "\n")
+    name = args.name or f"speed-{Path(args.data).parent.name if args.data else label}"
     write_results(name, {"data": label, "rank": args.rank, "iters": args.iters, "conf": conf,
                          "reg_param": args.reg_param, "prepare_seconds": prep,
                          "n_users": data.n_users, "n_items": data.n_items,
                          "n_train": data.n_train, "n_test": data.n_test,
-                         "runs": runs, "numpy_floor": floors, "memory": mem,
+                         "runs": runs, "numpy_floor": floors, "spark_job_floor": job_floor,
+                         "memory": mem,
                          "machine": info}, md)
     print(md)
     data.release()
