@@ -271,6 +271,7 @@ def write_recommendations(spark: SparkSession, cfg: JobConfig, params: PMFParams
     t0 = time.perf_counter()
     n_recs = frames["model"].count()
     seconds = time.perf_counter() - t0
+    log.info("top-%d for all users: %d rows in %.1fs", k, n_recs, seconds)
     sc.setJobDescription("write recommendations")
     named = ids_frame(frames["model"], data).select(
         "user_id", "rank", "item_id", "predicted_rating", "score", "cold_start")
