@@ -42,14 +42,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, md_table, session, write_results  # noqa: E402
 
 
-def vm_hwm_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str, missing: float) -> float:
+    """A memory field of /proc/PID/status (VmHWM: peak RSS, VmRSS: current) in MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return float("nan")
+    return missing
+
+
+def vm_hwm_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM", float("nan"))
+
+
+def vm_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS", 0.0)
 
 
 def worker_pids() -> list[int]:
@@ -63,16 +72,6 @@ def worker_pids() -> list[int]:
             if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
                 pids.append(int(d.name))
     return pids
-
-
-def vm_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 class WorkerSampler:
