@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import posixpath
 import re
@@ -28,7 +29,10 @@ from pyspark.sql import types as T
 
 from .errors import InputDataError
 
+log = logging.getLogger("pmf_spark")
+
 CORRUPT = "_corrupt_record"
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _INT_PATTERN = r"^\s*[+-]?[0-9]+\s*$"
 
 
@@ -158,6 +162,8 @@ def guess_format(path: str) -> str:
         return "movielens-dat"
     if base.endswith(".csv"):
         return "movielens-csv" if base == "ratings.csv" else "csv"
+    if base.endswith(".tsv"):
+        return "csv"
     if base.endswith(".parquet") or "." not in base:
         return "parquet"
     raise InputDataError(f"{path}: cannot tell the format from the file name; pass --format "
@@ -180,6 +186,21 @@ def _pick(kind: str, given: str | None, default: str | None, columns: list[str],
         raise InputDataError(f"{path}: cannot find the {kind} column (columns: "
                              f"{', '.join(columns)}); name it with --{kind}-col")
     return None
+
+
+def _positional(spec: FormatSpec, n: int, path: str, sep: str) -> FormatSpec:
+    """A header-less CSV: columns _c0.._c{n-1} (Spark's names), read as user, item,
+    rating and, when there is a fourth, timestamp, unless named with the flags."""
+    if n < 3:
+        raise InputDataError(f"{path}: no header row and {n} field(s) on the first line; a "
+                             f"header-less CSV needs user, item, rating (and optionally "
+                             f"timestamp) in that order")
+    columns = tuple(f"_c{k}" for k in range(n))
+    return dataclasses.replace(
+        spec, header=False, columns=columns, user="_c0", item="_c1", rating="_c2",
+        timestamp="_c3" if n > 3 else None,
+        describe=f"{n} {sep!r}-separated fields with no header row: user, item, rating"
+                 + (", timestamp" if n > 3 else ""))
 
 
 def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_col=None,
@@ -208,13 +229,20 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
         bad = F.lit(None).cast("string")
         columns = df.columns
     else:
-        delim = sep or spec.sep
+        delim = sep or ("\t" if fmt == "csv" and path.rstrip("/").endswith(".tsv")
+                        else spec.sep)
         if spec.header:
             head = (reader.option("header", True).option("sep", delim)
                     .option("inferSchema", False).csv(path))
             columns = head.columns
             if not columns:
                 raise InputDataError(f"{path}: empty file (expected {spec.describe})")
+            if fmt == "csv" and any(_NUMBER.fullmatch(c.strip()) for c in columns):
+                # the first line holds a number: it is data, not a header
+                spec = _positional(spec, len(columns), path, delim)
+                columns = list(spec.columns)
+                log.info("%s has no header row: reading its columns by position as %s",
+                         _short(path), ", ".join(columns))
         else:
             columns = list(spec.columns)
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns]

@@ -122,6 +122,38 @@ def test_string_ids_are_kept(spark, capsys, tmp_path):
     assert sorted(r[0] for r in ids.collect()) == sorted(f"u{u}" for u in range(12))
 
 
+def test_headerless_csv_is_read_by_position(spark, capsys, tmp_path):
+    # user, item, rating, timestamp with no header line (as rating dumps often come);
+    # user 1 rated item 1 twice: the later timestamp must win, so the fourth field
+    # really is read as the timestamp
+    rows = "".join(f"A{u}X,B{i:03d},{(u + i) % 5 + 1}.0,{1000 + u * 10 + i}\n"
+                   for u in range(12) for i in range(9))
+    path = write(tmp_path, "dump.csv", rows + "A1X,B001,5.0,99999\n")
+    code, _, err = run(spark, capsys, tmp_path, "--ratings", path)
+    assert code == 0, err
+    assert "has no header row: reading its columns by position as _c0, _c1, _c2, _c3" in err
+    import json
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["data"]["duplicates_dropped"] == 1
+    assert meta["data"]["n_train"] + meta["data"]["n_test"] == 12 * 9
+    ids = spark.read.parquet(str(tmp_path / "out" / "user_factors")).select("user_id")
+    assert sorted(r[0] for r in ids.collect()) == sorted(f"A{u}X" for u in range(12))
+    # two fields and no header: named, one line
+    path = write(tmp_path, "two.csv", "1,2\n3,4\n")
+    code, lines, _ = run(spark, capsys, tmp_path, "--ratings", path)
+    assert code == 2 and len(lines) == 1 and "two.csv: no header row and 2 field(s)" in lines[0]
+
+
+def test_tsv_with_header(spark, capsys, tmp_path):
+    rows = "".join(f"{u}\t{i}\t{(u * i) % 5 + 1}\n" for u in range(12) for i in range(9))
+    path = write(tmp_path, "r.tsv", "user\titem\trating\n" + rows)
+    code, _, err = run(spark, capsys, tmp_path, "--ratings", path)
+    assert code == 0, err
+    import json
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["data"]["n_train"] + meta["data"]["n_test"] == 12 * 9
+
+
 def test_output_must_not_contain_the_input_nor_be_foreign(spark, capsys, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
