@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's setting)")
     p.add_argument("--exclude-items", metavar="PATH", help="item ids never to recommend")
     p.add_argument("--relevance-threshold", type=float, default=None,
-                   help="'highly rated' means at least this (default: the model's, 4.0)")
+                   help="'highly rated' means at least this (default: the model's; 3/4 "
+                        "up its rating scale, 4 on 1-5)")
     p.add_argument("--output", metavar="DIR", help="output directory for --users")
     p.add_argument("--blocks", type=int, default=0, help="user blocks for --users (0 = cores)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own log messages")
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None, spark=None) -> int:
             raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
         from pyspark.sql import SparkSession
 
-        from pmf_spark.recommend import SavedModel
+        from pmf_spark.recommend import SavedModel, relevance_threshold
 
         own = spark is None
         if own:
@@ -206,8 +207,9 @@ def main(argv: list[str] | None = None, spark=None) -> int:
             model = SavedModel(spark, args.model)
             job = model.meta.get("job", {})
             k = args.top_k or int(job.get("top_k") or 10)
-            threshold = args.relevance_threshold if args.relevance_threshold is not None \
-                else float(job.get("relevance_threshold", 4.0))
+            threshold = relevance_threshold(
+                args.relevance_threshold if args.relevance_threshold is not None
+                else job.get("relevance_threshold"), model.lo, model.hi)
             candidates = _candidates(spark, model, args)
             if args.user is not None:
                 answer_user(spark, model, args, k, candidates, threshold)

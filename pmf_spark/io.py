@@ -71,12 +71,20 @@ SPECS = {
                           "Parquet"),
 }
 
+# column names recognised without a flag, compared lower-case with only letters and
+# digits kept (so "User-ID", "user_id" and "userId" all read as "userid")
 _GUESS = {
-    "user": ("user", "user_id", "userId", "userid", "UserID"),
-    "item": ("item", "item_id", "itemId", "itemid", "movieId", "movie_id", "MovieID"),
-    "rating": ("rating", "Rating", "score"),
-    "timestamp": ("timestamp", "Timestamp", "ts", "time"),
+    "user": ("user", "userid", "uid", "customer", "customerid", "reviewerid", "member",
+             "memberid"),
+    "item": ("item", "itemid", "movie", "movieid", "product", "productid", "asin", "isbn",
+             "book", "bookid", "sku", "track", "trackid", "song", "songid", "iid"),
+    "rating": ("rating", "ratings", "score", "stars", "bookrating", "overall", "value"),
+    "timestamp": ("timestamp", "ts", "time", "unixreviewtime"),
 }
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 @dataclass(frozen=True)
@@ -179,13 +187,30 @@ def _pick(kind: str, given: str | None, default: str | None, columns: list[str],
         return given
     if default is not None and default in columns:
         return default
+    by_norm = {}
+    for c in columns:
+        by_norm.setdefault(_norm(c), c)
     for name in _GUESS[kind]:
-        if name in columns:
-            return name
+        if name in by_norm:
+            return by_norm[name]
     if required:
         raise InputDataError(f"{path}: cannot find the {kind} column (columns: "
                              f"{', '.join(columns)}); name it with --{kind}-col")
     return None
+
+
+def _sniff_sep(spark: SparkSession, path: str) -> str:
+    """The field separator of a csv-format file without --sep: the first of , tab ; |
+    that occurs most on its first line (',' when none does)."""
+    first = spark.read.text(path).limit(1).collect()
+    line = first[0][0] if first and first[0][0] else ""
+    counts = {c: line.count(c) for c in (",", "\t", ";", "|")}
+    best = max(counts, key=lambda c: counts[c])
+    if counts[best] == 0:
+        return ","
+    if best != ",":
+        log.info("%s: fields separated by %r (pass --sep to choose another)", _short(path), best)
+    return best
 
 
 def _positional(spec: FormatSpec, n: int, path: str, sep: str) -> FormatSpec:
@@ -229,8 +254,7 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
         bad = F.lit(None).cast("string")
         columns = df.columns
     else:
-        delim = sep or ("\t" if fmt == "csv" and path.rstrip("/").endswith(".tsv")
-                        else spec.sep)
+        delim = sep or (_sniff_sep(spark, path) if fmt == "csv" else spec.sep)
         if spec.header:
             head = (reader.option("header", True).option("sep", delim)
                     .option("inferSchema", False).csv(path))

@@ -200,8 +200,9 @@ class JobConfig(_Params):
                                  default=1)
     exclude_items: str | None = _doc("file of item ids (one per line) never to recommend",
                                      default=None)
-    relevance_threshold: float = _doc("a test rating at or above this is relevant (ranking "
-                                      "metrics)", default=4.0)
+    relevance_threshold: float | None = _doc(
+        "a test rating at or above this is relevant (ranking metrics); default: 3/4 of the "
+        "way up the rating scale (4 on 1-5, 8 on 2-10)", default=None)
     cold_start: str = _doc("users without training ratings: 'popular' gives them the most "
                            "popular items (flagged), 'drop' leaves them out", default="popular")
     similar_items: int = _doc("k nearest items by cosine written to item_neighbors/; 0 = none",
@@ -223,7 +224,6 @@ class JobConfig(_Params):
         _check_int("output_files", self.output_files, 0, 10_000)
         _check_int("top_k", self.top_k, 0, 10_000)
         _check_int("min_item_ratings", self.min_item_ratings, 0)
-        _check_float("relevance_threshold", self.relevance_threshold)
         _check_choice("cold_start", self.cold_start, COLD_START)
         _check_int("similar_items", self.similar_items, 0, 10_000)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
@@ -231,7 +231,7 @@ class JobConfig(_Params):
         _check_bool("report", self.report)
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume: needs --checkpoint-dir, where the checkpoints are")
-        for name in ("rating_min", "rating_max"):
+        for name in ("rating_min", "rating_max", "relevance_threshold"):
             v = getattr(self, name)
             if v is not None:
                 _check_float(name, v)

@@ -26,7 +26,7 @@ from .io import (AtomicOutput, CleanRatings, load_ratings, path_exists, qualify,
 from .params import JobConfig, PMFParams
 from .prepare import PreparedData, prepare
 from .recommend import (candidate_items, cold_start_recs, item_neighbors, item_tiebreak,
-                        ranking_metrics, recommend_all)
+                        ranking_metrics, recommend_all, relevance_threshold)
 from .synthetic import get_shape, synthetic_ratings
 from .train import ALSTrainer, EpochMetrics, FactorModel, TrainState
 
@@ -279,7 +279,8 @@ def write_recommendations(spark: SparkSession, cfg: JobConfig, params: PMFParams
                   "user_id", "rank")
     test = data.ratings.where(F.col("is_test")).select("u", "i", "rating")
     sc.setJobDescription("ranking metrics")
-    ranking = {name: ranking_metrics(df, test, k=k, threshold=cfg.relevance_threshold,
+    threshold = relevance_threshold(cfg.relevance_threshold, data.rating_lo, data.rating_hi)
+    ranking = {name: ranking_metrics(df, test, k=k, threshold=threshold,
                                      n_catalogue=int(candidates.sum()))
                for name, df in frames.items()}
     ranking["top_k_seconds"] = seconds
@@ -289,7 +290,7 @@ def write_recommendations(spark: SparkSession, cfg: JobConfig, params: PMFParams
     for name, label in (("model", "PMF"), ("popular", "most popular")):
         r = ranking[name]
         log.info("%-12s @%d (relevant >= %g, %d users): precision %.4f recall %.4f ndcg %.4f "
-                 "map %.4f hit rate %.4f coverage %.4f", label, k, cfg.relevance_threshold,
+                 "map %.4f hit rate %.4f coverage %.4f", label, k, threshold,
                  r["users"], r["precision"], r["recall"], r["ndcg"], r["map"], r["hit_rate"],
                  r["coverage"])
     return ranking, n_recs

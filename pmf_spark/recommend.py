@@ -35,6 +35,15 @@ _BATCH_CELLS = 4_000_000   # scores held at once per task (32 MB of float64)
 
 # --------------------------------------------------------------------------- numpy
 
+
+def relevance_threshold(given: float | None, lo: float, hi: float) -> float:
+    """The rating at or above which a test rating counts as relevant: ``given``, or
+    three quarters of the way up the scale [lo, hi] (4 on MovieLens' 1-5, the seed's
+    threshold; 8 on a 2-10 scale), snapped to the scale's half steps."""
+    if given is not None:
+        return float(given)
+    return float(lo + math.ceil(2 * 0.75 * (hi - lo)) / 2)
+
 def score_users(U: np.ndarray, user_bias: np.ndarray, V: np.ndarray, item_bias: np.ndarray,
                 mu: float, sigma: float) -> np.ndarray:
     """Unclipped predictions in rating units: (n_users_given, n_items)."""

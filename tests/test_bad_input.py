@@ -144,14 +144,31 @@ def test_headerless_csv_is_read_by_position(spark, capsys, tmp_path):
     assert code == 2 and len(lines) == 1 and "two.csv: no header row and 2 field(s)" in lines[0]
 
 
-def test_tsv_with_header(spark, capsys, tmp_path):
-    rows = "".join(f"{u}\t{i}\t{(u * i) % 5 + 1}\n" for u in range(12) for i in range(9))
-    path = write(tmp_path, "r.tsv", "user\titem\trating\n" + rows)
+def test_tsv_semicolons_and_other_column_names(spark, capsys, tmp_path):
+    # a 2-10 scale: "relevant" defaults to 3/4 up the scale, 8, not MovieLens' 4
+    rows = "".join(f"{u}\t{i}\t{2 * ((u * i) % 5 + 1)}\n" for u in range(12) for i in range(9))
+    path = write(tmp_path, "r.tsv", "User-ID\tISBN\tBook-Rating\n" + rows)
     code, _, err = run(spark, capsys, tmp_path, "--ratings", path)
     assert code == 0, err
     import json
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["data"]["n_train"] + meta["data"]["n_test"] == 12 * 9
+    assert meta["rating_range"] == [2.0, 10.0]
+    assert meta["ranking"]["model"]["relevance_threshold"] == 8.0
+    path = write(tmp_path, "r.csv", '"User-ID";"ISBN";"Book-Rating"\n' + rows.replace("\t", ";"))
+    code, _, err = run(spark, capsys, tmp_path, "--ratings", path)
+    assert code == 0, err
+    assert "fields separated by ';'" in err
+
+
+def test_relevance_threshold_default_follows_the_scale():
+    from pmf_spark.recommend import relevance_threshold
+
+    assert relevance_threshold(None, 1, 5) == 4.0          # MovieLens 100K, the seed's
+    assert relevance_threshold(None, 0.5, 5) == 4.0        # half-star MovieLens
+    assert relevance_threshold(None, 2, 10) == 8.0
+    assert relevance_threshold(None, -10, 10) == 5.0
+    assert relevance_threshold(3.5, 1, 5) == 3.5           # given wins
 
 
 def test_output_must_not_contain_the_input_nor_be_foreign(spark, capsys, tmp_path):
