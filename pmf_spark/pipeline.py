@@ -334,10 +334,10 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, params: PMFParams, data: 
             tiebreak = item_tiebreak(data.items, data.n_items)
             nb = item_neighbors(spark, model, data.n_items, trainer.item_counts,
                                 k=cfg.similar_items, tiebreak=tiebreak, blocks=trainer.blocks)
-            named = (ids_frame(nb, data, user_col="i", item_col=None)
-                     .withColumnRenamed("user_id", "item_id")
-                     .join(F.broadcast(data.items.select(F.col("idx").alias("j"),
-                                                         F.col("id").alias("neighbor_id"))), "j")
+            item_ids = data.items.select(F.col("idx").alias("i"), F.col("id").alias("item_id"))
+            neighbor_ids = data.items.select(F.col("idx").alias("j"),
+                                             F.col("id").alias("neighbor_id"))
+            named = (nb.join(F.broadcast(item_ids), "i").join(F.broadcast(neighbor_ids), "j")
                      .select("item_id", "rank", "neighbor_id", "similarity"))
             _write_sorted(named, out.path(NEIGHBORS_TABLE),
                           _n_files(cfg, data.n_items, cfg.similar_items), "item_id", "rank")

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from .solvers import ridge_solve_csr, to_rating, top_k
-from .udfs import decode_chunk, limit_blas_threads
+from .udfs import VALIDATION, decode_chunk, limit_blas_threads
 
 RECS_SCHEMA = "u int, rank int, i int, predicted_rating double, score double"
 RECS_COLUMNS = ["u", "rank", "i", "predicted_rating", "score"]
@@ -115,6 +115,22 @@ def fold_in(V: np.ndarray, item_bias: np.ndarray, items: np.ndarray, ratings: np
 
 # --------------------------------------------------------------------------- block functions
 
+def _known_items(c: dict) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, items) of what each user of a decoded chunk has rated outside the
+    test split: the training ratings plus any validation slice carved from them (for
+    early stopping), which the user gave just the same and must not be recommended."""
+    val = c["test_kind"] == VALIDATION
+    if not val.any():
+        return c["indptr"], c["cols"]
+    n = c["row_ids"].size
+    rows = np.concatenate([np.repeat(np.arange(n), np.diff(c["indptr"])), c["test_rows"][val]])
+    items = np.concatenate([c["cols"], c["test_cols"][val]])
+    order = np.argsort(rows, kind="stable")
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, items[order]
+
+
 def recommend_block(key, pdf, *, shared, k, mu, sigma, lo, hi, link, clip, popular):
     """Top-k for every user of one packed user block (PACKED_SCHEMA rows)."""
     limit_blas_threads()
@@ -124,7 +140,8 @@ def recommend_block(key, pdf, *, shared, k, mu, sigma, lo, hi, link, clip, popul
     for _, row in pdf.sort_values("chunk").iterrows():
         c = decode_chunk(row, val_dtype)
         users = c["row_ids"]
-        recs = recommend_rows(U[users], ub[users], c["indptr"], c["cols"], V, ib, candidates,
+        indptr, rated = _known_items(c)
+        recs = recommend_rows(U[users], ub[users], indptr, rated, V, ib, candidates,
                               tiebreak, k, mu=mu, sigma=sigma, lo=lo, hi=hi, link=link,
                               clip=clip, popularity=popularity if popular else None)
         recs["u"] = users[recs["u"].to_numpy()]

@@ -80,7 +80,7 @@ from .prepare import PreparedData
 from .priors import (noise_variance, prior_variances, sample_noise_precision,
                      sample_normal_wishart)
 from .solvers import to_rating
-from .udfs import (EVAL_SCHEMA, PACKED_SCHEMA, SOLVED_SCHEMA, evaluate_block, pack_block,
+from .udfs import (EVAL_SCHEMA, PACKED_SCHEMA, SOLVED_SCHEMA, TEST, evaluate_block, pack_block,
                    solve_block)
 
 log = logging.getLogger("pmf_spark")
@@ -166,15 +166,27 @@ def block_of(idx_col: str, labels: list[int]) -> F.Column:
 
 
 def pack_side(ratings: DataFrame, row: str, col: str, labels: list[int], *,
-              with_test: bool, chunk_ratings: int, val_dtype: str) -> DataFrame:
-    """Pack one side's ratings into the cached block layout (see :mod:`udfs`)."""
-    df = ratings if with_test else ratings.filter(F.col("kind") == 0)
-    cols = [F.col(row).alias("row"), F.col(col).alias("col"), "rating"]
+              with_test: bool, chunk_ratings: int, val_dtype: str,
+              with_validation: bool = False) -> DataFrame:
+    """Pack one side's ratings into the cached block layout (see :mod:`udfs`).
+
+    ``with_test``: every held-out rating (test and validation) rides along, for the
+    metrics. ``with_validation``: only the validation slice does, and only for rows
+    with training ratings -- the user side keeps it so that top-k can mask it.
+    """
     if with_test:
+        df = ratings
+    elif with_validation:
+        df = ratings.filter(F.col("kind") != F.lit(TEST))
+    else:
+        df = ratings.filter(F.col("kind") == 0)
+    cols = [F.col(row).alias("row"), F.col(col).alias("col"), "rating"]
+    if with_test or with_validation:
         cols.append("kind")
     df = df.select(*cols, block_of(row, labels).alias("block"))
     fn = functools.partial(pack_block, chunk_ratings=chunk_ratings, val_dtype=val_dtype,
-                           with_test=with_test)
+                           with_test=with_test or with_validation,
+                           trained_rows_only=with_validation and not with_test)
     packed = (df.groupBy("block").applyInPandas(fn, PACKED_SCHEMA)
               .repartition(len(labels), "block")
               .sortWithinPartitions("block", "chunk")
@@ -298,6 +310,7 @@ class ALSTrainer:
         sc.setJobDescription("setup: pack ratings into blocks")
         labels = block_labels(self.spark, self.blocks)
         self.packed_users = pack_side(d.ratings, "u", "i", labels, with_test=False,
+                                      with_validation=d.n_val > 0,
                                       chunk_ratings=p.chunk_ratings, val_dtype=self.val_dtype)
         self.packed_items = pack_side(d.ratings, "i", "u", labels, with_test=True,
                                       chunk_ratings=p.chunk_ratings, val_dtype=self.val_dtype)

@@ -60,20 +60,24 @@ def _b(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).tobytes()
 
 
-def pack_block(key, pdf, *, chunk_ratings, val_dtype, with_test):
+def pack_block(key, pdf, *, chunk_ratings, val_dtype, with_test, trained_rows_only=False):
     """Pack one block's ratings into CSR chunks.
 
     Input columns: ``row`` (int, dense index of the side being solved), ``col``
     (int, dense index on the fixed side), ``rating``, and ``kind`` when
     ``with_test`` (0 train, 1 test, 2 validation). Rows appear once per chunk,
     sorted; a row with only held-out ratings is kept with zero training entries
-    so its held-out ratings have a home.
+    so its held-out ratings have a home -- unless ``trained_rows_only``, which drops
+    such rows (the row set is then that of the training ratings).
     """
     block = int(key[0])
     rows = pdf["row"].to_numpy(dtype=np.int64)
     cols = pdf["col"].to_numpy(dtype=np.int64)
     vals = pdf["rating"].to_numpy(dtype=np.float64)
     kind = pdf["kind"].to_numpy(dtype=np.int8) if with_test else np.zeros(rows.size, np.int8)
+    if trained_rows_only:
+        keep = np.isin(rows, rows[kind == 0])
+        rows, cols, vals, kind = rows[keep], cols[keep], vals[keep], kind[keep]
     order = np.lexsort((cols, rows))
     rows, cols, vals, kind = rows[order], cols[order], vals[order], kind[order]
     row_ids, first = np.unique(rows, return_index=True)

@@ -116,7 +116,10 @@ def job_run(spark, tmp_path_factory):
     excl.write_text("# never these\n5\n6\n\n")
     cfg = JobConfig(output=str(out), top_k=8, min_item_ratings=30, exclude_items=str(excl),
                     similar_items=4)
-    result = pipeline.run_training(spark, cfg, PMFParams(epochs=3, rank=6))
+    # early stopping carves a validation slice out of the training ratings: those are
+    # ratings the users gave too, and must be masked like the rest
+    result = pipeline.run_training(spark, cfg, PMFParams(epochs=3, rank=6, early_stopping=2))
+    assert result.data.n_val > 0
     yield cfg, result
     result.trainer.release()
     result.data.release()
@@ -155,6 +158,13 @@ def test_written_recommendations_respect_every_rule(spark, job_run):
     nb = spark.read.parquet(f"{out}/item_neighbors")
     assert nb.columns == ["item_id", "rank", "neighbor_id", "similarity"]
     assert nb.where("item_id = neighbor_id").count() == 0
+    # the similarities are those of the written item factors, under the same ids
+    fac = items.select("item_id", "features").toPandas().set_index("item_id")["features"]
+    pairs = nb.toPandas()
+    a = np.stack(fac.loc[pairs.item_id].to_numpy())
+    b = np.stack(fac.loc[pairs.neighbor_id].to_numpy())
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    np.testing.assert_allclose(pairs.similarity.to_numpy(), cos, atol=1e-9)
 
 
 def test_cold_start_users_get_popular_items_or_are_dropped(spark, tmp_path):
