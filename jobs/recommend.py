@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pmf_spark.cli import OneLineErrorParser, setup_logging
+from pmf_spark.cli import OneLineErrorParser, job_session, setup_logging
 from pmf_spark.errors import InputDataError, PMFUserError
 
 log = logging.getLogger("pmf_spark")
@@ -194,16 +194,9 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     try:
         if args.top_k is not None and args.top_k < 1:
             raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
-        from pyspark.sql import SparkSession
-
         from pmf_spark.recommend import SavedModel, relevance_threshold
 
-        own = spark is None
-        if own:
-            spark = SparkSession.builder.appName("pmf-spark recommend").getOrCreate()
-            if not args.verbose:
-                spark.sparkContext.setLogLevel("ERROR")
-        try:
+        with job_session(spark, "pmf-spark recommend", args.verbose) as spark:
             model = SavedModel(spark, args.model)
             job = model.meta.get("job", {})
             k = args.top_k or int(job.get("top_k") or 10)
@@ -217,9 +210,6 @@ def main(argv: list[str] | None = None, spark=None) -> int:
                 answer_users(spark, model, args, k, candidates)
             else:
                 answer_new_user(spark, model, args, k, candidates)
-        finally:
-            if own:
-                spark.stop()
         return 0
     except PMFUserError as exc:
         print(f"error: {exc}", file=sys.stderr)

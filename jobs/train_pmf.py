@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, setup_logging
+from pmf_spark.cli import OneLineErrorParser, job_session, setup_logging
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import PMFUserError
 from pmf_spark.params import (COLD_START, DUPLICATE_POLICIES, FORMATS, GRAM_DTYPES, LINKS,
@@ -118,20 +118,10 @@ def main(argv: list[str] | None = None, spark=None) -> int:
         if args.print_config:
             print(to_toml(job, model), end="")
             return 0
-        from pyspark.sql import SparkSession
-
         from pmf_spark.pipeline import run_training
 
-        own = spark is None
-        if own:
-            spark = SparkSession.builder.appName("pmf-spark train").getOrCreate()
-            if not args.verbose:
-                spark.sparkContext.setLogLevel("ERROR")
-        try:
+        with job_session(spark, "pmf-spark train", args.verbose) as spark:
             run_training(spark, job, model)
-        finally:
-            if own:
-                spark.stop()
         return 0
     except PMFUserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, setup_logging
+from pmf_spark.cli import OneLineErrorParser, job_session, setup_logging
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import ConfigError, PMFUserError
 
@@ -94,17 +94,10 @@ def main(argv: list[str] | None = None, spark=None) -> int:
                             priors=tuple(x.strip() for x in args.priors.split(",")))
         trials = sample_trials(space, base, args.trials, args.seed)
 
-        from pyspark.sql import SparkSession
-
         from pmf_spark.io import AtomicOutput
         from pmf_spark.pipeline import check_output_path, load_inputs
 
-        own = spark is None
-        if own:
-            spark = SparkSession.builder.appName("pmf-spark tune").getOrCreate()
-            if not args.verbose:
-                spark.sparkContext.setLogLevel("ERROR")
-        try:
+        with job_session(spark, "pmf-spark tune", args.verbose) as spark:
             check_output_path(spark, job.replace(output=args.output))
             train, _ = load_inputs(spark, job.replace(test=None))
             cores = spark.sparkContext.defaultParallelism
@@ -137,9 +130,6 @@ def main(argv: list[str] | None = None, spark=None) -> int:
                      best.params.rank, best.params.lambda_u, best.params.lambda_v,
                      best.params.lambda_bias, best.params.priors, best.mean, best.sd,
                      args.output)
-        finally:
-            if own:
-                spark.stop()
         return 0
     except PMFUserError as exc:
         print(f"error: {exc}", file=sys.stderr)

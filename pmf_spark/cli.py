@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -28,3 +29,22 @@ def setup_logging(verbose: bool = False) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@contextmanager
+def job_session(spark, app: str, verbose: bool = False):
+    """The session a job runs in: ``spark`` if one is given (an embedding caller's,
+    left running), else a new one named ``app``, quiet unless ``verbose``, stopped
+    when the job ends however it ends."""
+    if spark is not None:
+        yield spark
+        return
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(app).getOrCreate()
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
+    try:
+        yield spark
+    finally:
+        spark.stop()
