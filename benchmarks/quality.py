@@ -22,7 +22,6 @@ used for the final numbers.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,6 @@ def variant_params(name: str):
 
 def load_split(spark, data_dir: Path, split: str):
     from pmf_spark.io import load_ratings
-    from pmf_spark.prepare import prepare
 
     if split == "random":
         train = load_ratings(spark, str(data_dir / "u.data"))

@@ -15,14 +15,15 @@ nothing is retrained. Exit codes: 0 success, 2 bad input (one line on stderr).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
 import numpy as np
 import pandas as pd
 
-from pmf_spark.cli import OneLineErrorParser, job_session, setup_logging
-from pmf_spark.errors import InputDataError, PMFUserError
+from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark.errors import InputDataError, PMFError, PMFUserError
 
 log = logging.getLogger("pmf_spark")
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = "  ".join("{:>%d}" % w if i < 2 else "{:<%d}" % w for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:>{w}}}" if i < 2 else f"{{:<{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows]
     return "\n".join("  " + ln.rstrip() for ln in lines)
 
@@ -65,7 +66,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def _titles(spark, args, ids) -> dict:
     if not args.items or len(ids) == 0:
         return {}
-    from pmf_spark.recommend import read_item_titles
+    from pmf_spark.titles import read_item_titles
 
     t = read_item_titles(spark, args.items, ids, args.items_encoding)
     return {str(r.item_id): (r.title, r.genres or "") for r in t.itertuples(index=False)}
@@ -82,7 +83,7 @@ def _print_recs(recs: pd.DataFrame, titles: dict, heading: str) -> None:
 
 def _candidates(spark, model, args):
     from pmf_spark.io import read_id_list
-    from pmf_spark.recommend import candidate_items
+    from pmf_spark.topk import candidate_items
 
     job = model.meta.get("job", {})
     min_r = args.min_item_ratings if args.min_item_ratings is not None \
@@ -121,7 +122,7 @@ def answer_user(spark, model, args, k, candidates, threshold) -> None:
 
 def answer_new_user(spark, model, args, k, candidates) -> None:
     path = args.ratings_for_new_user
-    from pmf_spark.io import path_exists
+    from pmf_spark.fs import path_exists
 
     if not path_exists(spark, path):
         raise InputDataError(f"ratings-for-new-user {path}: no such file")
@@ -162,7 +163,8 @@ def answer_new_user(spark, model, args, k, candidates) -> None:
 
 
 def answer_users(spark, model, args, k, candidates) -> None:
-    from pmf_spark.io import AtomicOutput, read_id_list
+    from pmf_spark.fs import AtomicOutput
+    from pmf_spark.io import read_id_list
 
     if not args.output:
         raise InputDataError("--users needs --output DIR for the Parquet result")
@@ -184,36 +186,53 @@ def answer_users(spark, model, args, k, candidates) -> None:
     log.info("wrote top-%d for %d user(s) (%d cold start) to %s", k, users, cold, args.output)
 
 
+def answer(spark, args) -> None:
+    from pmf_spark.evaluate import relevance_threshold
+    from pmf_spark.saved import SavedModel
+
+    model = SavedModel(spark, args.model)
+    job = model.meta.get("job", {})
+    k = args.top_k or int(job.get("top_k") or 10)
+    threshold = relevance_threshold(
+        args.relevance_threshold if args.relevance_threshold is not None
+        else job.get("relevance_threshold"), model.lo, model.hi)
+    candidates = _candidates(spark, model, args)
+    if args.user is not None:
+        answer_user(spark, model, args, k, candidates, threshold)
+    elif args.users is not None:
+        answer_users(spark, model, args, k, candidates)
+    else:
+        answer_new_user(spark, model, args, k, candidates)
+
+
 def main(argv: list[str] | None = None, spark=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose)
-
+    own = spark is None
     try:
         if args.top_k is not None and args.top_k < 1:
             raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
-        from pmf_spark.recommend import SavedModel, relevance_threshold
-
-        with job_session(spark, "pmf-spark recommend", args.verbose) as spark:
-            model = SavedModel(spark, args.model)
-            job = model.meta.get("job", {})
-            k = args.top_k or int(job.get("top_k") or 10)
-            threshold = relevance_threshold(
-                args.relevance_threshold if args.relevance_threshold is not None
-                else job.get("relevance_threshold"), model.lo, model.hi)
-            candidates = _candidates(spark, model, args)
-            if args.user is not None:
-                answer_user(spark, model, args, k, candidates, threshold)
-            elif args.users is not None:
-                answer_users(spark, model, args, k, candidates)
-            else:
-                answer_new_user(spark, model, args, k, candidates)
+        spark = spark or session("pmf-spark recommend", args.verbose)
+        answer(spark, args)
         return 0
-    except PMFUserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except PMFError as exc:
+        return report_error(exc)
+    finally:
+        if own and spark is not None:
+            spark.stop()
+
+
+def session(app: str, verbose: bool):
+    """The job's SparkSession (its settings come from spark-submit and conf/)."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(app).getOrCreate()
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 if __name__ == "__main__":

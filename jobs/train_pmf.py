@@ -4,7 +4,8 @@
     ./spark-submit.sh jobs/train_pmf.py --ratings u.data --output out/ml100k
     ./spark-submit.sh jobs/train_pmf.py --config conf/seed.toml --ratings ratings.dat
 
-Exit codes: 0 success, 2 bad input or configuration (one line on stderr),
+Exit codes: 0 success, 2 bad input or configuration, 3 training failed numerically,
+4 an output could not be written (each one line on stderr), 130 interrupted,
 1 an unexpected failure (with a traceback: please report it).
 """
 
@@ -13,18 +14,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, job_session, setup_logging
+from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
 from pmf_spark.config import load_config_file, resolve, to_toml
-from pmf_spark.errors import PMFUserError
-from pmf_spark.params import (COLD_START, DUPLICATE_POLICIES, FORMATS, GRAM_DTYPES, LINKS,
-                              MODELS, PRIORS, REG_SCALINGS, SYNTHETIC_SHAPES, JobConfig,
-                              PMFParams)
+from pmf_spark.errors import PMFError
+from pmf_spark.models import REGISTRY
+from pmf_spark.params import (
+    COLD_START,
+    DUPLICATE_POLICIES,
+    FORMATS,
+    GRAM_DTYPES,
+    GROUPS,
+    LINKS,
+    PRIORS,
+    REG_SCALINGS,
+    SYNTHETIC_SHAPES,
+    JobConfig,
+    group_of,
+)
 
-GROUPS = {
+OPTION_GROUPS = {
     "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
                       "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate",
                       "synthetic", "test_fraction", "split_seed", "validation_fraction"]),
-    "model": ("model", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
+    "model": ("params", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
                         "lambda_bias", "reg_scaling", "priors", "prior_update_every",
                         "early_stopping", "link", "clip", "init_std", "seed", "samples",
                         "burn_in", "thin"]),
@@ -33,13 +45,17 @@ GROUPS = {
                                                "relevance_threshold", "cold_start",
                                                "similar_items"]),
     "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
-    "spark and performance": ("model", ["blocks", "gram_dtype", "chunk_ratings",
+    "spark and performance": ("params", ["blocks", "gram_dtype", "chunk_ratings",
                                         "resident_mb"]),
 }
 CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
-           "cold_start": COLD_START, "priors": PRIORS, "model": MODELS}
-SECTION_CLASS = {"job": JobConfig, "model": PMFParams}
+           "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY)}
+
+
+def _field(section: str, name: str):
+    cls = JobConfig if section == "job" else GROUPS[group_of(name) or "model"]
+    return cls.__dataclass_fields__[name]
 
 
 def _type_of(annotation: str):
@@ -65,11 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true",
                    help="print the effective configuration as TOML and exit")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own log messages")
-    for title, (section, names) in GROUPS.items():
+    for title, (section, names) in OPTION_GROUPS.items():
         g = p.add_argument_group(title)
-        cls = SECTION_CLASS[section]
         for name in names:
-            f = cls.__dataclass_fields__[name]
+            f = _field(section, name)
             flag = "--" + name.replace("_", "-")
             doc = f.metadata.get("doc", "")
             default = f.default
@@ -92,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def flags_to_sections(ns: argparse.Namespace) -> dict:
-    out = {"job": {}, "model": {}}
+    out: dict[str, dict] = {"job": {}, "params": {}}
     values = vars(ns)
     if "lambda_both" in values:
-        out["model"]["lambda_u"] = values["lambda_both"]
-        out["model"]["lambda_v"] = values["lambda_both"]
+        out["params"]["lambda_u"] = values["lambda_both"]
+        out["params"]["lambda_v"] = values["lambda_both"]
     for key, value in values.items():
         if "." in key:
             section, name = key.split(".", 1)
@@ -112,20 +127,33 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    own = spark is None
     try:
         file_values = load_config_file(args.config) if args.config else None
-        job, model = resolve(file_values, flags_to_sections(args))
+        job, params = resolve(file_values, flags_to_sections(args))
         if args.print_config:
-            print(to_toml(job, model), end="")
+            print(to_toml(job, params), end="")
             return 0
         from pmf_spark.pipeline import run_training
 
-        with job_session(spark, "pmf-spark train", args.verbose) as spark:
-            run_training(spark, job, model)
+        spark = spark or session("pmf-spark train", args.verbose)
+        run_training(spark, job, params)
         return 0
-    except PMFUserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except PMFError as exc:
+        return report_error(exc)
+    finally:
+        if own and spark is not None:
+            spark.stop()
+
+
+def session(app: str, verbose: bool):
+    """The job's SparkSession (its settings come from spark-submit and conf/)."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(app).getOrCreate()
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 if __name__ == "__main__":

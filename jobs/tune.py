@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, job_session, setup_logging
+from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
 from pmf_spark.config import load_config_file, resolve, to_toml
-from pmf_spark.errors import ConfigError, PMFUserError
+from pmf_spark.errors import ConfigError, PMFError
 
 log = logging.getLogger("pmf_spark")
 
@@ -62,78 +62,105 @@ def build_parser():
     return p
 
 
+def settings(args):
+    """(job, trials, space) from the flags and the --config file."""
+    from pmf_spark.tuning import SearchSpace, sample_trials
+
+    file_values = load_config_file(args.config) if args.config else None
+    job_flags = {k: v for k, v in {
+        "ratings": args.ratings, "format": args.format, "test": args.test,
+        "user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
+        "timestamp_col": args.timestamp_col, "sep": args.sep, "synthetic": args.synthetic,
+        "test_fraction": args.test_fraction, "split_seed": args.split_seed}.items()
+        if v is not None}
+    model_flags = {"epochs": args.epochs} if args.epochs is not None else {}
+    job, base = resolve(file_values, {"job": job_flags, "params": model_flags})
+    if args.trials < 1 or args.folds < 1:
+        raise ConfigError("trials and folds must be >= 1")
+    if not 0 < args.validation_fraction < 1:
+        raise ConfigError(f"validation_fraction: must be in (0, 1), got "
+                          f"{args.validation_fraction}")
+    lam = _floats(args.lambda_range)
+    lam_b = _floats(args.lambda_bias_range)
+    if len(lam) != 2 or len(lam_b) != 2:
+        raise ConfigError("--lambda-range and --lambda-bias-range take low,high")
+    space = SearchSpace(ranks=tuple(int(x) for x in _floats(args.ranks)), lambda_range=lam,
+                        lambda_bias_range=lam_b,
+                        priors=tuple(x.strip() for x in args.priors.split(",")))
+    return job, sample_trials(space, base, args.trials, args.seed), space
+
+
+def write_results(spark, args, job, space, results) -> None:
+    """results.parquet, results.json and best.toml, committed atomically."""
+    import pandas as pd
+
+    from pmf_spark.fs import AtomicOutput
+
+    rows = sorted((r.row() for r in results), key=lambda r: r["val_rmse"])
+    best = min(results, key=lambda r: r.mean)
+    out = AtomicOutput(spark, args.output)
+    try:
+        spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
+            out.path("results.parquet"))
+        out.write_json("results.json", {"folds": args.folds, "trials": rows,
+                                        "search": space.__dict__, "best_trial": best.trial})
+        out.write_text("best.toml", "# the best trial of jobs/tune.py "
+                       f"(validation rmse {best.mean:.4f} +- {best.sd:.4f})\n"
+                       + to_toml(job, best.params.replace(blocks=0)))
+        out.commit({"tables": {"results.parquet": len(rows)}})
+    except BaseException:
+        out.abort()
+        raise
+    m, f = best.params.model, best.params.fit
+    log.info("best: trial %d  rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
+             "priors %s  validation rmse %.4f +- %.4f  ->  %s/best.toml", best.trial,
+             m.rank, f.lambda_u, f.lambda_v, f.lambda_bias, f.priors, best.mean, best.sd,
+             args.output)
+
+
+def run(spark, args, job, trials, space) -> None:
+    from pmf_spark.pipeline import check_output_path, load_inputs
+    from pmf_spark.tuning import run_search
+
+    check_output_path(spark, job.replace(output=args.output))
+    train, _ = load_inputs(spark, job.replace(test=None))
+    cores = spark.sparkContext.defaultParallelism
+    blocks = args.blocks or max(1, cores)
+    parallel = args.parallel or max(1, cores // blocks)
+    results = run_search(
+        spark, train, trials, test_fraction=None if job.test else job.test_fraction,
+        split_seed=job.split_seed, on_duplicate=job.on_duplicate, folds=args.folds,
+        validation_fraction=args.validation_fraction, parallel=parallel, blocks=blocks)
+    write_results(spark, args, job, space, results)
+
+
 def main(argv: list[str] | None = None, spark=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    own = spark is None
     try:
-        from pmf_spark.tuning import SearchSpace, run_search, sample_trials
-
-        file_values = load_config_file(args.config) if args.config else None
-        job_flags = {k: v for k, v in {
-            "ratings": args.ratings, "format": args.format, "test": args.test,
-            "user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
-            "timestamp_col": args.timestamp_col, "sep": args.sep, "synthetic": args.synthetic,
-            "test_fraction": args.test_fraction, "split_seed": args.split_seed}.items()
-            if v is not None}
-        model_flags = {"epochs": args.epochs} if args.epochs is not None else {}
-        job, base = resolve(file_values, {"job": job_flags, "model": model_flags})
-        if args.trials < 1 or args.folds < 1:
-            raise ConfigError("trials and folds must be >= 1")
-        if not 0 < args.validation_fraction < 1:
-            raise ConfigError(f"validation_fraction: must be in (0, 1), got "
-                              f"{args.validation_fraction}")
-        lam = _floats(args.lambda_range)
-        lam_b = _floats(args.lambda_bias_range)
-        if len(lam) != 2 or len(lam_b) != 2:
-            raise ConfigError("--lambda-range and --lambda-bias-range take low,high")
-        space = SearchSpace(ranks=tuple(int(x) for x in _floats(args.ranks)), lambda_range=lam,
-                            lambda_bias_range=lam_b,
-                            priors=tuple(x.strip() for x in args.priors.split(",")))
-        trials = sample_trials(space, base, args.trials, args.seed)
-
-        from pmf_spark.io import AtomicOutput
-        from pmf_spark.pipeline import check_output_path, load_inputs
-
-        with job_session(spark, "pmf-spark tune", args.verbose) as spark:
-            check_output_path(spark, job.replace(output=args.output))
-            train, _ = load_inputs(spark, job.replace(test=None))
-            cores = spark.sparkContext.defaultParallelism
-            blocks = args.blocks or max(1, cores)
-            parallel = args.parallel or max(1, cores // blocks)
-            results = run_search(
-                spark, train, trials, test_fraction=None if job.test else job.test_fraction,
-                split_seed=job.split_seed, on_duplicate=job.on_duplicate, folds=args.folds,
-                validation_fraction=args.validation_fraction, parallel=parallel, blocks=blocks)
-            rows = sorted((r.row() for r in results), key=lambda r: r["val_rmse"])
-            best = min(results, key=lambda r: r.mean)
-            out = AtomicOutput(spark, args.output)
-            try:
-                import pandas as pd
-
-                spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
-                    out.path("results.parquet"))
-                out.write_json("results.json", {"folds": args.folds, "trials": rows,
-                                                "search": space.__dict__,
-                                                "best_trial": best.trial})
-                out.write_text("best.toml", "# the best trial of jobs/tune.py "
-                               f"(validation rmse {best.mean:.4f} +- {best.sd:.4f})\n"
-                               + to_toml(job, best.params.replace(blocks=0)))
-                out.commit({"tables": {"results.parquet": len(rows)}})
-            except BaseException:
-                out.abort()
-                raise
-            log.info("best: trial %d  rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
-                     "priors %s  validation rmse %.4f +- %.4f  ->  %s/best.toml", best.trial,
-                     best.params.rank, best.params.lambda_u, best.params.lambda_v,
-                     best.params.lambda_bias, best.params.priors, best.mean, best.sd,
-                     args.output)
+        job, trials, space = settings(args)
+        spark = spark or session("pmf-spark tune", args.verbose)
+        run(spark, args, job, trials, space)
         return 0
-    except PMFUserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except PMFError as exc:
+        return report_error(exc)
+    finally:
+        if own and spark is not None:
+            spark.stop()
+
+
+def session(app: str, verbose: bool):
+    """The job's SparkSession (its settings come from spark-submit and conf/)."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(app).getOrCreate()
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ saved model is also a model directory for ``jobs/recommend.py`` and vice versa.
 
 from __future__ import annotations
 
-
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,28 +23,21 @@ from .params import JobConfig, PMFParams
 
 
 class PMF:
-    """Estimator. Keyword arguments are :class:`PMFParams` fields, plus the column
+    """Estimator. Keyword arguments are parameters by their plain names (``rank``,
+    ``lambda_u``, ``blocks``, ...: :class:`~pmf_spark.params.PMFParams`), plus the column
     names ``userCol``/``itemCol``/``ratingCol``/``timestampCol`` (Spark ML style)."""
 
     def __init__(self, userCol: str = "user", itemCol: str = "item", ratingCol: str = "rating",
                  timestampCol: str | None = None, **params):
-        names = PMFParams.field_names()
-        unknown = [k for k in params if k not in names]
-        if unknown:
-            import difflib
-
-            near = difflib.get_close_matches(unknown[0], names, n=1)
-            raise ConfigError(f"PMF: unknown parameter {unknown[0]!r}"
-                              + (f" (did you mean {near[0]!r}?)" if near else ""))
-        self.params = PMFParams(**params)
-        self.cols = dict(user_col=userCol, item_col=itemCol, rating_col=ratingCol,
+        self.params = PMFParams.of(where="PMF(...)", **params)
+        self.cols: dict = dict(user_col=userCol, item_col=itemCol, rating_col=ratingCol,
                          timestamp_col=timestampCol)
 
-    def fit(self, df: DataFrame, test: DataFrame | None = None) -> "PMFModel":
+    def fit(self, df: DataFrame, test: DataFrame | None = None) -> PMFModel:
         """Train on all of ``df`` (metrics on ``test`` when given)."""
         from .io import frame_ratings
         from .prepare import prepare
-        from .train import ALSTrainer
+        from .train import Trainer
 
         spark = df.sparkSession
         train = frame_ratings(df, **self.cols)
@@ -53,12 +45,12 @@ class PMF:
         data = prepare(train, held, test_fraction=0.5, split_seed=0, on_duplicate="latest",
                        holdout=None if held is not None else F.lit(False),
                        require_test=False)
-        trainer = ALSTrainer(spark, data, self.params)
+        trainer = Trainer(spark, data, self.params)
         state = trainer.fit()
         return PMFModel._fitted(spark, trainer, state)
 
     @staticmethod
-    def load(path: str, spark: SparkSession | None = None) -> "PMFModel":
+    def load(path: str, spark: SparkSession | None = None) -> PMFModel:
         """A model saved by :meth:`PMFModel.save` or written by the training job."""
         spark = spark or SparkSession.getActiveSession()
         if spark is None:
@@ -79,7 +71,7 @@ class PMFModel:
 
     @classmethod
     def _fitted(cls, spark, trainer, state):
-        from .pipeline import factor_frame
+        from .outputs import factor_frame
 
         model = trainer.model(state)
         data = trainer.data
@@ -87,14 +79,14 @@ class PMFModel:
         itf = factor_frame(spark, model.V, model.item_bias, data.items, "item_id").cache()
         meta = {"mu": data.mu, "sigma": data.sigma,
                 "rating_range": [data.rating_lo, data.rating_hi],
-                "model": trainer.params.to_dict(), "data": data.summary(),
+                **trainer.params.to_dict(), "data": data.summary(),
                 "rank": int(model.U.shape[1]),
                 "final_metrics": trainer.final_metrics(state).to_dict()}
         return cls(spark, uf, itf, meta, trainer=trainer, state=state)
 
     @classmethod
     def _loaded(cls, spark, path):
-        from .recommend import SavedModel
+        from .saved import SavedModel
 
         saved = SavedModel(spark, path)
         return cls(spark, saved.users, spark.read.parquet(saved.path + "/item_factors"),
@@ -105,7 +97,10 @@ class PMFModel:
                   outputCol: str = "prediction") -> DataFrame:
         """``df`` with a prediction column; unknown users or items predict the mean
         plus the known side's bias (never NaN)."""
+        from .saved import model_sections
+
         m = self.meta
+        p = model_sections(m)
         lo, hi = m["rating_range"]
         u = self.user_factors.select(F.col("user_id").alias("_u"), F.col("features").alias("_uf"),
                                      F.col("bias").alias("_ub"))
@@ -116,33 +111,27 @@ class PMFModel:
         dot = F.coalesce(F.aggregate(F.zip_with("_uf", "_vf", lambda a, b: a * b), F.lit(0.0),
                                      lambda acc, x: acc + x), F.lit(0.0))
         z = dot + F.coalesce(F.col("_ub"), F.lit(0.0)) + F.coalesce(F.col("_ib"), F.lit(0.0))
-        if m["model"]["link"] == "sigmoid":
+        if p["link"] == "sigmoid":
             pred = F.lit(lo) + F.lit(hi - lo) / (F.lit(1.0) + F.exp(-z))
         else:
             pred = F.lit(m["mu"]) + F.lit(m["sigma"]) * z
-            if m["model"]["clip"]:
+            if p["clip"]:
                 pred = F.least(F.greatest(pred, F.lit(lo)), F.lit(hi))
         return joined.withColumn(outputCol, pred).drop("_u", "_uf", "_ub", "_i", "_vf", "_ib")
 
     def recommend_for_all_users(self, k: int = 10, min_item_ratings: int = 1) -> DataFrame:
         """Top-k for every known user, never an item they rated in training."""
-        from .recommend import (candidate_items, cold_start_recs, item_tiebreak,
-                                recommend_all)
+        from .outputs import RECS_COLUMNS, ids_frame
+        from .recommend import TopK, all_lists, item_tiebreak
+        from .topk import candidate_items
 
         if self._trainer is not None:
             tr, data = self._trainer, self._trainer.data
-            model = tr.model(self._state)
-            cand = candidate_items(tr.item_counts, min_item_ratings)
-            common = dict(k=k, candidates=cand, tiebreak=item_tiebreak(data.items, data.n_items),
-                          popularity=tr.item_counts)
-            recs = (recommend_all(self.spark, tr.packed_users, model, val_dtype=tr.val_dtype,
-                                  **common).withColumn("cold_start", F.lit(False))
-                    .unionByName(cold_start_recs(self.spark, data.users, model, **common)
-                                 .withColumn("cold_start", F.lit(True))))
-            from .pipeline import ids_frame
-
-            return ids_frame(recs, data).select("user_id", "rank", "item_id", "predicted_rating",
-                                                "score", "cold_start")
+            counts = tr.counts["item"]
+            topk = TopK(k=k, candidates=candidate_items(counts, min_item_ratings),
+                        tiebreak=item_tiebreak(data.items, data.n_items), popularity=counts)
+            recs = all_lists(tr.engine, tr.model(self._state), topk, "popular", popular=False)
+            return ids_frame(recs, data).select(*RECS_COLUMNS)
         saved = self._saved
         cand = candidate_items(saved.item_counts, min_item_ratings)
         ids = saved.users.select(F.col("user_id").alias("id"))
@@ -158,9 +147,9 @@ class PMFModel:
 
         tr, st = self._trainer, self._state
         cfg = JobConfig(output=path, top_k=top_k, report=False)
-        final = tr.final_metrics(st)
-        return write_outputs(self.spark, cfg, tr.params, tr.data, tr, st,
-                             {"per_epoch": [m.seconds for m in st.history]}, final)
+        return write_outputs(self.spark, cfg, tr, st,
+                             {"per_epoch": [m.seconds for m in st.history]},
+                             tr.final_metrics(st))
 
     @property
     def rank(self) -> int:

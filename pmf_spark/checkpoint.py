@@ -10,42 +10,48 @@ written under ``--checkpoint-dir``::
 
 A checkpoint directory is written completely, then ``LATEST`` is replaced by an
 atomic rename: a run killed at any moment leaves the previous checkpoint intact.
-``state.json`` carries a fingerprint of the parameters and of the input; resuming
-with different ones is refused. All random draws depend only on (seed, epoch), so
+``state.json`` carries a fingerprint of the parameters and of the input, and a
+SHA-256 of every array; resuming with different parameters is refused, and so is a
+checkpoint whose files are unreadable or do not match their checksums (never loaded
+half-written). All random draws depend only on (seed, epoch), so
 a resumed run repeats exactly what the uninterrupted run would have done.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import posixpath
+import re
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from .errors import ConfigError
-from .io import _jvm_fs, delete_path, path_exists, qualify, read_text, write_text
+from .errors import ConfigError, InputDataError, OutputError
+from .evaluate import EpochMetrics
+from .fs import delete_path, dumps, jvm_fs, path_exists, qualify, read_text, short, write_text
+from .models.base import TrainState
 
 log = logging.getLogger("pmf_spark")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _KEEP = 2
 
 
 def fingerprint(params, job, data) -> dict:
-    """What a checkpoint must agree with to be resumed."""
-    from .params import PMFParams
-
-    model = {k: v for k, v in params.to_dict().items() if k not in ("epochs", "blocks")}
+    """What a checkpoint must agree with to be resumed: the model and fit parameters
+    (but the number of epochs, which may be raised), the input and the data. Engine
+    knobs (blocks, Gram dtype, chunking, resident memory) may change between runs."""
+    fit = {k: v for k, v in params.fit.to_dict().items() if k != "epochs"}
+    model = {**params.model.to_dict(), **fit}
     inputs = {k: getattr(job, k) for k in (
         "ratings", "format", "test", "user_col", "item_col", "rating_col", "timestamp_col",
         "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "test_fraction",
         "split_seed", "validation_fraction")}
     data_sum = {k: data.summary()[k] for k in ("n_users", "n_items", "n_train", "n_test",
                                                "fingerprint")}
-    assert isinstance(params, PMFParams)
     return {"model": model, "input": inputs, "data": data_sum}
 
 
@@ -65,6 +71,33 @@ def _read_matrix(spark: SparkSession, path: str, n: int, w: int) -> np.ndarray:
     return out
 
 
+def _digest(m: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(m, dtype=np.float64).tobytes()).hexdigest()
+
+
+def _state_arrays(state: TrainState) -> tuple[dict[str, np.ndarray], dict]:
+    """The state's arrays by file name, and the JSON-able rest of its ``extra``."""
+    arrays = {"user": state.user, "item": state.item}
+    if state.best is not None:
+        arrays.update(best_user=state.best["user"], best_item=state.best["item"])
+    scalars, lists = {}, {}
+    for key, value in state.extra.items():
+        if isinstance(value, np.ndarray):
+            arrays[f"extra.{key}"] = value
+        elif isinstance(value, list):
+            lists[key] = len(value)
+            for n, m in enumerate(value):
+                arrays[f"extra.{key}.{n:05d}"] = m
+        else:
+            scalars[key] = float(value)
+    return arrays, {"scalars": scalars, "lists": lists}
+
+
+def _metrics(d: dict) -> EpochMetrics:
+    values: dict = {k: (float("nan") if v is None else v) for k, v in d.items()}
+    return EpochMetrics(**values)
+
+
 class Checkpointer:
     """Writes and reads the checkpoints of one run."""
 
@@ -77,98 +110,121 @@ class Checkpointer:
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.dir, *parts)
 
-    def save(self, state) -> str:
+    def _rename(self, src: str, dst: str) -> None:
+        fs, jdst = jvm_fs(self.spark, dst)
+        _, jsrc = jvm_fs(self.spark, src)
+        if fs.exists(jdst):
+            fs.delete(jdst, True)
+        if not fs.rename(jsrc, jdst):
+            raise OutputError(f"checkpoint-dir {short(self.dir)}: cannot move {short(src)} "
+                              f"to {short(dst)}")
+
+    def save(self, state: TrainState) -> str:
         """Write ``state`` as the latest checkpoint; returns its name."""
         name = f"epoch-{state.epoch:06d}"
         final = self._path(name)
         staging = self._path(f".{name}.staging")
         delete_path(self.spark, staging)
-        arrays = {"user": state.user, "item": state.item}
-        if state.user_var is not None:
-            arrays.update(user_var=state.user_var, item_var=state.item_var)
-        for s, (u, v) in enumerate(state.samples):
-            arrays[f"sample-{s:05d}-user"] = u
-            arrays[f"sample-{s:05d}-item"] = v
-        if state.best is not None:
-            arrays.update(best_user=state.best["user"], best_item=state.best["item"])
+        arrays, extra = _state_arrays(state)
         for key, m in arrays.items():
-            _matrix_frame(self.spark, m).coalesce(1).write.parquet(
+            m2 = m.reshape(m.shape[0], -1) if m.ndim != 2 else m
+            _matrix_frame(self.spark, m2).coalesce(1).write.parquet(
                 posixpath.join(staging, f"{key}.parquet"))
         meta = {
             "format_version": FORMAT_VERSION,
             "epoch": state.epoch,
             "fingerprint": self.fp,
             "shapes": {k: list(m.shape) for k, m in arrays.items()},
+            "sha256": {k: _digest(m) for k, m in arrays.items()},
             "reg_user": state.reg_user.tolist(), "reg_item": state.reg_item.tolist(),
-            "noise_var": state.noise_var, "alpha": state.alpha, "stale": state.stale,
-            "samples": len(state.samples),
+            "noise_var": state.noise_var, "stale": state.stale, "extra": extra,
             "best_metrics": state.best["metrics"].to_dict() if state.best else None,
             "history": [m.to_dict() for m in state.history],
             "rng": {"scheme": "numpy default_rng(seed) for the initial factors, "
-                              "default_rng([seed, epoch]) for each BPMF epoch",
+                              "default_rng([seed, epoch]) for each epoch that draws",
                     "seed": self.fp["model"]["seed"], "next_epoch": state.epoch + 1},
         }
-        write_text(self.spark, posixpath.join(staging, "state.json"),
-                   json.dumps(meta, indent=1, default=float))
-        fs, jfinal = _jvm_fs(self.spark, final)
-        if fs.exists(jfinal):
-            fs.delete(jfinal, True)
-        _, jstaging = _jvm_fs(self.spark, staging)
-        if not fs.rename(jstaging, jfinal):
-            raise OSError(f"cannot move checkpoint {staging} to {final}")
+        write_text(self.spark, posixpath.join(staging, "state.json"), dumps(meta))
+        self._rename(staging, final)
         # LATEST is replaced by a rename, so it always names a complete checkpoint
         tmp = self._path(".LATEST.tmp")
         write_text(self.spark, tmp, name + "\n")
-        _, jlatest = _jvm_fs(self.spark, self._path("LATEST"))
-        _, jtmp = _jvm_fs(self.spark, tmp)
-        if fs.exists(jlatest):
-            fs.delete(jlatest, False)
-        if not fs.rename(jtmp, jlatest):
-            raise OSError(f"cannot update {self._path('LATEST')}")
+        self._rename(tmp, self._path("LATEST"))
         self._prune(name)
         log.info("checkpoint written: epoch %d -> %s", state.epoch, final)
         return name
 
     def _prune(self, keep: str) -> None:
-        fs, jdir = _jvm_fs(self.spark, self.dir)
+        fs, jdir = jvm_fs(self.spark, self.dir)
         names = sorted(str(s.getPath().getName()) for s in fs.listStatus(jdir)
                        if str(s.getPath().getName()).startswith("epoch-"))
         for old in names[:-_KEEP]:
             if old != keep:
                 delete_path(self.spark, self._path(old))
 
-    def load_latest(self, make_metrics):
-        """The latest complete checkpoint as (epoch, fields for TrainState), or None.
-
-        Raises ConfigError when it was written for other parameters or input.
-        """
+    def _meta(self) -> tuple[str, dict] | None:
         if not path_exists(self.spark, self._path("LATEST")):
             return None
         name = read_text(self.spark, self._path("LATEST")).strip()
-        meta = json.loads(read_text(self.spark, self._path(name, "state.json")))
+        if not re.fullmatch(r"epoch-[0-9]{6}", name):
+            raise ConfigError(f"checkpoint {short(self._path('LATEST'))}: names {name[:80]!r}, "
+                              f"not a checkpoint of this directory")
+        where = short(self._path(name, "state.json"))
+        try:
+            meta = json.loads(read_text(self.spark, self._path(name, "state.json")))
+        except (ValueError, InputDataError) as exc:
+            raise ConfigError(f"checkpoint {where}: unreadable ({str(exc)[:120]})") from None
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"checkpoint {self._path(name)}: unknown format "
-                              f"{meta.get('format_version')!r}")
+            raise ConfigError(f"checkpoint {where}: format {meta.get('format_version')!r}, "
+                              f"this version reads {FORMAT_VERSION}; start afresh without "
+                              f"--resume")
         diffs = _differences(meta["fingerprint"], self.fp)
         if diffs:
-            raise ConfigError(f"checkpoint {self.dir} was written for other parameters or "
-                              f"input ({'; '.join(diffs[:3])}); resume with the same settings, "
-                              f"or start afresh without --resume")
-        arrays = {k: _read_matrix(self.spark, self._path(name, f"{k}.parquet"), *shape)
+            raise ConfigError(f"checkpoint {short(self.dir)} was written for other parameters "
+                              f"or input ({'; '.join(diffs[:3])}); resume with the same "
+                              f"settings, or start afresh without --resume")
+        return name, meta
+
+    def _array(self, name: str, key: str, shape, digest: str) -> np.ndarray:
+        path = self._path(name, f"{key}.parquet")
+        try:
+            m = _read_matrix(self.spark, path, shape[0], int(np.prod(shape[1:], dtype=int)))
+        except Exception as exc:  # a truncated or missing file
+            raise ConfigError(f"checkpoint {short(path)}: unreadable "
+                              f"({str(exc).splitlines()[0][:120]})") from None
+        m = m.reshape(shape)
+        if _digest(m) != digest:
+            raise ConfigError(f"checkpoint {short(path)}: contents do not match its checksum "
+                              f"(edited or partly written); start afresh without --resume")
+        return m
+
+    def load_latest(self) -> TrainState | None:
+        """The latest complete checkpoint as a TrainState, or None when there is none.
+
+        Raises ConfigError when it was written for other parameters or input, or when
+        any of its files is unreadable or does not match its checksum.
+        """
+        found = self._meta()
+        if found is None:
+            return None
+        name, meta = found
+        arrays = {k: self._array(name, k, shape, meta["sha256"][k])
                   for k, shape in meta["shapes"].items()}
-        samples = [(arrays[f"sample-{s:05d}-user"], arrays[f"sample-{s:05d}-item"])
-                   for s in range(meta["samples"])]
+        extra: dict = dict(meta["extra"]["scalars"])
+        for key, n in meta["extra"]["lists"].items():
+            extra[key] = [arrays[f"extra.{key}.{i:05d}"] for i in range(n)]
+        for k, m in arrays.items():
+            if k.startswith("extra.") and k.count(".") == 1:
+                extra[k[len("extra."):]] = m
         best = None
         if meta["best_metrics"] is not None:
-            best = {"metrics": make_metrics(meta["best_metrics"]), "user": arrays["best_user"],
+            best = {"metrics": _metrics(meta["best_metrics"]), "user": arrays["best_user"],
                     "item": arrays["best_item"]}
-        fields = dict(user=arrays["user"], item=arrays["item"],
-                      reg_user=np.array(meta["reg_user"]), reg_item=np.array(meta["reg_item"]),
-                      user_var=arrays.get("user_var"), item_var=arrays.get("item_var"),
-                      epoch=meta["epoch"], noise_var=meta["noise_var"], alpha=meta["alpha"],
-                      history=[make_metrics(m) for m in meta["history"]], samples=samples,
-                      best=best, stale=meta["stale"])
-        return meta["epoch"], fields
+        return TrainState(user=arrays["user"], item=arrays["item"],
+                          reg_user=np.array(meta["reg_user"]), reg_item=np.array(meta["reg_item"]),
+                          noise_var=meta["noise_var"], epoch=meta["epoch"],
+                          history=[_metrics(m) for m in meta["history"]], best=best,
+                          stale=meta["stale"], extra=extra)
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,5 +1,6 @@
 """Small pieces the spark-submit entry points in ``jobs/`` share: one-line usage
-errors and the log format. (The jobs parse their own arguments.)"""
+errors, the log format, and one line per error kind with its exit code. (The jobs
+parse their own arguments and build their own SparkSession.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import argparse
 import logging
 import sys
 import warnings
-from contextlib import contextmanager
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -31,20 +31,8 @@ def setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-@contextmanager
-def job_session(spark, app: str, verbose: bool = False):
-    """The session a job runs in: ``spark`` if one is given (an embedding caller's,
-    left running), else a new one named ``app``, quiet unless ``verbose``, stopped
-    when the job ends however it ends."""
-    if spark is not None:
-        yield spark
-        return
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.appName(app).getOrCreate()
-    if not verbose:
-        spark.sparkContext.setLogLevel("ERROR")
-    try:
-        yield spark
-    finally:
-        spark.stop()
+def report_error(exc: BaseException) -> int:
+    """Print a known error as one line on stderr; its exit code (see
+    :mod:`pmf_spark.errors`)."""
+    print(f"error: {exc}", file=sys.stderr)
+    return int(getattr(exc, "exit_code", 1))

@@ -1,9 +1,11 @@
 """Job configuration files (TOML) and the effective configuration.
 
 Precedence, lowest first: the dataclass defaults, the ``--config`` file, the
-command-line flags. A file has two tables, ``[job]`` (:class:`JobConfig`) and
-``[model]`` (:class:`PMFParams`); unknown tables or keys are errors that name
-the key and suggest the nearest valid one.
+command-line flags. A file has up to four tables: ``[job]`` (:class:`JobConfig`),
+``[model]``, ``[fit]`` and ``[engine]`` (the groups of :class:`PMFParams`). Files
+written before the groups existed kept every parameter under ``[model]``; that still
+works, since every parameter's name is unique. Unknown tables or keys, and keys in
+the wrong new table, are errors that name the key and the table it belongs to.
 """
 
 from __future__ import annotations
@@ -13,48 +15,68 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigError
-from .params import JobConfig, PMFParams
+from .params import GROUPS, JobConfig, PMFParams, flat_names, group_of
 
-SECTIONS = {"job": JobConfig, "model": PMFParams}
+TABLES = ("job", "model", "fit", "engine")
+
+
+def _check_table(path: str, section: str, values: dict) -> None:
+    if section == "job":
+        names = JobConfig.field_names()
+    elif section == "model":
+        names = flat_names()              # legacy files keep fit and engine keys here too
+    else:
+        names = GROUPS[section].field_names()
+    for key in values:
+        if key in names:
+            continue
+        home = group_of(key)
+        if home is not None:
+            raise ConfigError(f"config {path}: {key!r} belongs in [{home}], not [{section}]")
+        near = difflib.get_close_matches(key, names, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"config {path}: unknown key {key!r} in [{section}]{hint}")
 
 
 def load_config_file(path: str) -> dict[str, dict[str, Any]]:
+    """The tables of a TOML job configuration: ``{"job": {...}, "params": {...}}``
+    with every model, fit and engine parameter under ``params`` by its plain name."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path}: is a directory, not a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: not valid TOML ({exc})") from None
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {"job": {}, "params": {}}
     for section, values in data.items():
-        if section not in SECTIONS:
-            near = difflib.get_close_matches(section, list(SECTIONS), n=1)
+        if section not in TABLES:
+            near = difflib.get_close_matches(section, list(TABLES), n=1)
             hint = f" (did you mean [{near[0]}]?)" if near else ""
             raise ConfigError(f"config {path}: unknown table [{section}]{hint}; "
-                              f"expected [job] and [model]")
+                              f"expected {', '.join(f'[{t}]' for t in TABLES)}")
         if not isinstance(values, dict):
             raise ConfigError(f"config {path}: {section} must be a table")
-        names = SECTIONS[section].field_names()
-        for key in values:
-            if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"config {path}: unknown key {key!r} in [{section}]{hint}")
-        out[section] = dict(values)
+        _check_table(path, section, values)
+        out["job" if section == "job" else "params"].update(values)
     return out
 
 
 def resolve(file_values: dict[str, dict[str, Any]] | None,
             flags: dict[str, dict[str, Any]] | None) -> tuple[JobConfig, PMFParams]:
-    """Defaults < file < flags, validated into the dataclasses."""
-    merged = {s: {} for s in SECTIONS}
+    """Defaults < file < flags, validated into the dataclasses. Both layers are
+    ``{"job": {...}, "params": {...}}``."""
+    merged: dict[str, dict[str, Any]] = {"job": {}, "params": {}}
     for layer in (file_values or {}, flags or {}):
         for section, values in layer.items():
             merged[section].update(values)
     job = JobConfig.from_dict(merged["job"], where="[job]")
-    model = PMFParams.from_dict(merged["model"], where="[model]")
-    return job, model
+    params = PMFParams.of(where="the configuration", **merged["params"])
+    return job, params
 
 
 def _toml_value(v) -> str:
@@ -66,17 +88,22 @@ def _toml_value(v) -> str:
     return f'"{s}"'
 
 
-def to_toml(job: JobConfig, model: PMFParams) -> str:
-    """The effective configuration as a TOML file the job accepts back."""
-    lines = []
-    for section, obj in (("job", job), ("model", model)):
-        lines.append(f"[{section}]")
-        for f in obj.__dataclass_fields__.values():
-            value = getattr(obj, f.name)
-            doc = f.metadata.get("doc", "")
-            if value is None:
-                lines.append(f"# {f.name} = (unset)  # {doc}")
-            else:
-                lines.append(f"{f.name} = {_toml_value(value)}  # {doc}")
-        lines.append("")
+def _table(section: str, obj) -> list[str]:
+    lines = [f"[{section}]"]
+    for f in obj.__dataclass_fields__.values():
+        value = getattr(obj, f.name)
+        doc = f.metadata.get("doc", "")
+        if value is None:
+            lines.append(f"# {f.name} = (unset)  # {doc}")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}  # {doc}")
+    return lines + [""]
+
+
+def to_toml(job: JobConfig | None, params: PMFParams) -> str:
+    """The effective configuration as a TOML file the job accepts back (without the
+    ``[job]`` table when ``job`` is None: a file of model settings only)."""
+    lines = _table("job", job) if job is not None else []
+    for section in GROUPS:
+        lines += _table(section, getattr(params, section))
     return "\n".join(lines)

@@ -27,8 +27,9 @@ def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
         0..size-1) and ``n_ratings`` (int, training ratings of the id); it is
         persisted, call ``unpersist`` when done.
     """
+    trained = F.when(F.col("kind") == 0, 1).otherwise(0)
     counts = (ratings.groupBy(F.col(id_col).alias("id"))
-              .agg(F.sum(F.when(F.col("kind") == 0, 1).otherwise(0)).cast("int").alias("n_ratings")))
+              .agg(F.sum(trained).cast("int").alias("n_ratings")))
     ordered = counts.orderBy(F.col("n_ratings").desc(), F.col("id").asc())
     tagged = (ordered.withColumn("_pid", F.spark_partition_id())
               .withColumn("_pos", F.monotonically_increasing_id()

@@ -1,10 +1,19 @@
-"""Typed, validated parameters.
+"""Typed, validated parameters in three groups, and the job's configuration.
 
-:class:`PMFParams` configures the model and the algorithm, :class:`JobConfig`
-the job around it (input, split, output). Both are frozen dataclasses that
-validate every field once, in ``__post_init__``, with an error naming the
-field; both round-trip through plain dicts (``to_dict``/``from_dict``), which
-is what ``model.json`` and the TOML job configuration hold.
+- :class:`ModelParams`: what a saved model needs to be read (rank, biases, read-out).
+- :class:`FitParams`: how it is fitted (model, epochs, λ, priors, samples, seeds).
+- :class:`EngineParams`: how the engine runs (blocks, Gram dtype, chunking, resident
+  memory). Engine knobs never change what is fitted beyond float rounding, so they
+  enter neither the checkpoint fingerprint nor the ``model``/``fit`` sections of
+  ``model.json``.
+
+:class:`PMFParams` holds one of each. Flags, TOML keys and the Python API use the
+fields' plain names (``rank``, ``lambda_u``, ``blocks``, ...), which are unique across
+the groups: :meth:`PMFParams.of` builds the groups from such flat keywords.
+:class:`JobConfig` configures the job around the model (input, split, outputs).
+
+Every group is a frozen dataclass that validates each field once, in
+``__post_init__``, with an error naming the field, and round-trips through plain dicts.
 """
 
 from __future__ import annotations
@@ -25,7 +34,6 @@ GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
-MODELS = ("pmf", "bpmf")
 
 
 def _doc(text: str, **kw):
@@ -64,48 +72,71 @@ def _check_bool(name: str, value) -> None:
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
 
 
+def _unknown(key: str, names: list[str], where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    loc = f" in {where}" if where else ""
+    return ConfigError(f"unknown key {key!r}{loc}{hint}")
+
+
 class _Params:
     """Dict round trip and helpful unknown-key errors for the dataclasses below."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = ""):
         names = cls.field_names()
         for key in values:
             if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                loc = f" in {where}" if where else ""
-                raise ConfigError(f"unknown key {key!r}{loc}{hint}")
+                raise _unknown(key, names, where)
         return cls(**values)
 
     def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
-class PMFParams(_Params):
-    """Model and algorithm parameters. lambda values are in z-score units."""
+class ModelParams(_Params):
+    """What a saved model needs to be read: its shape and its read-out."""
 
     rank: int = _doc("number of latent dimensions d", default=30)
-    epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
-    lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, as in PMF)",
-                           default=12.0)
-    lambda_v: float = _doc("item factor prior precision ratio sigma^2/sigma_V^2 (unscaled, as in PMF)",
-                           default=12.0)
     biases: bool = _doc("learn user and item biases jointly with the factors", default=True)
-    lambda_bias: float = _doc("prior precision ratio of the user and item biases", default=3.0)
-    reg_scaling: str = _doc("'none': fixed lambda (PMF); 'count': lambda * n_ratings of the row "
-                            "(ALS-WR, Spark MLlib)", default="none")
     link: str = _doc("'linear': mu + sigma * (u.v + biases); 'sigmoid': min + (max-min) * "
                      "sigmoid(u.v + biases), the seed's read-out", default="linear")
     clip: bool = _doc("clip linear predictions to the training rating range", default=True)
+
+    def __post_init__(self):
+        _check_int("rank", self.rank, 1, 1000)
+        _check_bool("biases", self.biases)
+        _check_choice("link", self.link, LINKS)
+        _check_bool("clip", self.clip)
+
+    @property
+    def k(self) -> int:
+        """Unknowns per row: the factors plus one bias when biases are on."""
+        return self.rank + (1 if self.biases else 0)
+
+
+@dataclass(frozen=True)
+class FitParams(_Params):
+    """How the model is fitted. λ values are in z-score units."""
+
+    model: str = _doc("'pmf' (MAP by ALS) or 'bpmf' (Bayesian PMF by Gibbs sampling)",
+                      default="pmf")
+    epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
+    lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, "
+                           "as in PMF)", default=12.0)
+    lambda_v: float = _doc("item factor prior precision ratio sigma^2/sigma_V^2 (unscaled, "
+                           "as in PMF)", default=12.0)
+    lambda_bias: float = _doc("prior precision ratio of the user and item biases", default=3.0)
+    reg_scaling: str = _doc("'none': fixed lambda (PMF); 'count': lambda * n_ratings of the row "
+                            "(ALS-WR, Spark MLlib)", default="none")
     init_std: float = _doc("std of the Gaussian initial factors; 0 = the prior's, 1/sqrt(lambda)",
                            default=0.0)
     seed: int = _doc("seed of the initial factors (and of BPMF's draws)", default=0)
@@ -115,11 +146,37 @@ class PMFParams(_Params):
     prior_update_every: int = _doc("epochs between adaptive prior updates", default=1)
     early_stopping: int = _doc("stop after this many epochs without a better validation RMSE "
                                "and keep the best epoch; 0 = off", default=0)
-    model: str = _doc("'pmf' (MAP by ALS) or 'bpmf' (Bayesian PMF by Gibbs sampling)",
-                      default="pmf")
     samples: int = _doc("BPMF: Gibbs samples averaged after the burn-in", default=80)
     burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
     thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
+
+    def __post_init__(self):
+        from .models import REGISTRY
+
+        _check_choice("model", self.model, tuple(REGISTRY))
+        _check_int("epochs", self.epochs, 1, 100_000)
+        _check_float("lambda_u", self.lambda_u, 0.0)
+        _check_float("lambda_v", self.lambda_v, 0.0)
+        _check_float("lambda_bias", self.lambda_bias, 0.0)
+        _check_choice("reg_scaling", self.reg_scaling, REG_SCALINGS)
+        _check_float("init_std", self.init_std, 0.0)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_choice("priors", self.priors, PRIORS)
+        _check_int("prior_update_every", self.prior_update_every, 1)
+        _check_int("early_stopping", self.early_stopping, 0)
+        _check_int("samples", self.samples, 1, 100_000)
+        _check_int("burn_in", self.burn_in, 0, 100_000)
+        _check_int("thin", self.thin, 1, 100_000)
+        if self.priors != "fixed" and self.reg_scaling != "none":
+            raise ConfigError("priors: adaptive priors need reg_scaling 'none' (a count-scaled "
+                              "lambda is not one prior variance)")
+        REGISTRY[self.model].check(self)
+
+
+@dataclass(frozen=True)
+class EngineParams(_Params):
+    """How the engine runs: never changes what is fitted beyond float rounding."""
+
     blocks: int = _doc("row blocks per side; 0 = the cluster's default parallelism", default=0)
     gram_dtype: str = _doc("dtype of the Gram matrices: float64, or float32 (solve stays float64)",
                            default="float64")
@@ -129,39 +186,66 @@ class PMFParams(_Params):
                             "later epochs skip re-sending them; 0 = off", default=1024)
 
     def __post_init__(self):
-        _check_int("rank", self.rank, 1, 1000)
-        _check_int("epochs", self.epochs, 1, 100_000)
-        _check_float("lambda_u", self.lambda_u, 0.0)
-        _check_float("lambda_v", self.lambda_v, 0.0)
-        _check_bool("biases", self.biases)
-        _check_float("lambda_bias", self.lambda_bias, 0.0)
-        _check_choice("reg_scaling", self.reg_scaling, REG_SCALINGS)
-        _check_choice("link", self.link, LINKS)
-        _check_bool("clip", self.clip)
-        _check_float("init_std", self.init_std, 0.0)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_choice("priors", self.priors, PRIORS)
-        _check_int("prior_update_every", self.prior_update_every, 1)
-        _check_int("early_stopping", self.early_stopping, 0)
-        _check_choice("model", self.model, MODELS)
-        _check_int("samples", self.samples, 1, 100_000)
-        _check_int("burn_in", self.burn_in, 0, 100_000)
-        _check_int("thin", self.thin, 1, 100_000)
-        if self.priors != "fixed" and self.reg_scaling != "none":
-            raise ConfigError("priors: adaptive priors need reg_scaling 'none' (a count-scaled "
-                              "lambda is not one prior variance)")
-        if self.model == "bpmf" and (self.priors != "fixed" or self.early_stopping):
-            raise ConfigError("model: bpmf samples its own hyperparameters; use priors 'fixed' "
-                              "and early_stopping 0 with it")
         _check_int("blocks", self.blocks, 0, 100_000)
         _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
         _check_int("chunk_ratings", self.chunk_ratings, 1000)
         _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
 
+
+GROUPS: dict[str, type[_Params]] = {"model": ModelParams, "fit": FitParams,
+                                    "engine": EngineParams}
+
+
+def group_of(name: str) -> str | None:
+    """Which group ('model', 'fit', 'engine') a flat parameter name belongs to."""
+    for group, cls in GROUPS.items():
+        if name in cls.field_names():
+            return group
+    return None
+
+
+@dataclass(frozen=True)
+class PMFParams:
+    """The three parameter groups of one model."""
+
+    model: ModelParams = field(default_factory=ModelParams)
+    fit: FitParams = field(default_factory=FitParams)
+    engine: EngineParams = field(default_factory=EngineParams)
+
+    @classmethod
+    def of(cls, where: str = "", **flat) -> PMFParams:
+        """The groups from flat keywords (``rank=8, lambda_u=3, blocks=2``)."""
+        parts: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
+        for key, value in flat.items():
+            group = group_of(key)
+            if group is None:
+                raise _unknown(key, flat_names(), where)
+            parts[group][key] = value
+        return cls(**{g: GROUPS[g](**v) for g, v in parts.items()})  # type: ignore[arg-type]
+
+    def flat(self) -> dict[str, Any]:
+        """Every parameter by its plain name."""
+        return {**self.model.to_dict(), **self.fit.to_dict(), **self.engine.to_dict()}
+
+    def replace(self, **flat) -> PMFParams:
+        """A copy with some parameters changed, by plain name."""
+        return PMFParams.of(**{**self.flat(), **flat})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {g: getattr(self, g).to_dict() for g in GROUPS}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, dict[str, Any]]) -> PMFParams:
+        return cls(**{g: GROUPS[g].from_dict(values.get(g, {}), where=f"[{g}]")
+                      for g in GROUPS})
+
     @property
     def k(self) -> int:
-        """Unknowns per row: the factors plus one bias when biases are on."""
-        return self.rank + (1 if self.biases else 0)
+        return self.model.k
+
+
+def flat_names() -> list[str]:
+    return [n for cls in GROUPS.values() for n in cls.field_names()]
 
 
 @dataclass(frozen=True)
@@ -184,10 +268,10 @@ class JobConfig(_Params):
                                     default=None)
     rating_max: float | None = _doc("highest valid rating; default by format or the data's maximum",
                                     default=None)
-    on_duplicate: str = _doc("duplicate (user, item) pairs: 'latest' keeps the newest by timestamp, "
-                             "'error' refuses", default="latest")
-    synthetic: str = _doc("shape of the built-in data when no ratings are given: small, ml-1m, ml-10m",
-                          default="small")
+    on_duplicate: str = _doc("duplicate (user, item) pairs: 'latest' keeps the newest by "
+                             "timestamp, 'error' refuses", default="latest")
+    synthetic: str = _doc("shape of the built-in data when no ratings are given: small, "
+                          "ml-1m, ml-10m", default="small")
     test_fraction: float = _doc("fraction of ratings held out for testing", default=0.15)
     split_seed: int = _doc("seed of the train/test split", default=0)
     validation_fraction: float = _doc("share of the training ratings held out for early "
@@ -239,8 +323,8 @@ class JobConfig(_Params):
                 and self.rating_min >= self.rating_max):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
-        for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col", "sep",
-                     "exclude_items", "checkpoint_dir"):
+        for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col",
+                     "sep", "exclude_items", "checkpoint_dir"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):
                 raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")

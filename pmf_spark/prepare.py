@@ -19,7 +19,8 @@ from pyspark.sql import functions as F
 from .errors import InputDataError
 from .indexing import build_vocabulary, index_ratings
 from .io import CleanRatings
-from .udfs import TEST, VALIDATION
+from .layout import TEST, VALIDATION
+from .sparkutil import first
 
 log = logging.getLogger("pmf_spark")
 
@@ -79,8 +80,8 @@ def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[Dat
     grouped = (clean.df.groupBy("user", "item")
                .agg(F.count(F.lit(1)).alias("_n"), F.max_by("rating", order).alias("rating"))
                .persist(StorageLevel.MEMORY_AND_DISK))
-    st = grouped.agg(F.sum(F.col("_n") - 1).alias("dropped"),
-                     F.min(F.when(F.col("_n") > 1, F.struct("user", "item"))).alias("ex")).first()
+    st = first(grouped.agg(F.sum(F.col("_n") - 1).alias("dropped"),
+                           F.min(F.when(F.col("_n") > 1, F.struct("user", "item"))).alias("ex")))
     dropped = int(st["dropped"] or 0)
     if dropped:
         ex = st["ex"]
@@ -138,14 +139,14 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
     combined = combined.select("user", "item", "rating", "is_test", kind).persist(
         StorageLevel.MEMORY_AND_DISK)
     train_r = F.when(F.col("kind") == 0, F.col("rating"))
-    st = combined.agg(
+    st = first(combined.agg(
         F.sum(F.when(F.col("kind") == 0, 1).otherwise(0)).alias("n_train"),
         F.sum(F.when(F.col("is_test"), 1).otherwise(0)).alias("n_test"),
         F.sum(F.when(F.col("kind") == VALIDATION, 1).otherwise(0)).alias("n_val"),
         F.avg(train_r).alias("mu"), F.stddev_pop(train_r).alias("sigma"),
         F.min(train_r).alias("lo"), F.max(train_r).alias("hi"),
         F.sum(F.pmod(F.xxhash64("user", "item", "rating", "kind"), F.lit(_HASH_BUCKETS)))
-        .alias("fingerprint")).first()
+        .alias("fingerprint")))
     for p in parts:
         p.unpersist()
     n_train, n_test = int(st["n_train"] or 0), int(st["n_test"] or 0)
@@ -168,8 +169,8 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
 
     users, n_users = build_vocabulary(combined, "user")
     items, n_items = build_vocabulary(combined, "item")
-    cold = (users.agg(F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))).first()[0] or 0,
-            items.agg(F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))).first()[0] or 0)
+    n_cold = F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))
+    cold = (first(users.agg(n_cold))[0] or 0, first(items.agg(n_cold))[0] or 0)
     indexed = index_ratings(combined, users, items).persist(StorageLevel.MEMORY_AND_DISK)
     indexed.count()
     combined.unpersist()

@@ -62,8 +62,8 @@ def als(R: np.ndarray, user: np.ndarray, item: np.ndarray, epochs: int, *, rank:
         lam_u: float, lam_v: float, lam_bias: float, biases: bool, count_scaling: bool,
         mu: float, sigma: float):
     """Run ``epochs`` full epochs (users, then items) from the given state."""
-    kw = dict(rank=rank, lam_bias=lam_bias, biases=biases, count_scaling=count_scaling,
-              mu=mu, sigma=sigma)
+    kw: dict = dict(rank=rank, lam_bias=lam_bias, biases=biases, count_scaling=count_scaling,
+                    mu=mu, sigma=sigma)
     for _ in range(epochs):
         user = half_step(R, item, lam=lam_u, **kw)
         item = half_step(R.T, user, lam=lam_v, **kw)

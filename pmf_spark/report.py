@@ -10,46 +10,13 @@ are drawn with matplotlib's Agg backend (no display needed) and embedded as PNG.
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import io
 import math
 
 import numpy as np
 
-from .udfs import DIAG_SCHEMA, diagnose_block
-
 FIGURES = ("learning_curves", "rating_distribution", "error_vs_activity")
-
-
-def rating_bins(lo: float, hi: float, step: float = 0.25) -> np.ndarray:
-    """Histogram edges with one bin centred on every multiple of ``step`` in [lo, hi]."""
-    n = int(round((hi - lo) / step))
-    return lo - step / 2 + step * np.arange(n + 2)
-
-
-def diagnostics(spark, trainer, model, bins: np.ndarray) -> dict:
-    """Histograms of predicted/true test ratings and per-user test errors."""
-    d, p = trainer.data, trainer.params
-    shared = spark.sparkContext.broadcast((model.U, model.user_bias, model.V, model.item_bias))
-    fn = functools.partial(diagnose_block, shared=shared, bins=tuple(bins), n_users=d.n_users,
-                           mu=d.mu, sigma=d.sigma, lo=d.rating_lo, hi=d.rating_hi,
-                           link=p.link, clip=p.clip, val_dtype=trainer.val_dtype)
-    spark.sparkContext.setJobDescription("report: test diagnostics")
-    tbl = trainer.packed_items.groupBy("block").applyInPandas(fn, DIAG_SCHEMA).toArrow()
-    spark.sparkContext.setJobDescription(None)
-    shared.destroy(blocking=False)
-    nb = len(bins) - 1
-    out = {"pred_hist": np.zeros(nb, np.int64), "true_hist": np.zeros(nb, np.int64),
-           "user_sse": np.zeros(d.n_users), "user_n": np.zeros(d.n_users, np.int64)}
-    for name, dtype in (("pred_hist", np.int64), ("true_hist", np.int64),
-                        ("user_sse", np.float64), ("user_n", np.int64)):
-        for b in tbl.column(name).to_pylist():
-            out[name] += np.frombuffer(b, dtype=dtype)
-    n = out["user_n"].sum()
-    base = float(np.sum(tbl.column("base_sse").to_numpy())) if tbl.num_rows else 0.0
-    out["baseline_rmse"] = math.sqrt(base / n) if n else float("nan")
-    return out
 
 
 def _png(fig) -> bytes:
@@ -73,7 +40,9 @@ def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> d
     if any(not math.isnan(m.val_rmse) for m in history):
         ax.plot(epochs, [m.val_rmse for m in history], "o-", label="validation RMSE", ms=3)
     ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("RMSE (rating units)")
     ax.set_title("Learning curves")
     ax.grid(alpha=0.3)
@@ -141,9 +110,9 @@ def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
     summary = _table(["", "value"], [
         ["users x items", f"{d.get('n_users')} x {d.get('n_items')}"],
         ["training / test ratings", f"{d.get('n_train')} / {d.get('n_test')}"],
-        ["model", f"{meta['model']['model']} rank {meta['latent_rank']}, "
-                  f"lambda_u {meta['model']['lambda_u']}, lambda_v {meta['model']['lambda_v']}, "
-                  f"priors {meta['model']['priors']}"],
+        ["model", f"{meta['fit']['model']} rank {meta['latent_rank']}, "
+                  f"lambda_u {meta['fit']['lambda_u']}, lambda_v {meta['fit']['lambda_v']}, "
+                  f"priors {meta['fit']['priors']}"],
         ["epochs run (reported)", f"{meta.get('epochs_run')} ({meta.get('best_epoch')})"],
         ["test RMSE / MAE", f"{f.get('test_rmse', float('nan')):.4f} / "
                             f"{f.get('test_mae', float('nan')):.4f}"],

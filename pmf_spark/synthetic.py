@@ -64,7 +64,8 @@ def get_shape(name: str) -> Shape:
     try:
         return SHAPES[name]
     except KeyError:
-        raise ConfigError(f"synthetic: unknown shape {name!r} (choose from {', '.join(SHAPES)})")
+        raise ConfigError(f"synthetic: unknown shape {name!r} "
+                          f"(choose from {', '.join(SHAPES)})") from None
 
 
 def user_counts(shape: Shape, seed: int) -> np.ndarray:

@@ -23,10 +23,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from .errors import ConfigError
-from .io import CleanRatings
 from .params import PMFParams
 from .prepare import _HASH_BUCKETS, prepare, split_column
-from .train import ALSTrainer
+from .train import Trainer
+from .validate import CleanRatings
 
 log = logging.getLogger("pmf_spark")
 
@@ -98,10 +98,10 @@ class TrialResult:
         return float(np.std(self.fold_rmse, ddof=1)) if len(self.fold_rmse) > 1 else 0.0
 
     def row(self) -> dict:
-        p = self.params
-        return {"trial": self.trial, "rank": p.rank, "lambda_u": p.lambda_u,
-                "lambda_v": p.lambda_v, "lambda_bias": p.lambda_bias, "priors": p.priors,
-                "reg_scaling": p.reg_scaling, "epochs": p.epochs,
+        m, f = self.params.model, self.params.fit
+        return {"trial": self.trial, "rank": m.rank, "lambda_u": f.lambda_u,
+                "lambda_v": f.lambda_v, "lambda_bias": f.lambda_bias, "priors": f.priors,
+                "reg_scaling": f.reg_scaling, "epochs": f.epochs,
                 "val_rmse": self.mean, "val_rmse_sd": self.sd,
                 "fold_rmse": [float(x) for x in self.fold_rmse], "seconds": self.seconds}
 
@@ -122,10 +122,10 @@ def run_search(spark: SparkSession, ratings: CleanRatings, trials: list[PMFParam
                        on_duplicate=on_duplicate, keep=keep, holdout=holdout)
         log.info("fold %d/%d: %d training and %d validation ratings", f + 1, folds,
                  data.n_train, data.n_test)
-        base = ALSTrainer(spark, data, trials[0].replace(blocks=blocks))
+        base = Trainer(spark, data, trials[0].replace(blocks=blocks))
         base.setup()
 
-        def run(i: int):
+        def run(i: int, base: Trainer = base):
             t0 = time.perf_counter()
             trainer = base.with_params(trials[i])
             state = trainer.fit()
@@ -138,11 +138,11 @@ def run_search(spark: SparkSession, ratings: CleanRatings, trials: list[PMFParam
                     r = results[i]
                     r.fold_rmse.append(rmse)
                     r.seconds += secs
-                    p = r.params
+                    p = r.params.fit
                     log.info("fold %d/%d trial %3d: rank %3d  lambda_u %8.3f  lambda_v %8.3f  "
                              "lambda_bias %8.3f  priors %-9s  validation rmse %.4f  (%.1fs)",
-                             f + 1, folds, i, p.rank, p.lambda_u, p.lambda_v, p.lambda_bias,
-                             p.priors, rmse, secs)
+                             f + 1, folds, i, r.params.model.rank, p.lambda_u, p.lambda_v,
+                             p.lambda_bias, p.priors, rmse, secs)
         finally:
             base.release()
             data.release()

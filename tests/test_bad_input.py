@@ -162,7 +162,7 @@ def test_tsv_semicolons_and_other_column_names(spark, capsys, tmp_path):
 
 
 def test_relevance_threshold_default_follows_the_scale():
-    from pmf_spark.recommend import relevance_threshold
+    from pmf_spark.evaluate import relevance_threshold
 
     assert relevance_threshold(None, 1, 5) == 4.0          # MovieLens 100K, the seed's
     assert relevance_threshold(None, 0.5, 5) == 4.0        # half-star MovieLens

@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import train_pmf
 from pmf_spark import pipeline
 from pmf_spark.errors import ConfigError
 from pmf_spark.params import PMFParams
+
+import train_pmf
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.spark
@@ -119,7 +120,7 @@ def test_driver_memory_check(spark):
     from types import SimpleNamespace
 
     data = SimpleNamespace(n_users=2_000_000, n_items=500_000)
-    p = PMFParams(rank=100)
+    p = PMFParams.of(rank=100)
     jvm, py = pipeline.driver_memory_needed(data.n_users, data.n_items, p)
     assert py >= 6 * 2_500_000 * 101 * 8 and jvm >= 3 * 2_000_000 * 101 * 8
     with pytest.raises(ConfigError, match=r"driver memory: 2000000 users \+ 500000 items at "
@@ -129,9 +130,9 @@ def test_driver_memory_check(spark):
     with pytest.raises(ConfigError, match="in the Python driver"):
         pipeline.check_driver_memory(spark, data, p, jvm_max=64 << 30, available=1 << 30)
     pipeline.check_driver_memory(spark, data, p, jvm_max=64 << 30, available=64 << 30)
-    bpmf = PMFParams(rank=10, model="bpmf", samples=80)
+    bpmf = PMFParams.of(rank=10, model="bpmf", samples=80)
     assert pipeline.driver_memory_needed(1000, 1000, bpmf)[1] > \
-        pipeline.driver_memory_needed(1000, 1000, PMFParams(rank=10))[1]
+        pipeline.driver_memory_needed(1000, 1000, PMFParams.of(rank=10))[1]
 
 
 def test_ids_and_titles_are_data_not_paths(spark, tmp_path):

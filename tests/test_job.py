@@ -8,14 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 from chispa.schema_comparer import assert_schema_equality
 from pyspark.sql import functions as F
 
-import train_pmf
-from pmf_spark import pipeline
+from pmf_spark import outputs, pipeline
 from pmf_spark.params import JobConfig, PMFParams
 from pmf_spark.prepare import split_column
 from pmf_spark.synthetic import synthetic_ratings
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.spark
 def small_run(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("job") / "model"
     cfg = JobConfig(output=str(out))
-    params = PMFParams(epochs=4)
+    params = PMFParams.of(epochs=4)
     result = pipeline.run_training(spark, cfg, params)
     yield cfg, params, result
     result.trainer.release()
@@ -43,14 +41,14 @@ def test_output_tables_and_schemas(spark, small_run):
             "metrics.json", "metrics.csv", "_SUCCESS"} <= names
     for side in ("user", "item"):
         df = spark.read.parquet(str(out / f"{side}_factors"))
-        assert_schema_equality(df.schema, pipeline.factor_schema(side, "long"),
+        assert_schema_equality(df.schema, outputs.factor_schema(side, "long"),
                                ignore_nullable=True)
         voc = spark.read.parquet(str(out / f"{side}_vocabulary"))
-        assert_schema_equality(voc.schema, pipeline.vocabulary_schema(side, "long"),
+        assert_schema_equality(voc.schema, outputs.vocabulary_schema(side, "long"),
                                ignore_nullable=True)
         n = result.data.n_users if side == "user" else result.data.n_items
         assert df.count() == n and voc.count() == n
-        assert df.filter(F.size("features") != params.rank).count() == 0
+        assert df.filter(F.size("features") != params.model.rank).count() == 0
     marker = json.loads((out / "_SUCCESS").read_text())
     assert marker["tables"]["user_factors"] == result.data.n_users
 
@@ -62,7 +60,7 @@ def test_factor_tables_hold_the_trained_factors_under_original_ids(spark, small_
     expected = spark.createDataFrame(
         [(int(uid), [float(x) for x in m.U[idx]], float(m.user_bias[idx]), int(n))
          for uid, idx, n in voc[["user_id", "idx", "n_ratings"]].itertuples(index=False)],
-        pipeline.factor_schema("user", "long"))
+        outputs.factor_schema("user", "long"))
     got = spark.read.parquet(str(Path(cfg.output) / "user_factors"))
     assert_approx_df_equality(got.orderBy("user_id"), expected.orderBy("user_id"),
                               precision=1e-12, ignore_nullable=True)
@@ -96,9 +94,9 @@ def test_model_json_and_metrics(small_run):
     cfg, params, result = small_run
     out = Path(cfg.output)
     meta = json.loads((out / "model.json").read_text())
-    assert PMFParams.from_dict(meta["model"]) == params
+    assert PMFParams.from_dict({g: meta[g] for g in ("model", "fit", "engine")}) == params
     assert JobConfig.from_dict(meta["job"]) == cfg
-    assert meta["rank"] == params.rank and meta["epochs_run"] == 4
+    assert meta["rank"] == params.model.rank and meta["epochs_run"] == 4
     assert meta["data"]["n_users"] == 1200 and meta["data"]["n_items"] == 600
     assert meta["data"]["n_train"] + meta["data"]["n_test"] == 120_000
     assert set(meta["versions"]) >= {"pyspark", "numpy", "pandas", "pyarrow", "python"}
@@ -113,7 +111,7 @@ def test_model_json_and_metrics(small_run):
 def test_failed_run_leaves_previous_output_untouched(spark, tmp_path):
     out = tmp_path / "model"
     cfg = JobConfig(output=str(out))
-    first = pipeline.run_training(spark, cfg, PMFParams(epochs=1, rank=3))
+    first = pipeline.run_training(spark, cfg, PMFParams.of(epochs=1, rank=3))
     first.trainer.release()
     first.data.release()
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -126,28 +124,29 @@ def test_failed_run_leaves_previous_output_untouched(spark, tmp_path):
             raise Boom("killed mid-training")
 
     with pytest.raises(Boom):
-        pipeline.run_training(spark, cfg, PMFParams(epochs=3, rank=4), callback=explode)
+        pipeline.run_training(spark, cfg, PMFParams.of(epochs=3, rank=4), callback=explode)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     # a failure while writing: the staging directory is removed, the old output stays
-    orig = pipeline.AtomicOutput.write_json
+    from pmf_spark.fs import AtomicOutput
+    orig = AtomicOutput.write_json
 
     def fail_on_model(self, name, obj):
         if name == "model.json":
             raise OSError("disk full")
         return orig(self, name, obj)
 
-    pipeline.AtomicOutput.write_json = fail_on_model
+    AtomicOutput.write_json = fail_on_model
     try:
         with pytest.raises(OSError, match="disk full"):
-            pipeline.run_training(spark, cfg, PMFParams(epochs=1, rank=4))
+            pipeline.run_training(spark, cfg, PMFParams.of(epochs=1, rank=4))
     finally:
-        pipeline.AtomicOutput.write_json = orig
+        AtomicOutput.write_json = orig
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]   # no staging left behind
     # and a good run replaces it
-    third = pipeline.run_training(spark, cfg, PMFParams(epochs=1, rank=5))
+    third = pipeline.run_training(spark, cfg, PMFParams.of(epochs=1, rank=5))
     third.trainer.release()
     third.data.release()
     meta = json.loads((out / "model.json").read_text())

@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tune as tune_job
-from helpers import clean_from_pandas, prepared, random_ratings
 from pmf_spark import reference
 from pmf_spark.params import JobConfig, PMFParams
 from pmf_spark.pipeline import load_inputs
 from pmf_spark.prepare import prepare, split_column
 from pmf_spark.synthetic import get_shape
-from pmf_spark.train import ALSTrainer
+from pmf_spark.train import Trainer
+
+import tune as tune_job
+from helpers import clean_from_pandas, prepared, random_ratings
 
 pytestmark = pytest.mark.spark
 
@@ -30,7 +31,7 @@ def planted(spark):
 
 def test_adaptive_priors_recover_the_planted_noise_variance(spark, planted, report):
     shape = get_shape("small")
-    trainer = ALSTrainer(spark, planted, PMFParams(priors="diagonal", epochs=15))
+    trainer = Trainer(spark, planted, PMFParams.of(priors="diagonal", epochs=15))
     try:
         state = trainer.fit()
     finally:
@@ -50,9 +51,9 @@ def test_early_stopping_keeps_the_best_epoch(spark):
                    test_fraction=0.15, split_seed=0, on_duplicate="error",
                    validation_fraction=0.2)
     assert data.n_val > 0
-    params = PMFParams(rank=12, epochs=40, lambda_u=0.05, lambda_v=0.05, lambda_bias=0.05,
+    params = PMFParams.of(rank=12, epochs=40, lambda_u=0.05, lambda_v=0.05, lambda_bias=0.05,
                        early_stopping=2, blocks=2)
-    trainer = ALSTrainer(spark, data, params)
+    trainer = Trainer(spark, data, params)
     try:
         state = trainer.fit()
         final = trainer.final_metrics(state)
@@ -71,11 +72,11 @@ def test_early_stopping_keeps_the_best_epoch(spark):
 
 def test_bpmf_is_seeded_and_reports_the_averaged_prediction(spark):
     data = prepared(spark, random_ratings(5, 50, 40, 0.35), test_fraction=0.2)
-    params = PMFParams(model="bpmf", rank=3, burn_in=3, samples=4, blocks=2, seed=9)
+    params = PMFParams.of(model="bpmf", rank=3, burn_in=3, samples=4, blocks=2, seed=9)
     runs = []
     try:
         for p in (params, params, params.replace(seed=10)):
-            trainer = ALSTrainer(spark, data, p)
+            trainer = Trainer(spark, data, p)
             try:
                 state = trainer.fit()
                 runs.append((state, trainer.model(state), trainer.final_metrics(state)))
@@ -84,9 +85,10 @@ def test_bpmf_is_seeded_and_reports_the_averaged_prediction(spark):
         (s1, m1, f1), (s2, m2, f2), (s3, m3, f3) = runs
         np.testing.assert_array_equal(m1.U, m2.U)                # reproducible
         assert f1.test_rmse == f2.test_rmse != f3.test_rmse     # and the seed matters
-        assert len(s1.samples) == 4 and m1.U.shape[1] == 4 * 3
+        samples = list(zip(s1.extra["samples_user"], s1.extra["samples_item"]))
+        assert len(samples) == 4 and m1.U.shape[1] == 4 * 3
         # the saved model's prediction is the mean of the samples' predictions
-        avg = np.mean([reference.predict_z(u, v, 3) for u, v in s1.samples], axis=0)
+        avg = np.mean([reference.predict_z(u, v, 3) for u, v in samples], axis=0)
         np.testing.assert_allclose(
             m1.U @ m1.V.T + m1.user_bias[:, None] + m1.item_bias[None, :], avg, atol=1e-10)
         # and the reported final metrics are that averaged model's
@@ -128,11 +130,12 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
                           "--trials", "2", "--epochs", "2", "--output", str(out)], spark=spark)
     assert code == 0
     # the best configuration is a job config the training job accepts
-    import train_pmf
     from pmf_spark.config import load_config_file, resolve
+
+    import train_pmf
     job, model = resolve(load_config_file(str(tmp_path / "clean" / "best.toml")), None)
     best = min(a["trials"], key=lambda t: t["val_rmse"])
-    assert (model.rank, model.lambda_u) == (best["rank"], best["lambda_u"])
+    assert (model.model.rank, model.fit.lambda_u) == (best["rank"], best["lambda_u"])
     assert job.ratings == str(clean)
     assert train_pmf.main(["--config", str(tmp_path / "clean" / "best.toml"), "--epochs", "1",
                            "--output", str(tmp_path / "trained")], spark=spark) == 0

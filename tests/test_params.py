@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import train_pmf
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import ConfigError
 from pmf_spark.params import JobConfig, PMFParams
+
+import train_pmf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_model_params_name_the_bad_field(field, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        PMFParams(**{field: value})
+        PMFParams.of(**{field: value})
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -44,7 +45,7 @@ def test_job_config_names_the_bad_field(changes, message):
 
 
 def test_params_round_trip_through_dicts():
-    p = PMFParams(rank=7, lambda_u=3.5, link="sigmoid", biases=False)
+    p = PMFParams.of(rank=7, lambda_u=3.5, link="sigmoid", biases=False, blocks=3)
     assert PMFParams.from_dict(p.to_dict()) == p
     j = JobConfig(ratings="a.csv", user_col="u", test_fraction=0.2)
     assert JobConfig.from_dict(j.to_dict()) == j
@@ -66,23 +67,23 @@ def test_precedence_defaults_file_flags(tmp_path):
     cfg.write_text('[model]\nrank = 12\nlambda_u = 4.0\n[job]\noutput = "from-file"\n')
     parser = train_pmf.build_parser()
     ns = parser.parse_args(["--config", str(cfg), "--rank", "5", "--no-biases"])
-    job, model = resolve(load_config_file(str(cfg)), train_pmf.flags_to_sections(ns))
-    assert model.rank == 5                    # flag beats file
-    assert model.lambda_u == 4.0              # file beats default
-    assert model.lambda_v == PMFParams().lambda_v
-    assert model.biases is False
+    job, params = resolve(load_config_file(str(cfg)), train_pmf.flags_to_sections(ns))
+    assert params.model.rank == 5                  # flag beats file
+    assert params.fit.lambda_u == 4.0              # file beats default
+    assert params.fit.lambda_v == PMFParams().fit.lambda_v
+    assert params.model.biases is False
     assert job.output == "from-file"
 
 
 def test_lambda_shortcut_sets_both_sides():
     ns = train_pmf.build_parser().parse_args(["--lambda", "20"])
-    _, model = resolve(None, train_pmf.flags_to_sections(ns))
-    assert (model.lambda_u, model.lambda_v) == (20.0, 20.0)
+    _, params = resolve(None, train_pmf.flags_to_sections(ns))
+    assert (params.fit.lambda_u, params.fit.lambda_v) == (20.0, 20.0)
 
 
 def test_effective_config_round_trips_through_toml(tmp_path):
     job = JobConfig(ratings="r.dat", format="movielens-dat", output="o")
-    model = PMFParams(rank=9, link="sigmoid", lambda_u=20.0)
+    model = PMFParams.of(rank=9, link="sigmoid", lambda_u=20.0, chunk_ratings=5000)
     text = to_toml(job, model)
     path = tmp_path / "eff.toml"
     path.write_text(text)
@@ -97,7 +98,8 @@ def test_named_configurations_load(name):
     if name == "default":
         assert (job, model) == (JobConfig(), PMFParams())   # the file documents the defaults
     if name == "seed":
-        assert (model.rank, model.lambda_u, model.lambda_v, model.link, model.biases) == \
+        assert (model.model.rank, model.fit.lambda_u, model.fit.lambda_v, model.model.link,
+                model.model.biases) == \
             (30, 20.0, 20.0, "sigmoid", False)
         assert job.test_fraction == 0.15
     assert tomllib.loads(path.read_text())  # valid TOML

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pmf_spark.priors import (noise_variance, prior_variances, sample_noise_precision,
-                              sample_normal_wishart, sample_wishart)
-from pmf_spark.solvers import ridge_solve_csr
+from pmf_spark.kernels import gibbs_rows, vb_rows
+from pmf_spark.priors import (
+    noise_variance,
+    prior_variances,
+    sample_noise_precision,
+    sample_normal_wishart,
+    sample_wishart,
+)
 
 
 def test_prior_variances_spherical_and_diagonal():
@@ -59,16 +64,16 @@ def test_sampled_rows_match_the_analytic_conditional_posterior():
     S = 40000
     # S copies of the same row, each with its own standard normal draw
     indptr = np.arange(S + 1, dtype=np.int64) * cols.size
-    sol = ridge_solve_csr(indptr, np.tile(cols, S), np.tile(t, S), F, Lam, alpha=alpha,
-                          prior_shift=Lam @ mu, noise=rng.standard_normal((S, k)))
+    sol = gibbs_rows(indptr, np.tile(cols, S), np.tile(t, S), F, Lam, Lam @ mu, alpha,
+                     rng.standard_normal((S, k)))
     A = alpha * F[cols].T @ F[cols] + Lam
     mean = np.linalg.solve(A, alpha * F[cols].T @ t + Lam @ mu)
     cov = np.linalg.inv(A)
     se = np.sqrt(cov.diagonal() / S)
     assert (np.abs(sol.x.mean(axis=0) - mean) < 4 * se).all(), (sol.x.mean(axis=0), mean, se)
     np.testing.assert_allclose(np.cov(sol.x, rowvar=False), cov, atol=0.02)
-    # without noise the same call returns exactly that mean
-    one = ridge_solve_csr(np.array([0, 4]), cols, t, F, Lam, alpha=alpha, prior_shift=Lam @ mu)
+    # with zero noise the same call returns exactly that mean
+    one = gibbs_rows(np.array([0, 4]), cols, t, F, Lam, Lam @ mu, alpha, np.zeros((1, k)))
     np.testing.assert_allclose(one.x[0], mean, atol=1e-12)
 
 
@@ -79,7 +84,7 @@ def test_variational_rows_add_the_fixed_sides_variances():
     cols = np.array([1, 4, 5], dtype=np.int32)
     t = rng.normal(size=3)
     reg = np.array([2.0, 3.0])
-    sol = ridge_solve_csr(np.array([0, 3]), cols, t, F, reg, fixed_var=fixed_var, with_cov=True)
+    sol = vb_rows(np.array([0, 3]), cols, t, F, reg, fixed_var)
     A = F[cols].T @ F[cols] + np.diag(fixed_var[cols].sum(0) + reg)
     np.testing.assert_allclose(sol.x[0], np.linalg.solve(A, F[cols].T @ t), atol=1e-12)
     np.testing.assert_allclose(sol.inv_diag[0], np.diag(np.linalg.inv(A)), atol=1e-12)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-import train_pmf
 from conftest import ROOT
 from pmf_spark.prepare import split_column
 from pmf_spark.synthetic import get_shape, synthetic_ratings
+
+import train_pmf
 
 pytestmark = pytest.mark.spark
 

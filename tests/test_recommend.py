@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -12,14 +11,16 @@ from chispa.schema_comparer import assert_schema_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pmf_spark import pipeline
+from pmf_spark.evaluate import ranking_metrics
+from pmf_spark.params import JobConfig, PMFParams
+from pmf_spark.recommend import TopK, item_neighbors, item_tiebreak, recommend_all
+from pmf_spark.topk import candidate_items
+from pmf_spark.train import Trainer
+from test_topk import HAND_RECS, HAND_TEST, brute_top_k, pandas_ranking
+
 import recommend as recommend_job
 from helpers import dense_split, prepared, random_ratings
-from pmf_spark import pipeline
-from pmf_spark.params import JobConfig, PMFParams
-from pmf_spark.recommend import (candidate_items, item_neighbors, item_tiebreak,
-                                 ranking_metrics, recommend_all)
-from pmf_spark.train import ALSTrainer
-from test_topk import HAND_RECS, HAND_TEST, brute_top_k, pandas_ranking
 
 pytestmark = pytest.mark.spark
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def trained(spark):
     data = prepared(spark, random_ratings(7, 60, 40, 0.3), test_fraction=0.2)
-    trainer = ALSTrainer(spark, data, PMFParams(rank=4, epochs=3, blocks=3))
+    trainer = Trainer(spark, data, PMFParams.of(rank=4, epochs=3, blocks=3))
     state = trainer.fit()
     yield data, trainer, trainer.model(state)
     trainer.release()
@@ -39,18 +40,18 @@ def test_blockwise_top_k_equals_brute_force_with_ties(spark, trained):
     # make ties: items 0..5 share one factor vector and bias
     model.V[1:6] = model.V[0]
     model.item_bias[1:6] = model.item_bias[0]
-    cand = candidate_items(trainer.item_counts, 1)
+    counts = trainer.counts
+    cand = candidate_items(counts["item"], 1)
     tiebreak = item_tiebreak(data.items, data.n_items)
-    recs = recommend_all(spark, trainer.packed_users, model, k=7, candidates=cand,
-                         tiebreak=tiebreak, val_dtype=trainer.val_dtype,
-                         popularity=trainer.item_counts).toPandas()
+    recs = recommend_all(trainer.engine, model, TopK(7, cand, tiebreak, counts["item"])).toPandas()
     R, _ = dense_split(data)
-    scores = model.mu + model.sigma * (model.U @ model.V.T + model.user_bias[:, None]
-                                       + model.item_bias[None, :])
+    ro = model.readout
+    scores = ro.mu + ro.sigma * (model.U @ model.V.T + model.user_bias[:, None]
+                                 + model.item_bias[None, :])
     scores[:, ~cand] = -np.inf
     scores[~np.isnan(R)] = -np.inf                      # rated in training
     want = brute_top_k(scores, 7, tiebreak)
-    trained_users = set(np.flatnonzero(trainer.user_counts > 0))
+    trained_users = set(np.flatnonzero(counts["user"] > 0))
     want = [w for w in want if w[0] in trained_users]
     got = sorted(zip(recs.u, recs["rank"], recs.i), key=lambda t: (t[0], t[1]))
     assert got == [(u, r, i) for u, r, i, _ in want]
@@ -59,16 +60,16 @@ def test_blockwise_top_k_equals_brute_force_with_ties(spark, trained):
 
 def test_popularity_baseline_ranks_by_training_count(spark, trained):
     data, trainer, model = trained
-    cand = candidate_items(trainer.item_counts, 1)
+    counts = trainer.counts
+    cand = candidate_items(counts["item"], 1)
     tiebreak = item_tiebreak(data.items, data.n_items)
-    recs = recommend_all(spark, trainer.packed_users, model, k=5, candidates=cand,
-                         tiebreak=tiebreak, val_dtype=trainer.val_dtype,
-                         popularity=trainer.item_counts, popular=True).toPandas()
+    recs = recommend_all(trainer.engine, model, TopK(5, cand, tiebreak, counts["item"]),
+                         popular=True).toPandas()
     R, _ = dense_split(data)
-    pop = np.where(cand, trainer.item_counts.astype(float), -np.inf)
+    pop = np.where(cand, counts["item"].astype(float), -np.inf)
     scores = np.where(np.isnan(R), pop[None, :], -np.inf)
     want = [(u, r, i) for u, r, i, _ in brute_top_k(scores, 5, tiebreak)
-            if trainer.user_counts[u] > 0]
+            if counts["user"][u] > 0]
     assert sorted(zip(recs.u, recs["rank"], recs.i)) == sorted(want)
 
 
@@ -82,10 +83,10 @@ def test_ranking_metrics_in_spark_match_pandas(spark, trained):
     assert got["coverage"] == pytest.approx(8 / 10)      # items 10..17 recommended
     # and on real model output, k=5
     data, trainer, model = trained
-    cand = candidate_items(trainer.item_counts, 1)
-    recs = recommend_all(spark, trainer.packed_users, model, k=5, candidates=cand,
-                         tiebreak=item_tiebreak(data.items, data.n_items),
-                         val_dtype=trainer.val_dtype, popularity=trainer.item_counts)
+    counts = trainer.counts["item"]
+    cand = candidate_items(counts, 1)
+    recs = recommend_all(trainer.engine, model,
+                         TopK(5, cand, item_tiebreak(data.items, data.n_items), counts))
     test = data.ratings.where("is_test").select("u", "i", "rating")
     got = ranking_metrics(recs, test, k=5, threshold=3.5, n_catalogue=int(cand.sum()))
     want = pandas_ranking(recs.toPandas(), test.toPandas(), k=5, threshold=3.5)
@@ -96,14 +97,14 @@ def test_ranking_metrics_in_spark_match_pandas(spark, trained):
 def test_item_neighbors_equal_brute_force_cosine(spark, trained):
     data, trainer, model = trained
     tiebreak = item_tiebreak(data.items, data.n_items)
-    nb = item_neighbors(spark, model, data.n_items, trainer.item_counts, k=3,
-                        tiebreak=tiebreak, blocks=2).toPandas()
+    counts = trainer.counts["item"]
+    nb = item_neighbors(trainer.engine, model, k=3, tiebreak=tiebreak).toPandas()
     Vn = model.V / np.linalg.norm(model.V, axis=1, keepdims=True)
     S = Vn @ Vn.T
     np.fill_diagonal(S, -np.inf)
-    S[:, trainer.item_counts == 0] = -np.inf
+    S[:, counts == 0] = -np.inf
     want = [(i, r, j) for i, r, j, _ in brute_top_k(S, 3, tiebreak)
-            if trainer.item_counts[i] > 0]
+            if counts[i] > 0]
     assert sorted(zip(nb.i, nb["rank"], nb.j)) == sorted(want)
 
 
@@ -118,7 +119,7 @@ def job_run(spark, tmp_path_factory):
                     similar_items=4)
     # early stopping carves a validation slice out of the training ratings: those are
     # ratings the users gave too, and must be masked like the rest
-    result = pipeline.run_training(spark, cfg, PMFParams(epochs=3, rank=6, early_stopping=2))
+    result = pipeline.run_training(spark, cfg, PMFParams.of(epochs=3, rank=6, early_stopping=2))
     assert result.data.n_val > 0
     yield cfg, result
     result.trainer.release()
@@ -178,7 +179,7 @@ def test_cold_start_users_get_popular_items_or_are_dropped(spark, tmp_path):
         out = tmp_path / policy
         cfg = JobConfig(ratings=str(train), test=str(test), output=str(out), top_k=3,
                         cold_start=policy)
-        res = pipeline.run_training(spark, cfg, PMFParams(epochs=2, rank=3))
+        res = pipeline.run_training(spark, cfg, PMFParams.of(epochs=2, rank=3))
         res.trainer.release()
         res.data.release()
         recs = spark.read.parquet(str(out / "recommendations")).toPandas()
@@ -246,7 +247,7 @@ def test_bulk_users_match_the_training_job(spark, ml100k_model, tmp_path):
 @pytest.mark.movielens
 def test_fold_in_recovers_a_trained_user(spark, ml100k_model, tmp_path, capsys):
     """A user refit by fold-in from their training ratings gets nearly the trained factor."""
-    from pmf_spark.recommend import SavedModel
+    from pmf_spark.saved import SavedModel
 
     model = SavedModel(spark, ml100k_model)
     uid = 18

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pmf_spark import reference
-from pmf_spark.recommend import fold_in, recommend_rows
-from pmf_spark.solvers import top_k
+from pmf_spark.kernels import ReadOut, top_k
+from pmf_spark.topk import fold_in, recommend_rows
 
 
 def brute_top_k(scores, k, tiebreak):
@@ -46,7 +46,7 @@ def test_recommend_rows_excludes_rated_and_non_candidates():
     cand[[2, 7]] = False
     tiebreak = np.arange(m)[::-1].copy()
     recs = recommend_rows(U, ub, indptr, np.concatenate(rated), V, ib, cand, tiebreak, 4,
-                          mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="linear", clip=True)
+                          ReadOut(mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="linear", clip=True))
     for u in range(n):
         mine = recs[recs.u == u]
         allowed = [j for j in range(m) if cand[j] and j not in set(rated[u])]
@@ -67,7 +67,7 @@ def test_fold_in_equals_a_user_half_step():
     items = np.array([3, 9, 1, 22, 17])
     ratings = np.array([4.0, 2.5, 5.0, 3.0, 1.0])
     f, b = fold_in(V, ib, items, ratings, lam=2.0, lam_bias=0.5, biases=True,
-                   count_scaling=False, mu=3.2, sigma=1.1)
+                   count_scaling=False, ro=ReadOut(mu=3.2, sigma=1.1, lo=1.0, hi=5.0))
     R = np.full((1, m), np.nan)
     R[0, items] = ratings
     want = reference.half_step(R, np.hstack([V, ib[:, None]]), rank=r, lam=2.0, lam_bias=0.5,
@@ -78,7 +78,7 @@ def test_fold_in_equals_a_user_half_step():
 # ----------------------------------------------------------------------- ranking metrics
 
 def pandas_ranking(recs: pd.DataFrame, test: pd.DataFrame, k: int, threshold: float) -> dict:
-    """Plain pandas reference of pmf_spark.recommend.ranking_metrics."""
+    """Plain pandas reference of pmf_spark.evaluate.ranking_metrics."""
     rel = test[test.rating >= threshold].groupby("u")["i"].apply(set)
     rows = []
     for u, relevant in rel.items():

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from helpers import dense_split, prepared, random_ratings
 from pmf_spark import reference
+from pmf_spark.engine import block_labels, pack_side
+from pmf_spark.kernels import ReadOut
 from pmf_spark.params import PMFParams
-from pmf_spark.solvers import to_rating
-from pmf_spark.train import ALSTrainer, block_labels, pack_side
+from pmf_spark.train import Trainer
+
+from helpers import dense_split, prepared, random_ratings
+
+P = PMFParams.of
 
 pytestmark = pytest.mark.spark
 
@@ -23,55 +27,55 @@ def small(spark):
 
 
 def ref_kwargs(params, data):
-    return dict(rank=params.rank, lam_bias=params.lambda_bias, biases=params.biases,
-                count_scaling=params.reg_scaling == "count", mu=data.mu, sigma=data.sigma)
+    m, f = params.model, params.fit
+    return dict(rank=m.rank, lam_bias=f.lambda_bias, biases=m.biases,
+                count_scaling=f.reg_scaling == "count", mu=data.mu, sigma=data.sigma)
 
 
 @pytest.mark.parametrize("params", [
-    PMFParams(rank=5, blocks=3, lambda_u=3.0, lambda_v=7.0, lambda_bias=2.0),
-    PMFParams(rank=4, blocks=2, biases=False, reg_scaling="count", lambda_u=0.1, lambda_v=0.2),
+    P(rank=5, blocks=3, lambda_u=3.0, lambda_v=7.0, lambda_bias=2.0),
+    P(rank=4, blocks=2, biases=False, reg_scaling="count", lambda_u=0.1, lambda_v=0.2),
 ], ids=["pmf-biases", "als-wr-no-biases"])
 def test_half_epochs_equal_the_dense_reference(spark, small, params):
-    trainer = ALSTrainer(spark, small, params)
+    trainer = Trainer(spark, small, params)
     trainer.setup()
     try:
         state = trainer.initial_state()
         R, _ = dense_split(small)
         kw = ref_kwargs(params, small)
         # one user half-epoch through applyInPandas, from the same initial item factors
-        users = state.user.copy()
-        trainer.half_epoch("user", state.item, users)
-        want_users = reference.half_step(R, state.item, lam=params.lambda_u, **kw)
-        np.testing.assert_allclose(users, want_users, rtol=0, atol=1e-8)
+        init_items = state.item.copy()
+        trainer.half_step(state, "user")
+        want_users = reference.half_step(R, init_items, lam=params.fit.lambda_u, **kw)
+        np.testing.assert_allclose(state.user, want_users, rtol=0, atol=1e-8)
         # then the item half-epoch
-        items = state.item.copy()
-        trainer.half_epoch("item", users, items, metrics=True)
-        want_items = reference.half_step(R.T, want_users, lam=params.lambda_v, **kw)
-        np.testing.assert_allclose(items, want_items, rtol=0, atol=1e-8)
+        trainer.half_step(state, "item", metrics=True)
+        want_items = reference.half_step(R.T, want_users, lam=params.fit.lambda_v, **kw)
+        np.testing.assert_allclose(state.item, want_items, rtol=0, atol=1e-8)
     finally:
         trainer.release()
 
 
 def test_epochs_match_reference_predictions_and_metrics(spark, small):
-    params = PMFParams(rank=6, epochs=4, blocks=2, lambda_u=5.0, lambda_v=5.0)
-    trainer = ALSTrainer(spark, small, params)
+    params = P(rank=6, epochs=4, blocks=2, lambda_u=5.0, lambda_v=5.0)
+    trainer = Trainer(spark, small, params)
     trainer.setup()
     try:
         init = trainer.initial_state()
         R, T = dense_split(small)
         kw = ref_kwargs(params, small)
-        ru, ri = reference.als(R, init.user.copy(), init.item.copy(), params.epochs,
-                               lam_u=params.lambda_u, lam_v=params.lambda_v, **kw)
+        ru, ri = reference.als(R, init.user.copy(), init.item.copy(), params.fit.epochs,
+                               lam_u=params.fit.lambda_u, lam_v=params.fit.lambda_v, **kw)
         state = trainer.fit(trainer.initial_state())
-        Zs = reference.predict_z(state.user, state.item, params.rank)
-        Zr = reference.predict_z(ru, ri, params.rank)
+        Zs = reference.predict_z(state.user, state.item, params.model.rank)
+        Zr = reference.predict_z(ru, ri, params.model.rank)
         np.testing.assert_allclose(Zs, Zr, rtol=0, atol=1e-8)
         last = state.history[-1]
-        conv = dict(mu=small.mu, sigma=small.sigma, lo=small.rating_lo, hi=small.rating_hi)
+        ro = ReadOut(mu=small.mu, sigma=small.sigma, lo=small.rating_lo, hi=small.rating_hi)
         for M, rmse, mae in ((R, last.train_rmse, last.train_mae),
                              (T, last.test_rmse, last.test_mae)):
             m = ~np.isnan(M)
-            err = to_rating(Zr[m], **conv) - M[m]
+            err = ro.to_rating(Zr[m]) - M[m]
             assert rmse == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-9)
             assert mae == pytest.approx(np.mean(np.abs(err)), rel=1e-9)
         want_obj = reference.objective(R, ru, ri, lam_u=5.0, lam_v=5.0, **kw)
@@ -81,10 +85,10 @@ def test_epochs_match_reference_predictions_and_metrics(spark, small):
 
 
 def test_objective_never_rises_across_epochs(spark, small):
-    for params in (PMFParams(rank=8, epochs=8, blocks=2, lambda_u=2.0, lambda_v=2.0),
-                   PMFParams(rank=8, epochs=8, blocks=2, reg_scaling="count", lambda_u=0.05,
-                             lambda_v=0.05)):
-        trainer = ALSTrainer(spark, small, params)
+    for params in (P(rank=8, epochs=8, blocks=2, lambda_u=2.0, lambda_v=2.0),
+                   P(rank=8, epochs=8, blocks=2, reg_scaling="count", lambda_u=0.05,
+                     lambda_v=0.05)):
+        trainer = Trainer(spark, small, params)
         try:
             objs = [m.objective for m in trainer.fit().history]
         finally:
@@ -105,18 +109,20 @@ def plan_nodes(df) -> list[str]:
 
 
 def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, small):
-    trainer = ALSTrainer(spark, small, PMFParams(rank=3, blocks=3))
+    trainer = Trainer(spark, small, P(rank=3, blocks=3))
     trainer.setup()
+    engine = trainer.engine
     try:
         state = trainer.initial_state()
-        for solving, fixed in (("user", state.item), ("item", state.user)):
-            df, bc = trainer.half_epoch_frame(solving, fixed)
+        for solving in ("user", "item"):
+            tasks = trainer.strategy.tasks(state, solving, 1, None)
+            df, bc = engine.frame(solving, tasks, metrics=solving == "item")
             nodes = plan_nodes(df)
             bc.destroy()
             assert nodes == ["FlatMapGroupsInPandas", "InMemoryTableScan"], nodes
             # the light input (keys only) and the re-send of some blocks keep the layout too
             for kw in ({"light": True}, {"blocks": [0]}):
-                df, bc = trainer.half_epoch_frame(solving, fixed, **kw)
+                df, bc = engine.frame(solving, tasks, **kw)
                 nodes = plan_nodes(df)
                 bc.destroy()
                 assert "Exchange" not in nodes and "Sort" not in nodes, (kw, nodes)
@@ -124,8 +130,8 @@ def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, smal
         # the check can fail: a layout cached without the in-partition sort needs a Sort
         import functools
 
-        from pmf_spark.train import block_of, solve_frame
-        from pmf_spark.udfs import PACKED_SCHEMA, pack_block
+        from pmf_spark.engine import block_of
+        from pmf_spark.layout import PACKED_SCHEMA, pack_block
         labels = block_labels(spark, 3)
         fn = functools.partial(pack_block, chunk_ratings=1000, val_dtype="float32",
                                with_test=False)
@@ -135,9 +141,13 @@ def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, smal
                     .groupBy("block").applyInPandas(fn, PACKED_SCHEMA)
                     .repartition(3, "block").cache())
         unsorted.count()  # materialised, like the real layout
-        df = solve_frame(unsorted, (np.zeros((small.n_items, 3)), None, None),
-                         **trainer.solve_kwargs("user", False))
-        nodes = plan_nodes(df)
+        cached, engine.layout["user"] = engine.layout["user"], unsorted
+        try:
+            df, bc = engine.frame("user", trainer.strategy.tasks(state, "user", 1, None))
+            nodes = plan_nodes(df)
+            bc.destroy()
+        finally:
+            engine.layout["user"] = cached
         assert "Sort" in nodes and "Exchange" not in nodes, nodes
         unsorted.unpersist()
     finally:
@@ -159,7 +169,7 @@ def test_block_labels_land_one_per_partition(spark, small, blocks):
 def test_results_do_not_depend_on_the_block_count(spark, small):
     finals = []
     for blocks in (1, 4):
-        trainer = ALSTrainer(spark, small, PMFParams(rank=5, epochs=3, blocks=blocks))
+        trainer = Trainer(spark, small, P(rank=5, epochs=3, blocks=blocks))
         try:
             st = trainer.fit()
         finally:
@@ -190,8 +200,9 @@ def test_blocks_are_balanced_by_rating_count(spark):
 def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
     import pandas as pd
 
-    from helpers import clean_from_pandas
     from pmf_spark.prepare import prepare
+
+    from helpers import clean_from_pandas
 
     train = random_ratings(3, 40, 30, 0.3)
     test = pd.DataFrame({"user": [99999, 99999, 100, 100], "item": [1000, 88888, 88888, 1003],
@@ -199,11 +210,11 @@ def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
     data = prepare(clean_from_pandas(spark, train), clean_from_pandas(spark, test, "t"),
                    test_fraction=0.5, split_seed=0, on_duplicate="error")
     assert (data.cold_users, data.cold_items) == (1, 1)
-    trainer = ALSTrainer(spark, data, PMFParams(rank=4, epochs=2, blocks=2))
+    trainer = Trainer(spark, data, P(rank=4, epochs=2, blocks=2))
     try:
         st = trainer.fit()
-        cold_u = trainer.user_counts == 0
-        cold_i = trainer.item_counts == 0
+        cold_u = trainer.counts["user"] == 0
+        cold_i = trainer.counts["item"] == 0
         assert cold_u.sum() == 1 and cold_i.sum() == 1
         assert not st.user[cold_u].any() and not st.item[cold_i].any()
         m = trainer.model(st)
@@ -223,11 +234,11 @@ def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
 def test_resident_blocks_give_identical_results_and_fall_back_when_missing(spark, small):
     """Later epochs send only chunk keys; a worker without the chunk reports it and the
     driver re-sends that block. Bit-identical factors either way."""
-    import pmf_spark.train as train_mod
-    trainer = ALSTrainer(spark, small, PMFParams(rank=2, epochs=1, blocks=3))
+    import pmf_spark.engine as train_mod
+    trainer = Trainer(spark, small, P(rank=2, epochs=1, blocks=3))
     trainer.setup()
-    assert not trainer.uses_resident("user")             # tiny blocks are always sent
-    assert 0 < trainer.block_mb["item"] < train_mod.RESIDENT_MIN_BLOCK_MB
+    assert not trainer.engine.uses_resident("user")      # tiny blocks are always sent
+    assert 0 < trainer.engine.block_mb["item"] < train_mod.RESIDENT_MIN_BLOCK_MB
     trainer.release()
     monkey_min = train_mod.RESIDENT_MIN_BLOCK_MB
     train_mod.RESIDENT_MIN_BLOCK_MB = 0.0        # these test blocks are tiny
@@ -240,10 +251,10 @@ def test_resident_blocks_give_identical_results_and_fall_back_when_missing(spark
 def _resident_checks(spark, small):
     runs = {}
     for name, mb in (("off", 0), ("on", 256)):
-        trainer = ALSTrainer(spark, small, PMFParams(rank=4, epochs=4, blocks=3, resident_mb=mb))
+        trainer = Trainer(spark, small, P(rank=4, epochs=4, blocks=3, resident_mb=mb))
         try:
             st = trainer.fit()
-            runs[name] = (st, dict(trainer.resident_stats))
+            runs[name] = (st, dict(trainer.engine.resident.stats))
         finally:
             trainer.release()
     (off, _), (on, stats) = runs["off"], runs["on"]
@@ -251,14 +262,14 @@ def _resident_checks(spark, small):
     np.testing.assert_array_equal(off.item, on.item)
     assert stats["light_chunks"] > 0                     # epochs 2..4 went light
     # empty every worker's store: the next light run misses everything and re-sends it all
-    trainer = ALSTrainer(spark, small, PMFParams(rank=4, epochs=2, blocks=3, resident_mb=256))
+    trainer = Trainer(spark, small, P(rank=4, epochs=2, blocks=3, resident_mb=256))
     try:
         st = trainer.fit()
         spark.sparkContext.parallelize(range(8), 8).foreach(
-            lambda _: __import__("pmf_spark.udfs", fromlist=["udfs"]).resident_clear())
-        trainer.token = "not-in-any-worker"               # and a key nobody holds
-        trainer.half_epoch("user", st.item, st.user)
-        assert trainer.resident_stats["resent_chunks"] > 0
+            lambda _: __import__("pmf_spark.layout", fromlist=["layout"]).resident_clear())
+        trainer.engine.resident.token = "not-in-any-worker"   # and a key nobody holds
+        trainer.half_step(st, "user")
+        assert trainer.engine.resident.stats["resent_chunks"] > 0
         R, _ = dense_split(small)
         want = reference.half_step(R, st.item, lam=12.0, **ref_kwargs(trainer.params, small))
         np.testing.assert_allclose(st.user, want, atol=1e-8)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from chispa import assert_df_equality
 
-import train_pmf
-from helpers import random_ratings
 from pmf_spark import PMF
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.params import JobConfig, PMFParams
+
+import train_pmf
+from helpers import random_ratings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.spark
@@ -75,11 +76,12 @@ def test_report_is_self_contained_html_with_the_figures(job_output):
 
 def test_effective_config_round_trips_through_model_json(job_output, tmp_path):
     meta = json.loads((job_output / "model.json").read_text())
-    job, model = JobConfig.from_dict(meta["job"]), PMFParams.from_dict(meta["model"])
+    job = JobConfig.from_dict(meta["job"])
+    model = PMFParams.from_dict({g: meta[g] for g in ("model", "fit", "engine")})
     path = tmp_path / "again.toml"
     path.write_text(to_toml(job, model))
     assert resolve(load_config_file(str(path)), None) == (job, model)
-    assert model.epochs == 4 and job.similar_items == 3
+    assert model.fit.epochs == 4 and job.similar_items == 3
 
 
 def test_help_groups_options_with_defaults(capsys):

@@ -1,4 +1,4 @@
-"""The batched ridge solver against numpy's least squares (no Spark)."""
+"""The batched row kernels against numpy's least squares (no Spark)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmf_spark.solvers import reference_ridge_rows, ridge_solve_csr, row_chunks, to_rating
+from pmf_spark.kernels import ReadOut, reference_ridge_rows, ridge_rows, row_chunks, vb_rows
 
 
 def random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.0):
@@ -46,7 +46,7 @@ def test_batched_solve_matches_lstsq(seed, n_rows, n_fixed, k, max_per_row, lam,
     reg = np.full(k, lam)
     reg[-1] = lam / 3.0
     scale = np.diff(indptr).astype(float) if scaled else None
-    got = ridge_solve_csr(indptr, cols, t, design, reg, row_scale=scale, with_fitted=True)
+    got = ridge_rows(indptr, cols, t, design, reg, row_scale=scale, with_fitted=True)
     want = lstsq_rows(indptr, cols, t, design, reg, scale)
     np.testing.assert_allclose(got.x, want, rtol=1e-7, atol=1e-9)
     # fitted values are the design row times the solution, entry by entry
@@ -61,7 +61,7 @@ def test_rows_with_fewer_ratings_than_rank_satisfy_the_normal_equations():
     indptr, cols, t = random_csr(rng, 50, 200, 10)          # every row has <= 10 < k entries
     design = rng.normal(size=(200, k))
     reg = np.full(k, 0.5)
-    x = ridge_solve_csr(indptr, cols, t, design, reg).x
+    x = ridge_rows(indptr, cols, t, design, reg).x
     for i in range(50):
         sl = slice(indptr[i], indptr[i + 1])
         F = design[cols[sl]]
@@ -71,12 +71,12 @@ def test_rows_with_fewer_ratings_than_rank_satisfy_the_normal_equations():
 
 def test_empty_rows_are_zero_and_empty_block_is_fine():
     design = np.ones((5, 3))
-    sol = ridge_solve_csr(np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0), design,
+    sol = ridge_rows(np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0), design,
                           np.ones(3), with_fitted=True)
     assert sol.x.shape == (3, 3) and not sol.x.any()
     assert sol.fitted.shape == (0,)
     indptr = np.array([0, 0, 2, 2])
-    x = ridge_solve_csr(indptr, np.array([1, 3], np.int32), np.array([1.0, 2.0]),
+    x = ridge_rows(indptr, np.array([1, 3], np.int32), np.array([1.0, 2.0]),
                         np.arange(15.0).reshape(5, 3), np.ones(3)).x
     assert not x[0].any() and not x[2].any() and np.abs(x[1]).sum() > 0
 
@@ -84,7 +84,7 @@ def test_empty_rows_are_zero_and_empty_block_is_fine():
 def test_zero_regularisation_on_a_singular_row_falls_back_to_least_squares():
     # one entry, two unknowns and no prior: the minimum-norm solution, never NaN
     design = np.array([[1.0, 1.0], [2.0, 0.0]])
-    x = ridge_solve_csr(np.array([0, 1]), np.array([0], np.int32), np.array([2.0]), design,
+    x = ridge_rows(np.array([0, 1]), np.array([0], np.int32), np.array([2.0]), design,
                         np.zeros(2)).x
     assert np.isfinite(x).all()
     np.testing.assert_allclose(design[0] @ x[0], 2.0, atol=1e-9)
@@ -94,7 +94,7 @@ def test_nan_free_on_large_values():
     rng = np.random.default_rng(3)
     indptr, cols, t = random_csr(rng, 20, 30, 25)
     design = rng.normal(size=(30, 4)) * 1e6
-    x = ridge_solve_csr(indptr, cols, t * 1e6, design, np.full(4, 1e-3)).x
+    x = ridge_rows(indptr, cols, t * 1e6, design, np.full(4, 1e-3)).x
     assert np.isfinite(x).all()
 
 
@@ -103,8 +103,8 @@ def test_float32_gram_is_close_to_float64():
     indptr, cols, t = random_csr(rng, 200, 300, 150)
     design = rng.normal(size=(300, 11)) * 0.3
     reg = np.full(11, 5.0)
-    a = ridge_solve_csr(indptr, cols, t, design, reg).x
-    b = ridge_solve_csr(indptr, cols, t, design, reg, gram_dtype=np.float32).x
+    a = ridge_rows(indptr, cols, t, design, reg).x
+    b = ridge_rows(indptr, cols, t, design, reg, gram_dtype=np.float32).x
     assert np.abs(a - b).max() < 1e-4
     assert np.abs(a - b).max() > 0  # really a different code path
 
@@ -117,7 +117,7 @@ def test_matches_row_by_row_reference_on_skewed_rows():
     t = rng.normal(size=cols.size)
     design = rng.normal(size=(1000, 8))
     reg = np.linspace(0.1, 3.0, 8)
-    got = ridge_solve_csr(indptr, cols, t, design, reg).x
+    got = ridge_rows(indptr, cols, t, design, reg).x
     np.testing.assert_allclose(got, reference_ridge_rows(indptr, cols, t, design, reg),
                                rtol=1e-9, atol=1e-11)
 
@@ -136,25 +136,29 @@ def test_row_chunks_cover_each_nonempty_row_once_in_order(counts, budget):
 
 
 def test_chunked_solve_equals_one_chunk(monkeypatch):
-    import pmf_spark.solvers as solvers
+    import pmf_spark.kernels as kernels
     rng = np.random.default_rng(6)
     indptr, cols, t = random_csr(rng, 300, 80, 40, empty_fraction=0.3)
     design = rng.normal(size=(80, 6))
     fixed_var = rng.uniform(0, 0.2, size=(80, 6))
-    kw = dict(with_fitted=True, with_cov=True, fixed_var=fixed_var)
-    whole = ridge_solve_csr(indptr, cols, t, design, np.full(6, 2.0), **kw)
-    monkeypatch.setattr(solvers, "_CHUNK_ENTRIES", 37)
-    parts = solvers.ridge_solve_csr(indptr, cols, t, design, np.full(6, 2.0), **kw)
+    kw = dict(with_fitted=True)
+    whole = vb_rows(indptr, cols, t, design, np.full(6, 2.0), fixed_var, **kw)
+    ridge = ridge_rows(indptr, cols, t, design, np.full(6, 2.0), **kw)
+    monkeypatch.setattr(kernels, "CHUNK_ENTRIES", 37)
+    parts = kernels.vb_rows(indptr, cols, t, design, np.full(6, 2.0), fixed_var, **kw)
+    ridge_parts = kernels.ridge_rows(indptr, cols, t, design, np.full(6, 2.0), **kw)
+    assert len(kernels.row_chunks(np.diff(indptr), 37)) > 10     # really chunked
     for a, b in ((whole.x, parts.x), (whole.fitted, parts.fitted),
-                 (whole.inv_diag, parts.inv_diag), (whole.var_sum, parts.var_sum)):
+                 (whole.inv_diag, parts.inv_diag), (whole.var_sum, parts.var_sum),
+                 (ridge.x, ridge_parts.x), (ridge.fitted, ridge_parts.fitted)):
         np.testing.assert_allclose(a, b, atol=1e-12)
 
 
 def test_to_rating_links():
     z = np.array([-10.0, 0.0, 0.5, 10.0])
-    lin = to_rating(z, mu=3.0, sigma=1.0, lo=1.0, hi=5.0)
+    lin = ReadOut(mu=3.0, sigma=1.0, lo=1.0, hi=5.0).to_rating(z)
     np.testing.assert_allclose(lin, [1.0, 3.0, 3.5, 5.0])
-    raw = to_rating(z, mu=3.0, sigma=1.0, lo=1.0, hi=5.0, clip=False)
+    raw = ReadOut(mu=3.0, sigma=1.0, lo=1.0, hi=5.0, clip=False).to_rating(z)
     assert raw[0] == -7.0
-    sig = to_rating(z, mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="sigmoid")
+    sig = ReadOut(mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="sigmoid").to_rating(z)
     assert sig[1] == pytest.approx(3.0) and 1.0 < sig[0] < 1.001 and 4.999 < sig[3] < 5.0

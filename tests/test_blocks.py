@@ -7,8 +7,21 @@ import pandas as pd
 import pytest
 
 from pmf_spark import reference
-from pmf_spark.solvers import to_rating
-from pmf_spark.udfs import PACKED_COLUMNS, SOLVED_COLUMNS, decode_chunk, pack_block, solve_block
+from pmf_spark.blocks import SOLVED_COLUMNS, solve_block
+from pmf_spark.kernels import ReadOut
+from pmf_spark.layout import PACKED_COLUMNS, decode_chunk, pack_block
+from pmf_spark.models.pmf import RidgePayload, ridge_kernel
+
+
+def ridge(design, offset, reg, *, count_scaling=False, mu=3.0, sigma=1.0, lo=0.5, hi=5.0,
+          link="linear", clip=True, gram_dtype="float64"):
+    """The block-function keywords of one MAP-PMF task."""
+    payload = RidgePayload(design=design, offset=offset,
+                           readout=ReadOut(mu=mu, sigma=sigma, lo=lo, hi=hi, link=link, clip=clip),
+                           gram_dtype=gram_dtype, reg=np.asarray(reg, dtype=np.float64),
+                           count_scaling=count_scaling)
+    return dict(shared=(payload,), kernels=(ridge_kernel,), widths=(design.shape[1] + 1,),
+                variances=(False,))
 
 
 def ratings_frame(rng, n_rows, n_cols, density, test_fraction=0.0):
@@ -42,14 +55,14 @@ def test_pack_round_trip_keeps_every_rating_once(chunk):
     got_train, got_test, seen_rows = [], [], []
     for _, row in packed.iterrows():
         c = decode_chunk(row, "float32")
-        seen_rows.extend(c["row_ids"].tolist())
-        assert c["indptr"][0] == 0 and c["indptr"][-1] == c["cols"].size == row.nnz
-        for j, rid in enumerate(c["row_ids"]):
-            sl = slice(c["indptr"][j], c["indptr"][j + 1])
-            assert (np.diff(c["cols"][sl]) > 0).all()    # sorted, no duplicates
-            got_train += [(rid, col, v) for col, v in zip(c["cols"][sl], c["vals"][sl])]
-        got_test += [(c["row_ids"][r], col, v)
-                     for r, col, v in zip(c["test_rows"], c["test_cols"], c["test_vals"])]
+        seen_rows.extend(c.row_ids.tolist())
+        assert c.indptr[0] == 0 and c.indptr[-1] == c.cols.size == row.nnz
+        for j, rid in enumerate(c.row_ids):
+            sl = slice(c.indptr[j], c.indptr[j + 1])
+            assert (np.diff(c.cols[sl]) > 0).all()    # sorted, no duplicates
+            got_train += [(rid, col, v) for col, v in zip(c.cols[sl], c.vals[sl])]
+        got_test += [(c.row_ids[r], col, v)
+                     for r, col, v in zip(c.test_rows, c.test_cols, c.test_vals)]
     assert seen_rows == sorted(set(seen_rows))                     # each row in one chunk
     assert set(seen_rows) == set(df.row)                           # test-only rows kept too
     want_train = sorted(map(tuple, df[~df.is_test][["row", "col", "rating"]].to_numpy().tolist()))
@@ -71,10 +84,10 @@ def test_solve_block_matches_dense_reference_and_reports_metrics(biases, count_s
     offset = fixed[:, rank].copy() if biases else None
     mu, sigma, lo, hi = 3.0, 1.1, 0.5, 5.0
     reg = (2.0,) * rank + ((0.7,) if biases else ())
-    out = solve_block((0,), packed, fixed=(design, offset, None), rank=rank, biases=biases,
-                      reg=reg, count_scaling=count_scaling, mu=mu, sigma=sigma, lo=lo,
-                      hi=hi, link="linear", clip=True, val_dtype="float64",
-                      gram_dtype="float64", metrics=True)
+    task = ridge(design, offset, reg, count_scaling=count_scaling, mu=mu, sigma=sigma, lo=lo,
+                 hi=hi)
+    task["widths"] = (rank + 1,)
+    out = solve_block((0,), packed, val_dtype="float64", metrics=(True,), **task)
     assert list(out.columns) == SOLVED_COLUMNS
     got = np.zeros((n_rows, rank + 1))
     for _, row in out.iterrows():
@@ -90,7 +103,7 @@ def test_solve_block_matches_dense_reference_and_reports_metrics(biases, count_s
                                            (True, ("n_test", "test_sse", "test_sae"))):
         Rm = dense(df, n_rows, n_cols, test=test)
         m = ~np.isnan(Rm)
-        err = to_rating(Z[m], mu=mu, sigma=sigma, lo=lo, hi=hi) - Rm[m]
+        err = ReadOut(mu=mu, sigma=sigma, lo=lo, hi=hi).to_rating(Z[m]) - Rm[m]
         assert out[n_col].sum() == m.sum()
         assert out[sse_col].sum() == pytest.approx(float(err @ err), rel=1e-10)
         assert out[sae_col].sum() == pytest.approx(float(np.abs(err).sum()), rel=1e-10)
@@ -101,27 +114,25 @@ def test_sigmoid_link_metrics_use_the_sigmoid_read_out():
     df = ratings_frame(rng, 10, 12, 0.5)
     packed = pack_block((0,), df, chunk_ratings=1000, val_dtype="float32", with_test=False)
     design = rng.normal(size=(12, 3))
-    kw = dict(fixed=(design, None, None), rank=3, biases=False, reg=(1.0, 1.0, 1.0),
-              count_scaling=False, mu=3.0, sigma=1.0, lo=1.0, hi=5.0, clip=True,
-              val_dtype="float32", gram_dtype="float64", metrics=True)
-    lin = solve_block((0,), packed, link="linear", **kw)
-    sig = solve_block((0,), packed, link="sigmoid", **kw)
+    kw = dict(val_dtype="float32", metrics=(True,))
+    lin = solve_block((0,), packed, **kw, **ridge(design, None, (1.0,) * 3, lo=1.0, hi=5.0,
+                                                  link="linear"))
+    sig = solve_block((0,), packed, **kw, **ridge(design, None, (1.0,) * 3, lo=1.0, hi=5.0,
+                                                  link="sigmoid"))
     assert lin.factors.tolist() == sig.factors.tolist()   # the link only changes the read-out
     assert lin.sse.sum() != pytest.approx(sig.sse.sum())
 
 
 def test_resident_store_hits_misses_and_sizes():
-    from pmf_spark import udfs
+    from pmf_spark import layout
     rng = np.random.default_rng(4)
     df = ratings_frame(rng, 12, 9, 0.5, test_fraction=0.2)
     packed = pack_block((3,), df, chunk_ratings=1000, val_dtype="float64", with_test=True)
     light = packed[["block", "chunk", "n_rows", "nnz", "n_test"]]
     design = rng.normal(size=(9, 2))
-    kw = dict(fixed=(design, None, None), rank=2, biases=False, reg=(1.0, 1.0),
-              count_scaling=False, mu=3.0, sigma=1.0, lo=0.5, hi=5.0, link="linear", clip=True,
-              val_dtype="float64", gram_dtype="float64", metrics=True,
-              resident=(("tok", "item"), 64))
-    udfs.resident_clear()
+    kw = dict(val_dtype="float64", metrics=(True,), resident=(("tok", "item"), 64),
+              **ridge(design, None, (1.0, 1.0)))
+    layout.resident_clear()
     miss = solve_block((3,), light, **kw)
     assert miss.missing.all() and (miss.row_ids == b"").all()
     full = solve_block((3,), packed, **kw)              # decodes and stores
@@ -136,7 +147,12 @@ def test_resident_store_hits_misses_and_sizes():
     assert solve_block((3,), wrong, **kw).missing.all()
     assert solve_block((3,), light, **kw).missing.all()   # it was dropped
     # the budget bounds the store
-    udfs.resident_put(("a",), {"x": np.zeros(300_000)}, budget_mb=1)
-    udfs.resident_put(("b",), {"x": np.zeros(300_000)}, budget_mb=1)
-    assert ("a",) not in udfs._RESIDENT and ("b",) in udfs._RESIDENT
-    udfs.resident_clear()
+    store = layout.ResidentStore()
+    big = decode_chunk(pack_block((0,), ratings_frame(rng, 100, 700, 0.9), chunk_ratings=10**6,
+                                  val_dtype="float64", with_test=False).iloc[0], "float64")
+    assert 0.6 * (1 << 20) < big.nbytes < (1 << 20)
+    store.put(("a",), big, budget_mb=1)
+    store.put(("b",), big, budget_mb=1)
+    assert ("a",) not in store and ("b",) in store
+    assert store.nbytes == big.nbytes
+    layout.resident_clear()

@@ -1,0 +1,198 @@
+"""Writing a run's outputs: factor and vocabulary tables, the split, recommendations,
+neighbours, metrics, ``model.json`` and the report, into a staging directory that is
+committed atomically (:class:`pmf_spark.fs.AtomicOutput`). ``docs/outputs.md`` is the
+contract these tables keep.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import platform
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from . import __version__
+from .evaluate import EpochMetrics
+from .fs import AtomicOutput
+from .params import JobConfig, PMFParams
+from .sparkutil import describe
+
+MODEL_FORMAT_VERSION = 2
+FACTOR_TABLES = {"user": "user_factors", "item": "item_factors"}
+VOCAB_TABLES = {"user": "user_vocabulary", "item": "item_vocabulary"}
+RECS_TABLE = "recommendations"
+NEIGHBORS_TABLE = "item_neighbors"
+RECS_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
+
+
+def _id_type(id_type: str):
+    return T.LongType() if id_type == "long" else T.StringType()
+
+
+def factor_schema(side: str, id_type: str) -> T.StructType:
+    """Schema of ``user_factors`` / ``item_factors``: the original id, the factor
+    vector, the bias (z units) and the number of training ratings."""
+    return T.StructType([
+        T.StructField(f"{side}_id", _id_type(id_type)),
+        T.StructField("features", T.ArrayType(T.DoubleType())),
+        T.StructField("bias", T.DoubleType()),
+        T.StructField("n_ratings", T.IntegerType()),
+    ])
+
+
+def vocabulary_schema(side: str, id_type: str) -> T.StructType:
+    """Schema of ``user_vocabulary`` / ``item_vocabulary``: original id <-> dense index."""
+    return T.StructType([
+        T.StructField(f"{side}_id", _id_type(id_type)),
+        T.StructField("idx", T.IntegerType()),
+        T.StructField("n_ratings", T.IntegerType()),
+    ])
+
+
+def versions() -> dict:
+    import pandas
+    import pyspark
+
+    return {"pmf_spark": __version__, "pyspark": pyspark.__version__, "numpy": np.__version__,
+            "pandas": pandas.__version__, "pyarrow": pa.__version__,
+            "python": platform.python_version()}
+
+
+def factor_frame(spark: SparkSession, matrix: np.ndarray, bias: np.ndarray,
+                 vocab: DataFrame, id_name: str) -> DataFrame:
+    """(id, features array<double>, bias, n_ratings) from a dense-index factor matrix."""
+    n, r = matrix.shape
+    offsets = pa.array(np.arange(0, n * r + 1, r, dtype=np.int32))
+    features = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    tbl = pa.table({"idx": pa.array(np.arange(n, dtype=np.int32)), "features": features,
+                    "bias": pa.array(bias)})
+    fac = spark.createDataFrame(tbl)
+    return (vocab.join(fac, "idx")
+            .select(F.col("id").alias(id_name), "features", "bias", "n_ratings"))
+
+
+def ids_frame(df: DataFrame, data, user_col: str = "u", item_col: str | None = "i") -> DataFrame:
+    """Replace dense indices by original ids (broadcast joins with the vocabularies)."""
+    out = df.join(F.broadcast(data.users.select(F.col("idx").alias(user_col),
+                                                F.col("id").alias("user_id"))), user_col)
+    if item_col is not None:
+        out = out.join(F.broadcast(data.items.select(F.col("idx").alias(item_col),
+                                                     F.col("id").alias("item_id"))), item_col)
+    return out
+
+
+def n_files(cfg: JobConfig, n_rows: int, width: int) -> int:
+    """Parquet files for a table: ``--output-files``, or ~128 MB each."""
+    if cfg.output_files:
+        return cfg.output_files
+    return max(1, math.ceil(n_rows * (width * 8 + 24) / (128 << 20)))
+
+
+def write_sorted(df: DataFrame, path: str, files: int, *keys: str) -> None:
+    df.repartitionByRange(files, keys[0]).sortWithinPartitions(*keys).write.parquet(path)
+
+
+def history_csv(history: list[EpochMetrics]) -> str:
+    buf = _io.StringIO()
+    names = list(EpochMetrics.__dataclass_fields__)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(names)
+    for m in history:
+        w.writerow([getattr(m, k) for k in names])
+    return buf.getvalue()
+
+
+class RunWriter:
+    """Writes one run's tables and files into ``out`` and counts what it wrote (the
+    ``_SUCCESS`` manifest lists them)."""
+
+    def __init__(self, spark: SparkSession, cfg: JobConfig, data, out: AtomicOutput):
+        self.spark, self.cfg, self.data, self.out = spark, cfg, data, out
+        self.tables: dict[str, int] = {}
+        self.files: list[str] = []
+
+    def _describe(self, text: str | None) -> None:
+        describe(self.spark, text)
+
+    def factors(self, model) -> None:
+        self._describe("write factors")
+        rank = model.U.shape[1]
+        for side, mat, bias, vocab in (("user", model.U, model.user_bias, self.data.users),
+                                       ("item", model.V, model.item_bias, self.data.items)):
+            files = n_files(self.cfg, mat.shape[0], rank)
+            df = factor_frame(self.spark, mat, bias, vocab, f"{side}_id")
+            write_sorted(df, self.out.path(FACTOR_TABLES[side]), files, f"{side}_id")
+            self.tables[FACTOR_TABLES[side]] = int(mat.shape[0])
+            write_sorted(vocab.select(F.col("id").alias(f"{side}_id"), "idx", "n_ratings"),
+                         self.out.path(VOCAB_TABLES[side]), files, "idx")
+            self.tables[VOCAB_TABLES[side]] = int(mat.shape[0])
+
+    def splits(self) -> None:
+        self._describe("write splits")
+        d = self.data
+        for name, is_test, n in (("train_ratings", False, d.n_train + d.n_val),
+                                 ("test_ratings", True, d.n_test)):
+            split = ids_frame(d.ratings.where(F.col("is_test") == F.lit(is_test)), d)
+            write_sorted(split.select("user_id", "item_id", "rating"), self.out.path(name),
+                         n_files(self.cfg, n // 8 + 1, 1), "user_id", "item_id")
+            self.tables[name] = n
+
+    def recommendations(self, lists: DataFrame, n_rows: int) -> None:
+        self._describe("write recommendations")
+        k = self.cfg.top_k
+        named = ids_frame(lists, self.data).select(*RECS_COLUMNS)
+        write_sorted(named, self.out.path(RECS_TABLE),
+                     n_files(self.cfg, n_rows // max(1, k) + 1, k), "user_id", "rank")
+        self.tables[RECS_TABLE] = n_rows
+
+    def neighbors(self, nb: DataFrame) -> None:
+        self._describe(f"item neighbours: {self.cfg.similar_items}")
+        items = self.data.items
+        item_ids = items.select(F.col("idx").alias("i"), F.col("id").alias("item_id"))
+        neighbor_ids = items.select(F.col("idx").alias("j"), F.col("id").alias("neighbor_id"))
+        named = (nb.join(F.broadcast(item_ids), "i").join(F.broadcast(neighbor_ids), "j")
+                 .select("item_id", "rank", "neighbor_id", "similarity"))
+        write_sorted(named, self.out.path(NEIGHBORS_TABLE),
+                     n_files(self.cfg, self.data.n_items, self.cfg.similar_items),
+                     "item_id", "rank")
+        self.tables[NEIGHBORS_TABLE] = int(
+            self.spark.read.parquet(self.out.path(NEIGHBORS_TABLE)).count())
+
+    def json(self, name: str, obj) -> None:
+        self.out.write_json(name, obj)
+        self.files.append(name)
+
+    def text(self, name: str, text: str) -> None:
+        self.out.write_text(name, text)
+        self.files.append(name)
+
+    def commit(self) -> str:
+        self._describe(None)
+        return self.out.commit({"tables": self.tables, "files": self.files})
+
+
+def model_meta(cfg: JobConfig, params: PMFParams, data, *, rank: int, epochs_run: int,
+               final: dict, samples: int, blocks: int, baseline_rmse, ranking, seconds) -> dict:
+    """The content of ``model.json``: what reading the model needs (``model``, ``mu``,
+    ``sigma``, ``rating_range``, ``rank``), how it was fitted (``fit``, ``job``), how the
+    engine ran (``engine``), the data, the metrics, timings and versions."""
+    groups = params.to_dict()
+    return {
+        "format_version": MODEL_FORMAT_VERSION,
+        "model": groups["model"], "fit": groups["fit"], "engine": groups["engine"],
+        "job": cfg.to_dict(),
+        "data": data.summary(),
+        "mu": data.mu, "sigma": data.sigma,
+        "rating_range": [data.rating_lo, data.rating_hi],
+        "rank": rank, "latent_rank": params.model.rank,
+        "epochs_run": epochs_run, "best_epoch": final["epoch"],
+        "samples_averaged": samples, "blocks": blocks,
+        "final_metrics": final, "baseline_rmse": baseline_rmse,
+        "ranking": ranking, "seconds": seconds, "versions": versions(),
+    }

@@ -1,0 +1,25 @@
+"""Small typed helpers over PySpark: the session's JVM, job descriptions, one row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import DataFrame, Row, SparkSession
+
+
+def jvm(spark: SparkSession) -> Any:
+    """The py4j view of the driver JVM."""
+    return spark.sparkContext._jvm
+
+
+def describe(spark: SparkSession, text: str | None) -> None:
+    """Name the following Spark jobs in the UI (None clears the name)."""
+    spark.sparkContext.setJobDescription(text)  # type: ignore[arg-type]
+
+
+def first(df: DataFrame) -> Row:
+    """The first row of a frame that always has one (an aggregation without grouping)."""
+    row = df.first()
+    if row is None:  # pragma: no cover - an ungrouped aggregation always has one row
+        raise RuntimeError("expected one row")
+    return row
