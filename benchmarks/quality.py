@@ -47,9 +47,9 @@ def variant_params(name: str):
     if name == "default":
         return PMFParams()
     if name == "diagonal":
-        return PMFParams(priors="diagonal", rank=50, epochs=40)
+        return PMFParams.of(priors="diagonal", rank=50, epochs=40)
     if name == "bpmf":
-        return PMFParams(model="bpmf", rank=10, burn_in=20, samples=80)
+        return PMFParams.of(model="bpmf", rank=10, burn_in=20, samples=80)
     raise KeyError(name)
 
 
@@ -120,7 +120,7 @@ def mllib_tuned(spark, data, train_clean, split: str):
 
 def run_split(spark, data_dir: Path, split: str, variants, trials: int) -> dict:
     from pmf_spark.prepare import prepare
-    from pmf_spark.train import ALSTrainer
+    from pmf_spark.train import Trainer
 
     train_clean, test_clean = load_split(spark, data_dir, split)
     data = prepare(train_clean, test_clean, test_fraction=0.15, split_seed=0,
@@ -136,13 +136,13 @@ def run_split(spark, data_dir: Path, split: str, variants, trials: int) -> dict:
             else:
                 if name == "tuned":
                     params, val = tune_ours(spark, train_clean, split, trials, seed=0)
-                    info = {"rank": params.rank, "lambda_u": params.lambda_u,
-                            "lambda_v": params.lambda_v, "lambda_bias": params.lambda_bias,
-                            "validation_rmse": val}
+                    info = {"rank": params.model.rank, "lambda_u": params.fit.lambda_u,
+                            "lambda_v": params.fit.lambda_v,
+                            "lambda_bias": params.fit.lambda_bias, "validation_rmse": val}
                 else:
                     params = variant_params(name)
                 if base is None:
-                    base = ALSTrainer(spark, data, params.replace(blocks=2))
+                    base = Trainer(spark, data, params.replace(blocks=2))
                     base.setup()
                 trainer = base.with_params(params)
                 state = trainer.fit()

@@ -109,19 +109,20 @@ def memory(spark, sampler) -> dict:
 
 
 def run_ours(spark, data, params, label):
-    from pmf_spark.train import ALSTrainer
+    from pmf_spark.train import Trainer
 
     t0 = time.perf_counter()
-    trainer = ALSTrainer(spark, data, params)
+    trainer = Trainer(spark, data, params)
     trainer.setup()
     state = trainer.fit()
     total = time.perf_counter() - t0
     per = [m.seconds for m in state.history]
-    out = {"setup_seconds": trainer.setup_seconds, "epoch_seconds": per,
+    engine = trainer.engine
+    out = {"setup_seconds": engine.setup_seconds, "epoch_seconds": per,
            "per_epoch": statistics.median(per[1:]) if len(per) > 1 else per[0],
            "first_epoch": per[0], "end_to_end": total,
-           "test_rmse": trainer.final_metrics(state).test_rmse, "blocks": trainer.blocks,
-           "resident": dict(trainer.resident_stats)}
+           "test_rmse": trainer.final_metrics(state).test_rmse, "blocks": engine.blocks,
+           "resident": dict(engine.resident.stats)}
     trainer.release()
     print(f"{label:22s} {out['per_epoch']:7.2f} s/epoch  setup {out['setup_seconds']:.1f}s  "
           f"test rmse {out['test_rmse']:.4f}  resident {out['resident']}", flush=True)
@@ -185,7 +186,7 @@ def numpy_floor(data, params, epochs=3):
     """One process, one BLAS thread: the same solves without Spark."""
     from threadpoolctl import threadpool_limits
 
-    from pmf_spark.solvers import ridge_solve_csr
+    from pmf_spark.kernels import ridge_rows
 
     tbl = data.ratings.where("kind = 0").select("u", "i", "rating").toArrow()
     u = tbl.column("u").to_numpy()
@@ -200,23 +201,24 @@ def numpy_floor(data, params, epochs=3):
 
     U_csr, V_csr = csr(u, i, data.n_users), csr(i, u, data.n_items)
     rng = np.random.default_rng(0)
-    k = params.rank + 1
+    k = params.model.rank + 1
     U = rng.normal(0, 0.1, (data.n_users, k))
     V = rng.normal(0, 0.1, (data.n_items, k))
-    reg = np.full(k, params.lambda_u)
-    reg[-1] = params.lambda_bias
+    reg = np.full(k, params.fit.lambda_u)
+    reg[-1] = params.fit.lambda_bias
+    gram_dtype = params.engine.gram_dtype
     times = []
     with threadpool_limits(1):
         for _ in range(epochs):
             t0 = time.perf_counter()
             for (indptr, cols, t), fixed, out in ((U_csr, V, U), (V_csr, U, V)):
                 design = np.hstack([fixed[:, :-1], np.ones((fixed.shape[0], 1))])
-                sol = ridge_solve_csr(indptr, cols, t - fixed[cols, -1], design, reg,
-                                      gram_dtype=np.dtype(params.gram_dtype))
+                sol = ridge_rows(indptr, cols, t - fixed[cols, -1], design, reg,
+                                 gram_dtype=np.dtype(gram_dtype))
                 out[:] = sol.x
             times.append(time.perf_counter() - t0)
     per = statistics.median(times)
-    print(f"{'numpy floor (' + params.gram_dtype + ')':22s} {per:7.2f} s/epoch", flush=True)
+    print(f"{'numpy floor (' + gram_dtype + ')':22s} {per:7.2f} s/epoch", flush=True)
     return {"per_epoch": per, "epoch_seconds": times}
 
 
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
     print(f"{label}: {data.n_users} users x {data.n_items} items, {data.n_train} train / "
           f"{data.n_test} test ratings; prepared in {prep:.1f}s", flush=True)
 
-    base = PMFParams(rank=args.rank, epochs=args.iters, blocks=args.blocks)
+    base = PMFParams.of(rank=args.rank, epochs=args.iters, blocks=args.blocks)
     # warm up (JIT, page cache, Python workers) so run order does not bias the table
     run_ours(spark, data, base.replace(epochs=2), "warm-up (not reported)")
     runs = {}

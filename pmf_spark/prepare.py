@@ -99,47 +99,26 @@ def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[Dat
     return grouped.drop("_n"), dropped
 
 
-def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: float,
-            split_seed: int, on_duplicate: str,
-            validation_fraction: float = 0.0,
-            keep: F.Column | None = None,
-            holdout: F.Column | None = None,
-            require_test: bool = True) -> PreparedData:
-    """Dedupe, split (or take the given test split), index and summarise.
-
-    With ``validation_fraction`` > 0 a share of the training ratings is held out
-    as a validation split (``kind`` 2) for early stopping, by another seeded hash.
-    ``keep`` drops ratings before anything else looks at them (tuning removes the
-    test split this way) and ``holdout`` replaces the random test split (the
-    rows it marks play the test role: a validation fold).
-    """
-    if test is not None and test.id_type != train.id_type:
-        raise InputDataError(f"test {test.path}: ids are {test.id_type}s but the training "
-                             f"ratings' are {train.id_type}s")
+def _combined(train: CleanRatings, test: CleanRatings | None, on_duplicate: str,
+              keep: F.Column | None, is_test: F.Column) -> tuple[DataFrame, list, int]:
+    """Deduplicated training (and test) ratings with ``is_test``; the intermediate
+    frames to unpersist once the result is cached; the duplicates dropped."""
     tr, dropped = dedupe(train, on_duplicate, "ratings")
     if keep is not None:
         tr = tr.where(keep)
     if test is None:
-        combined = tr.withColumn("is_test", holdout if holdout is not None
-                                 else split_column(split_seed, test_fraction))
-        parts = [tr]
-    else:
-        te, dropped_test = dedupe(test, on_duplicate, "test")
-        dropped += dropped_test
-        combined = (tr.withColumn("is_test", F.lit(False))
-                    .unionByName(te.withColumn("is_test", F.lit(True))))
-        parts = [tr, te]
-    if validation_fraction > 0:
-        is_val = ~F.col("is_test") & split_column(split_seed + _VALIDATION_SALT,
-                                                  validation_fraction)
-    else:
-        is_val = F.lit(False)
-    kind = (F.when(F.col("is_test"), TEST).when(is_val, VALIDATION).otherwise(0)
-            .cast("tinyint").alias("kind"))
-    combined = combined.select("user", "item", "rating", "is_test", kind).persist(
-        StorageLevel.MEMORY_AND_DISK)
+        return tr.withColumn("is_test", is_test), [tr], dropped
+    te, dropped_test = dedupe(test, on_duplicate, "test")
+    combined = (tr.withColumn("is_test", F.lit(False))
+                .unionByName(te.withColumn("is_test", F.lit(True))))
+    return combined, [tr, te], dropped + dropped_test
+
+
+def _statistics(combined: DataFrame):
+    """Counts per kind, the training ratings' mean, std and range, and a fingerprint
+    of the whole split, in one aggregation."""
     train_r = F.when(F.col("kind") == 0, F.col("rating"))
-    st = first(combined.agg(
+    return first(combined.agg(
         F.sum(F.when(F.col("kind") == 0, 1).otherwise(0)).alias("n_train"),
         F.sum(F.when(F.col("is_test"), 1).otherwise(0)).alias("n_test"),
         F.sum(F.when(F.col("kind") == VALIDATION, 1).otherwise(0)).alias("n_val"),
@@ -147,8 +126,11 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
         F.min(train_r).alias("lo"), F.max(train_r).alias("hi"),
         F.sum(F.pmod(F.xxhash64("user", "item", "rating", "kind"), F.lit(_HASH_BUCKETS)))
         .alias("fingerprint")))
-    for p in parts:
-        p.unpersist()
+
+
+def _check_split(st, train: CleanRatings, test: CleanRatings | None,
+                 require_test: bool) -> tuple[int, int, float]:
+    """(n_train, n_test, sigma); refuses splits that leave nothing to train or test."""
     n_train, n_test = int(st["n_train"] or 0), int(st["n_test"] or 0)
     if n_train + n_test < 2:
         raise InputDataError(f"ratings {train.path}: {n_train + n_test} rating(s); "
@@ -166,7 +148,40 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
         log.warning("all training ratings equal %g; the model can only predict that value",
                     st["mu"])
         sigma = 1.0
+    return n_train, n_test, sigma
 
+
+def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: float,
+            split_seed: int, on_duplicate: str,
+            validation_fraction: float = 0.0,
+            keep: F.Column | None = None,
+            holdout: F.Column | None = None,
+            require_test: bool = True) -> PreparedData:
+    """Dedupe, split (or take the given test split), index and summarise.
+
+    With ``validation_fraction`` > 0 a share of the training ratings is held out
+    as a validation split (``kind`` 2) for early stopping, by another seeded hash.
+    ``keep`` drops ratings before anything else looks at them (tuning removes the
+    test split this way) and ``holdout`` replaces the random test split (the
+    rows it marks play the test role: a validation fold).
+    """
+    if test is not None and test.id_type != train.id_type:
+        raise InputDataError(f"test {test.path}: ids are {test.id_type}s but the training "
+                             f"ratings' are {train.id_type}s")
+    is_test = holdout if holdout is not None else split_column(split_seed, test_fraction)
+    combined, parts, dropped = _combined(train, test, on_duplicate, keep, is_test)
+    is_val = F.lit(False)
+    if validation_fraction > 0:
+        is_val = ~F.col("is_test") & split_column(split_seed + _VALIDATION_SALT,
+                                                  validation_fraction)
+    kind = (F.when(F.col("is_test"), TEST).when(is_val, VALIDATION).otherwise(0)
+            .cast("tinyint").alias("kind"))
+    combined = combined.select("user", "item", "rating", "is_test", kind).persist(
+        StorageLevel.MEMORY_AND_DISK)
+    st = _statistics(combined)
+    for p in parts:
+        p.unpersist()
+    n_train, n_test, sigma = _check_split(st, train, test, require_test)
     users, n_users = build_vocabulary(combined, "user")
     items, n_items = build_vocabulary(combined, "item")
     n_cold = F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))
@@ -182,8 +197,7 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
     return PreparedData(
         ratings=indexed, users=users, items=items, n_users=n_users, n_items=n_items,
         n_train=n_train, n_test=n_test, n_val=int(st["n_val"] or 0), mu=float(st["mu"]),
-        sigma=sigma,
-        rating_lo=lo_train, rating_hi=hi_train, id_type=train.id_type,
+        sigma=sigma, rating_lo=lo_train, rating_hi=hi_train, id_type=train.id_type,
         float32_exact=train.float32_exact and (test is None or test.float32_exact),
         duplicates_dropped=dropped, cold_users=int(cold[0]), cold_items=int(cold[1]),
         fingerprint=f"{int(st['fingerprint'] or 0):x}")

@@ -25,63 +25,86 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> dict:
-    """The report's figures as PNG bytes, by name."""
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    out = {}
-    epochs = [m.epoch for m in history]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    return plt, fig, ax
+
+
+def _learning_curves(history) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    plt, fig, ax = _figure()
+    epochs = [m.epoch for m in history]
     ax.plot(epochs, [m.train_rmse for m in history], "o-", label="train RMSE", ms=3)
     ax.plot(epochs, [m.test_rmse for m in history], "o-", label="test RMSE", ms=3)
     if any(not math.isnan(m.val_rmse) for m in history):
         ax.plot(epochs, [m.val_rmse for m in history], "o-", label="validation RMSE", ms=3)
     ax.set_xlabel("epoch")
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("RMSE (rating units)")
     ax.set_title("Learning curves")
     ax.grid(alpha=0.3)
     ax.legend()
-    out["learning_curves"] = _png(fig)
+    png = _png(fig)
     plt.close(fig)
+    return png
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+
+def _predicted_vs_true(diag: dict, bins: np.ndarray) -> bytes:
+    """Mean prediction (and one standard deviation) per true test rating, over the
+    share of test ratings at each true value."""
+    plt, fig, ax = _figure()
     width = np.diff(bins)
     centers = bins[:-1] + width / 2
-    total_t = max(1, diag["true_hist"].sum())
-    total_p = max(1, diag["pred_hist"].sum())
-    ax.bar(centers, diag["true_hist"] / total_t, width=width, alpha=0.5, label="true test ratings")
-    ax.step(centers, diag["pred_hist"] / total_p, where="mid", color="C3", lw=1.5,
-            label="predicted")
-    ax.set_xlabel("rating")
-    ax.set_ylabel("share of test ratings")
+    n = diag["true_hist"].astype(np.float64)
+    has = n > 0
+    mean = np.divide(diag["pred_sum"], n, out=np.zeros_like(n), where=has)
+    var = np.divide(diag["pred_sq"], n, out=np.zeros_like(n), where=has) - mean ** 2
+    sd = np.sqrt(np.maximum(var, 0.0))
+    lo, hi = bins[0] + width[0] / 2, bins[-1] - width[-1] / 2
+    ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, ls="--", label="perfect prediction")
+    ax.errorbar(centers[has], mean[has], yerr=sd[has], fmt="o-", color="C3", ms=4,
+                capsize=3, label="mean prediction ± 1 sd")
+    ax.set_xlabel("true test rating")
+    ax.set_ylabel("predicted rating")
+    ax.set_ylim(lo - 0.25, hi + 0.25)
+    share = ax.twinx()
+    share.bar(centers[has], n[has] / max(1.0, n.sum()), width=width[has] * 0.8, alpha=0.25,
+              color="C0")
+    share.set_ylabel("share of test ratings (bars)")
+    ax.set_zorder(share.get_zorder() + 1)
+    ax.patch.set_visible(False)
     ax.set_title("Predicted vs true ratings (test split)")
-    ax.legend()
-    out["rating_distribution"] = _png(fig)
+    ax.legend(loc="upper left")
+    png = _png(fig)
     plt.close(fig)
+    return png
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+
+def _error_vs_activity(diag: dict, user_counts: np.ndarray) -> bytes:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    plt, fig, ax = _figure()
     has = diag["user_n"] > 0
     n_train = user_counts[has]
-    rmse = np.sqrt(diag["user_sse"][has] / diag["user_n"][has])
+    sse, cnt = diag["user_sse"][has], diag["user_n"][has]
     alpha = float(min(0.35, max(0.03, 300.0 / max(1, n_train.size))))
-    ax.scatter(np.maximum(n_train, 0.8), rmse, s=4, alpha=alpha, color="C0", label="users")
+    ax.scatter(np.maximum(n_train, 0.8), np.sqrt(sse / cnt), s=4, alpha=alpha, color="C0",
+               label="users")
     edges = np.unique(np.round(np.geomspace(1, max(2, n_train.max() + 1), 12)))
     mids, means = [], []
     for a, b in zip(edges[:-1], edges[1:]):
         sel = (n_train >= a) & (n_train < b)
         if sel.any():
             mids.append(math.sqrt(a * b))
-            means.append(math.sqrt(diag["user_sse"][has][sel].sum()
-                                   / diag["user_n"][has][sel].sum()))
+            means.append(math.sqrt(sse[sel].sum() / cnt[sel].sum()))
     ax.plot(mids, means, "o-", color="C3", label="RMSE of the bin")
     ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
     lo_x, hi_x = max(0.8, n_train.min()), n_train.max()
     ax.set_xticks([t for m in (1, 10, 100, 1000, 10000, 100000) for t in (m, 2 * m, 5 * m)
                    if lo_x <= t <= hi_x * 1.2])
@@ -91,9 +114,16 @@ def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> d
     ax.set_ylabel("user's test RMSE")
     ax.set_title("Test error vs user activity")
     ax.legend()
-    out["error_vs_activity"] = _png(fig)
+    png = _png(fig)
     plt.close(fig)
-    return out
+    return png
+
+
+def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> dict:
+    """The report's figures as PNG bytes, by name."""
+    return {"learning_curves": _learning_curves(history),
+            "rating_distribution": _predicted_vs_true(diag, bins),
+            "error_vs_activity": _error_vs_activity(diag, user_counts)}
 
 
 def _table(header, rows) -> str:
