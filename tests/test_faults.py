@@ -151,3 +151,14 @@ def test_ids_and_titles_are_data_not_paths(spark, tmp_path):
     recs = pd.read_parquet(out / "recommendations")
     assert set(recs.user_id) <= set(users) and recs.item_id.str.endswith("/..").all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ratings.csv"]
+
+
+def test_a_numerical_failure_has_its_own_exit_code(spark, tmp_path, capsys):
+    """Factors that overflow end the job with exit 3 and one line naming the cause,
+    not the exit 2 of a user's typo."""
+    code = train_pmf.main(["--epochs", "2", "--init-std", "1e200", "--top-k", "0",
+                           "--output", str(tmp_path / "o")], spark=spark)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3, err
+    assert err[-1].startswith("error: training diverged at epoch 1")
+    assert "lambda" in err[-1] and not (tmp_path / "o").exists()

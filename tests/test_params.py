@@ -115,3 +115,62 @@ def test_bad_flag_value_is_one_line_exit_2(capsys):
     assert train_pmf.main(["--rank", "0", "--print-config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: rank: must be >= 1, got 0"]
+
+
+def test_groups_tables_and_legacy_files(tmp_path):
+    """[model]/[fit]/[engine] tables; old files with everything under [model] still load;
+    a key in the wrong new table names the table it belongs to."""
+    new = tmp_path / "new.toml"
+    new.write_text("[model]\nrank = 7\n[fit]\nlambda_u = 3.0\n[engine]\nblocks = 2\n")
+    legacy = tmp_path / "legacy.toml"
+    legacy.write_text("[model]\nrank = 7\nlambda_u = 3.0\nblocks = 2\n")
+    a = resolve(load_config_file(str(new)), None)[1]
+    b = resolve(load_config_file(str(legacy)), None)[1]
+    assert a == b == PMFParams.of(rank=7, lambda_u=3.0, blocks=2)
+    assert (a.model.rank, a.fit.lambda_u, a.engine.blocks) == (7, 3.0, 2)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[engine]\nrank = 7\n")
+    with pytest.raises(ConfigError, match=r"'rank' belongs in \[model\], not \[engine\]"):
+        load_config_file(str(wrong))
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config_file(str(tmp_path))
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes("[job]\noutput = 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config_file(str(bad))
+
+
+def test_engine_knobs_stay_out_of_the_fingerprint_and_the_model_section():
+    from types import SimpleNamespace
+
+    from pmf_spark.checkpoint import fingerprint
+
+    data = SimpleNamespace(summary=lambda: {"n_users": 3, "n_items": 4, "n_train": 9,
+                                            "n_test": 2, "fingerprint": "ab"})
+    base = PMFParams.of(rank=5)
+    for engine_change in ({"blocks": 7}, {"gram_dtype": "float32"}, {"chunk_ratings": 5000},
+                          {"resident_mb": 0}):
+        assert fingerprint(base.replace(**engine_change), JobConfig(), data) == \
+            fingerprint(base, JobConfig(), data)
+        assert base.replace(**engine_change).to_dict()["model"] == base.to_dict()["model"]
+        assert base.replace(**engine_change).to_dict()["fit"] == base.to_dict()["fit"]
+    assert fingerprint(base.replace(lambda_u=1.0), JobConfig(), data) != \
+        fingerprint(base, JobConfig(), data)
+    assert "blocks" not in str(fingerprint(base, JobConfig(), data))
+
+
+def test_every_registered_model_states_its_math():
+    """Adding a model is one module and one registry line: each strategy's module
+    documents its objective (or model), its update and what it broadcasts."""
+    import sys
+
+    from pmf_spark.models import REGISTRY
+    from pmf_spark.params import FitParams
+
+    assert set(REGISTRY) >= {"pmf", "bpmf"}
+    for name, cls in REGISTRY.items():
+        doc = sys.modules[cls.__module__].__doc__ or ""
+        assert "Broadcast" in doc and "kernel" in doc.lower() and "update" in doc.lower(), name
+        assert FitParams(model=name).model == name
+    with pytest.raises(ConfigError, match="model: 'nope' is not one of"):
+        FitParams(model="nope")
