@@ -1,7 +1,8 @@
 """pmf-spark: probabilistic matrix factorisation (PMF) trained by ALS on Spark.
 
 See :mod:`pmf_spark.train` for the model and the Spark design, and
-:mod:`pmf_spark.api` for the notebook API (``from pmf_spark import PMF``).
+:mod:`pmf_spark.ml` for the Spark ML estimator, also the notebook API
+(``from pmf_spark import PMF``).
 """
 
 __version__ = "0.1.0"
@@ -11,7 +12,7 @@ __all__ = ["PMF", "PMFModel", "__version__"]
 def __getattr__(name):
     # the API pulls in pyspark.sql; Python workers importing the kernels should not pay for it
     if name in ("PMF", "PMFModel"):
-        from . import api
+        from . import ml
 
-        return getattr(api, name)
+        return getattr(ml, name)
     raise AttributeError(f"module 'pmf_spark' has no attribute {name!r}")

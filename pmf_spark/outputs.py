@@ -7,6 +7,7 @@ contract these tables keep.
 from __future__ import annotations
 
 import csv
+import functools
 import io as _io
 import math
 import platform
@@ -64,15 +65,50 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def _arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
+    if values.ndim == 2:
+        n, r = values.shape
+        offsets = pa.array(np.arange(0, n * r + 1, r, dtype=np.int32))
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=field.type.value_type)
+        return pa.ListArray.from_arrays(offsets, flat, type=field.type)
+    return pa.array(values, type=field.type)
+
+
+def _broadcast_rows(batches, *, shared, n: int, parts: int, schema: pa.Schema):
+    """mapInArrow body: the rows of the broadcast columns that fall to this task's ids."""
+    columns = shared.value
+    for batch in batches:
+        for p in batch.column(0).to_pylist():
+            lo, hi = n * p // parts, n * (p + 1) // parts
+            yield pa.RecordBatch.from_arrays(
+                [_arrow_column(columns[f.name][lo:hi], f) for f in schema], schema=schema)
+
+
+def arrays_frame(spark: SparkSession, columns: dict[str, np.ndarray],
+                 schema: T.StructType) -> DataFrame:
+    """A DataFrame of driver-side numpy columns of equal length (2-d float arrays become
+    ``array<...>`` columns), shipped to the executors as one broadcast: tasks stay small
+    (``createDataFrame`` puts the data into the tasks, which Spark warns about from
+    1 MB on). The frame stays valid as long as it is referenced."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    n = len(next(iter(columns.values())))
+    parts = max(1, min(spark.sparkContext.defaultParallelism, -(-n // 50_000)))
+    shared = spark.sparkContext.broadcast(columns)
+    fn = functools.partial(_broadcast_rows, shared=shared, n=n, parts=parts,
+                           schema=to_arrow_schema(schema))
+    return spark.range(0, parts, 1, parts).mapInArrow(fn, schema)
+
+
 def factor_frame(spark: SparkSession, matrix: np.ndarray, bias: np.ndarray,
                  vocab: DataFrame, id_name: str) -> DataFrame:
     """(id, features array<double>, bias, n_ratings) from a dense-index factor matrix."""
-    n, r = matrix.shape
-    offsets = pa.array(np.arange(0, n * r + 1, r, dtype=np.int32))
-    features = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
-    tbl = pa.table({"idx": pa.array(np.arange(n, dtype=np.int32)), "features": features,
-                    "bias": pa.array(bias)})
-    fac = spark.createDataFrame(tbl)
+    n = matrix.shape[0]
+    fac = arrays_frame(spark, {"idx": np.arange(n, dtype=np.int32), "features": matrix,
+                               "bias": np.asarray(bias, dtype=np.float64)},
+                       T.StructType([T.StructField("idx", T.IntegerType()),
+                                     T.StructField("features", T.ArrayType(T.DoubleType())),
+                                     T.StructField("bias", T.DoubleType())]))
     return (vocab.join(fac, "idx")
             .select(F.col("id").alias(id_name), "features", "bias", "n_ratings"))
 

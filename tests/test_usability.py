@@ -126,4 +126,4 @@ def test_python_api_fit_transform_save_load(spark, tmp_path):
     assert (Path(path) / "_SUCCESS").is_file() and (Path(path) / "recommendations").is_dir()
     with pytest.raises(Exception, match="did you mean 'rank'"):
         PMF(rnak=3)
-    assert tomllib.loads(to_toml(JobConfig(), model._trainer.params))["model"]["rank"] == 5
+    assert tomllib.loads(to_toml(JobConfig(), model.pmf_params))["model"]["rank"] == 5

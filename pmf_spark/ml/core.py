@@ -1,0 +1,199 @@
+"""What a :class:`~pmf_spark.ml.PMFModel` holds, however it came to be (fitted in this
+session, saved by it, or written by the training job): both sides' ids, factors,
+biases and training counts on the driver (dense-index order), the ``model.json``
+content, the per-epoch history and the training ratings as a DataFrame (to leave
+items a user rated out of their recommendations).
+
+Nothing here stays cached in Spark: a fitted model releases the trainer's layout and
+prepared data when ``fit`` returns (a CrossValidator fits many), and DataFrames of the
+factors are built from one broadcast per side when first asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..errors import InputDataError
+from ..fs import path_exists, read_text
+from ..kernels import ReadOut
+from ..outputs import arrays_frame, factor_schema, model_meta, vocabulary_schema
+from ..params import JobConfig, PMFParams
+from ..saved import model_sections
+
+SIDES = ("user", "item")
+SPLIT_SCHEMA = "user_id {t}, item_id {t}, rating double"
+
+
+@dataclass
+class Side:
+    """One side of the model. ``ids`` (n,) the original ids (int64, or object for
+    strings) by dense index; ``factors`` float64 (n, r); ``bias`` float64 (n,);
+    ``counts`` int64 (n,) training ratings (0: no factors, predicted from the mean)."""
+
+    ids: np.ndarray
+    factors: np.ndarray
+    bias: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def tiebreak(self) -> np.ndarray:
+        """int64 (n,): each index's position in original-id order (equal scores)."""
+        out = np.empty(self.ids.size, dtype=np.int64)
+        out[np.argsort(self.ids, kind="stable")] = np.arange(self.ids.size)
+        return out
+
+
+@dataclass
+class FactorCore:
+    meta: dict
+    user: Side
+    item: Side
+    seen: DataFrame
+    test: DataFrame | None = None
+    history: list = field(default_factory=list)
+    _frames: dict = field(default_factory=dict, repr=False)
+
+    def side(self, name: str) -> Side:
+        return self.user if name == "user" else self.item
+
+    @property
+    def id_type(self) -> str:
+        return str(self.meta["data"]["id_type"])
+
+    @property
+    def spark_id_type(self) -> T.DataType:
+        return T.LongType() if self.id_type == "long" else T.StringType()
+
+    @property
+    def params(self) -> dict:
+        return model_sections(self.meta)
+
+    @property
+    def readout(self) -> ReadOut:
+        m, p = self.meta, self.params
+        lo, hi = map(float, m["rating_range"])
+        return ReadOut(mu=float(m["mu"]), sigma=float(m["sigma"]), lo=lo, hi=hi,
+                       link=p["link"], clip=bool(p["clip"]))
+
+    def pmf_params(self) -> PMFParams:
+        return PMFParams.from_dict({g: self.meta.get(g, {}) for g in ("model", "fit", "engine")})
+
+    # ---------------------------------------------------------------- frames
+    def frame(self, spark: SparkSession, side: str) -> DataFrame:
+        """``{side}_id, features array<double>, bias, n_ratings``: the factor table."""
+        key = ("factors", side)
+        if key not in self._frames:
+            s = self.side(side)
+            self._frames[key] = arrays_frame(
+                spark, {f"{side}_id": s.ids, "features": s.factors, "bias": s.bias,
+                        "n_ratings": s.counts.astype(np.int32)},
+                factor_schema(side, self.id_type))
+        return self._frames[key]
+
+    def vocabulary(self, spark: SparkSession, side: str) -> DataFrame:
+        """``{side}_id, idx, n_ratings``: ids and their dense indices."""
+        key = ("vocabulary", side)
+        if key not in self._frames:
+            s = self.side(side)
+            self._frames[key] = arrays_frame(
+                spark, {f"{side}_id": s.ids, "idx": np.arange(s.ids.size, dtype=np.int32),
+                        "n_ratings": s.counts.astype(np.int32)},
+                vocabulary_schema(side, self.id_type))
+        return self._frames[key]
+
+    def mllib_factors(self, spark: SparkSession, side: str) -> DataFrame:
+        """``id, features array<float>`` augmented so that the dot product of a user's and
+        an item's features is the model's unclipped prediction in rating units (its
+        logit with the sigmoid link): ``[sqrt(s) u, s a + mu, 1] . [sqrt(s) v, 1, s b]``."""
+        key = ("mllib", side)
+        if key not in self._frames:
+            s, ro = self.side(side), self.readout
+            scale, mu = (ro.sigma, ro.mu) if ro.link == "linear" else (1.0, 0.0)
+            ones = np.ones(s.ids.size)
+            extra = ([scale * s.bias + mu, ones] if side == "user" else [ones, scale * s.bias])
+            feats = np.column_stack([math.sqrt(scale) * s.factors, *extra])
+            schema = T.StructType([T.StructField("id", self.spark_id_type),
+                                   T.StructField("features", T.ArrayType(T.FloatType()))])
+            self._frames[key] = arrays_frame(spark, {"id": s.ids, "features": feats}, schema)
+        return self._frames[key]
+
+    def empty_split(self, spark: SparkSession) -> DataFrame:
+        t = "bigint" if self.id_type == "long" else "string"
+        return spark.createDataFrame([], SPLIT_SCHEMA.format(t=t))
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_training(cls, trainer, state, seen: DataFrame, test: DataFrame | None,
+                      seconds: dict) -> FactorCore:
+        """The trained model of ``trainer`` (before its data is released)."""
+        data, model = trainer.data, trainer.model(state)
+        sides = {}
+        for name, vocab, F_, b in (("user", data.users, model.U, model.user_bias),
+                                   ("item", data.items, model.V, model.item_bias)):
+            tbl = vocab.select("id", "idx").toArrow()
+            ids = np.empty(F_.shape[0], dtype=np.int64 if data.id_type == "long" else object)
+            ids[tbl.column("idx").to_numpy()] = tbl.column("id").to_numpy(zero_copy_only=False)
+            sides[name] = Side(ids, F_, b, trainer.counts[name].astype(np.int64))
+        final = trainer.final_metrics(state)
+        cfg = JobConfig(output="(not saved)", report=False)
+        meta = model_meta(cfg, trainer.params, data, rank=int(model.U.shape[1]),
+                          epochs_run=state.epoch, final=final.to_dict(),
+                          samples=trainer.strategy.kept_samples(state),
+                          blocks=trainer.engine.blocks, baseline_rmse=None, ranking=None,
+                          seconds=seconds)
+        meta["job"]["ratings"] = "DataFrame (pmf_spark.ml.PMF.fit)"
+        return cls(meta, sides["user"], sides["item"], seen, test,
+                   [m.to_dict() for m in state.history])
+
+    @classmethod
+    def read(cls, spark: SparkSession, path: str) -> FactorCore:
+        """A model directory: the training job's output or a saved PMFModel."""
+        path = path.rstrip("/")
+        if not path_exists(spark, path + "/model.json"):
+            raise InputDataError(f"model {path}: no model.json (not a pmf-spark model?)")
+        try:
+            meta = json.loads(read_text(spark, path + "/model.json"))
+        except json.JSONDecodeError as exc:
+            raise InputDataError(f"model {path}/model.json: not valid JSON ({exc})") from None
+        rank = int(meta["rank"])
+        sides = {s: _read_side(spark, path, s, rank) for s in SIDES}
+        history = []
+        if path_exists(spark, path + "/metrics.json"):
+            history = json.loads(read_text(spark, path + "/metrics.json")).get("epochs", [])
+        return cls(meta, sides["user"], sides["item"],
+                   spark.read.parquet(path + "/train_ratings"),
+                   spark.read.parquet(path + "/test_ratings"), history)
+
+
+def _read_side(spark: SparkSession, path: str, side: str, rank: int) -> Side:
+    key = f"{side}_id"
+    tbl = (spark.read.parquet(f"{path}/{side}_factors")
+           .join(spark.read.parquet(f"{path}/{side}_vocabulary").select(key, "idx"), key)
+           .orderBy("idx").toArrow())
+    n = tbl.num_rows
+    idx = tbl.column("idx").to_numpy()
+    if not np.array_equal(idx, np.arange(n)):
+        raise InputDataError(f"model {path}: {side}_vocabulary does not cover "
+                             f"{side}_factors (indices are not 0..{n - 1})")
+    feats = tbl.column("features").combine_chunks().flatten().to_numpy()
+    ids = tbl.column(key).to_numpy(zero_copy_only=False)
+    return Side(ids if ids.dtype != object or n == 0 else ids.astype(object),
+                feats.reshape(n, rank), tbl.column("bias").to_numpy(),
+                tbl.column("n_ratings").to_numpy().astype(np.int64))
+
+
+def seen_ratings(clean) -> DataFrame:
+    """The training ratings of validated input (:class:`~pmf_spark.validate.CleanRatings`)
+    by original id, one per (user, item): the latest by timestamp, ties by the higher
+    rating -- the rule :func:`pmf_spark.prepare.dedupe` applies. Not cached: a lineage
+    on the input, evaluated only when recommendations or a save need it."""
+    order = F.struct(F.col("ts"), F.col("rating"))
+    return (clean.df.groupBy(F.col("user").alias("user_id"), F.col("item").alias("item_id"))
+            .agg(F.max_by("rating", order).alias("rating")))

@@ -1,0 +1,123 @@
+"""Saving and loading :class:`~pmf_spark.ml.PMFModel` (``MLWritable``/``MLReadable``).
+
+A saved model *is* a training-job output directory -- ``model.json``, the factor and
+vocabulary tables, the training (and test) ratings, ``recommendations/`` (top 10 by
+default; ``option("topK", 0)`` skips it), ``metrics.json``, ``_SUCCESS`` -- plus Spark
+ML's ``metadata/`` (class, uid, Params), so ``jobs/recommend.py`` reads it, a
+``PipelineModel`` holding it saves and loads, and a directory the job wrote loads as
+a ``PMFModel`` (with default Params, as it has no ``metadata/``). The directory is
+written to a staging sibling and moved into place when complete
+(:class:`~pmf_spark.fs.AtomicOutput`); an existing path is replaced only with
+``overwrite()`` and only when it is a pmf-spark output.
+"""
+
+from __future__ import annotations
+
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
+
+from ..errors import ConfigError, InputDataError
+from ..fs import AtomicOutput, path_exists, short
+from ..outputs import (
+    FACTOR_TABLES,
+    RECS_TABLE,
+    VOCAB_TABLES,
+    n_files,
+    write_sorted,
+)
+from ..params import JobConfig
+from ..pipeline import is_pmf_output
+from .core import SIDES, FactorCore
+from .recs import top_k
+
+MODEL_CLASS = "pmf_spark.ml.PMFModel"
+
+
+class PMFModelWriter(MLWriter):
+    """Writes a :class:`~pmf_spark.ml.PMFModel`; option ``topK`` (default 10)."""
+
+    def __init__(self, instance):
+        super().__init__()
+        self.instance = instance
+
+    def save(self, path: str) -> None:
+        # no delete-then-write: the staging directory replaces the old one atomically
+        spark = self.sparkSession
+        if path_exists(spark, path):
+            if not self.shouldOverwrite:
+                raise ConfigError(f"save {path}: already exists; use "
+                                  f"model.write().overwrite().save(path) to replace it")
+            if not is_pmf_output(spark, path):
+                raise ConfigError(f"save {path}: exists and is not a pmf-spark model; "
+                                  f"refusing to replace it")
+        self.saveImpl(path)
+
+    def saveImpl(self, path: str) -> None:
+        spark = self.sparkSession
+        k = int(self.optionMap.get("topk", 10))
+        if k < 0:
+            raise ConfigError(f"save {path}: option topK must be >= 0, got {k}")
+        out = AtomicOutput(spark, path)
+        try:
+            tables = _write_tables(spark, self.instance.core, out, k)
+            core = self.instance.core
+            meta = dict(core.meta)
+            meta["job"] = {**meta.get("job", {}), "output": short(out.final), "top_k": k}
+            out.write_json("model.json", meta)
+            out.write_json("metrics.json", {"epochs": core.history,
+                                            "final": meta.get("final_metrics")})
+            DefaultParamsWriter.saveMetadata(self.instance, out.staging, spark)
+            out.commit({"tables": tables, "files": ["model.json", "metrics.json", "metadata"]})
+        except BaseException:
+            out.abort()
+            raise
+
+
+def _write_tables(spark, core: FactorCore, out: AtomicOutput, k: int) -> dict[str, int]:
+    cfg = JobConfig(output=out.final, top_k=k, report=False)
+    tables: dict[str, int] = {}
+    for side in SIDES:
+        s = core.side(side)
+        files = n_files(cfg, s.ids.size, s.factors.shape[1])
+        write_sorted(core.frame(spark, side), out.path(FACTOR_TABLES[side]), files,
+                     f"{side}_id")
+        write_sorted(core.vocabulary(spark, side), out.path(VOCAB_TABLES[side]), files, "idx")
+        tables[FACTOR_TABLES[side]] = tables[VOCAB_TABLES[side]] = int(s.ids.size)
+    test = core.test if core.test is not None else core.empty_split(spark)
+    for name, df in (("train_ratings", core.seen), ("test_ratings", test)):
+        path = out.path(name)
+        write_sorted(df.select("user_id", "item_id", "rating"), path,
+                     n_files(cfg, core.user.ids.size, 1), "user_id", "item_id")
+        tables[name] = int(spark.read.parquet(path).count())
+    if k:
+        path = out.path(RECS_TABLE)
+        write_sorted(top_k(spark, core, "user", k), path,
+                     n_files(cfg, core.user.ids.size, k), "user_id", "rank")
+        tables[RECS_TABLE] = int(spark.read.parquet(path).count())
+    return tables
+
+
+class PMFModelReader(MLReader):
+    """Reads a saved :class:`~pmf_spark.ml.PMFModel` or a training-job output."""
+
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str):
+        spark = self.sparkSession
+        model = self.cls(FactorCore.read(spark, path))
+        if path_exists(spark, path.rstrip("/") + "/metadata"):
+            metadata = DefaultParamsReader.loadMetadata(path, spark)
+            if metadata["class"] != MODEL_CLASS:
+                raise InputDataError(f"model {path}: metadata/ describes a "
+                                     f"{metadata['class']}, not a {MODEL_CLASS}")
+            model._resetUid(metadata["uid"])
+            DefaultParamsReader.getAndSetParams(model, metadata)
+        return model
+
+
+def saved_class(spark, path: str) -> str | None:
+    """The class named by ``path/metadata`` (Spark ML persistence), if any."""
+    if not path_exists(spark, path.rstrip("/") + "/metadata"):
+        return None
+    return str(DefaultParamsReader.loadMetadata(path, spark)["class"])

@@ -1,0 +1,83 @@
+"""Top-k for a model's users (items for each user) or items (users for each item), on
+Spark, blockwise: the query side's rows with their factors and the indices of what
+they rated in training go to ``groupBy(block).applyInPandas``, the other side's
+factors are one broadcast (the numpy is :func:`pmf_spark.topk.users_block`, the same
+code the job's and ``recommend.py``'s lists run). Never a cross join, never an item a
+user rated in training; ordered by score, then the other side's original id. Query
+rows without training ratings (unknown ids, ids seen only in a test split) get the
+other side's most-rated rows, flagged ``cold_start``, or are left out.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..topk import candidate_items, users_block
+from .core import FactorCore
+
+OTHER = {"user": "item", "item": "user"}
+
+
+def top_k(spark: SparkSession, core: FactorCore, side: str, k: int,
+          queries: DataFrame | None = None, cold: bool = True,
+          min_other_ratings: int = 1) -> DataFrame:
+    """Flat top-k: ``{side}_id, rank, {other}_id, predicted_rating, score, cold_start``.
+
+    ``queries``: a frame with one column ``id`` of the ids wanted (default: every id of
+    the model's ``side``); ``cold``: give rows without training ratings the popular list
+    (else leave them out).
+    """
+    other = OTHER[side]
+    me, you = core.side(side), core.side(other)
+    key, okey = f"{side}_id", f"{other}_id"
+    factors = core.frame(spark, side)
+    wanted = (factors.select(key) if queries is None
+              else queries.select(F.col("id").cast(core.spark_id_type).alias(key)).distinct())
+    rows = wanted.join(factors, key, "left")
+    if not cold:
+        rows = rows.where(F.col("n_ratings") > 0)
+    other_idx = F.broadcast(core.vocabulary(spark, other).select(okey, F.col("idx").alias("j")))
+    rated = (core.seen.select(key, okey).join(wanted, key).join(other_idx, okey)
+             .groupBy(key).agg(F.sort_array(F.collect_list("j")).alias("rated")))
+    blocks = max(1, spark.sparkContext.defaultParallelism)
+    rows = (rows.join(rated, key, "left").withColumnRenamed(key, "user_id")
+            .withColumn("block", F.pmod(F.hash("user_id"), F.lit(blocks)))
+            .repartition(blocks, "block"))
+    candidates = candidate_items(you.counts, min_other_ratings)
+    shared = spark.sparkContext.broadcast(
+        (you.factors, you.bias, candidates, you.tiebreak, you.counts, core.readout))
+    id_type = "bigint" if core.id_type == "long" else "string"
+    schema = (f"user_id {id_type}, rank int, i int, predicted_rating double, score double, "
+              f"cold_start boolean")
+    fn = functools.partial(users_block, shared=shared, k=k, rank=me.factors.shape[1])
+    recs = rows.groupBy("block").applyInPandas(fn, schema)
+    names = F.broadcast(core.vocabulary(spark, other)
+                        .select(F.col("idx").alias("i"), F.col(okey).alias("__o")))
+    return (recs.join(names, "i")
+            .select(F.col("user_id").alias(key), "rank", F.col("__o").alias(okey),
+                    "predicted_rating", "score", "cold_start"))
+
+
+def nested(flat: DataFrame, core: FactorCore, side: str, query_col: str,
+           other_col: str) -> DataFrame:
+    """MLlib's shape of a top-k: ``(query_col, recommendations array<struct<other_col,
+    rating float>>)``, each array in rank order; ``rating`` is the score that ranked it
+    (the unclipped prediction in rating units; the prediction with the sigmoid link, and
+    for cold-start rows, which are ranked by popularity)."""
+    other = OTHER[side]
+    ranked = F.col("score") if core.readout.link == "linear" else F.col("predicted_rating")
+    value = F.when(F.col("cold_start"), F.col("predicted_rating")).otherwise(ranked)
+    grouped = flat.groupBy(f"{side}_id").agg(F.sort_array(F.collect_list(
+        F.struct(F.col("rank"), F.col(f"{other}_id").alias("o"), value.alias("v"))))
+        .alias("r"))
+    recs = F.transform("r", lambda s: F.struct(s["o"].alias(other_col),
+                                               s["v"].cast("float").alias("rating")))
+    return grouped.select(F.col(f"{side}_id").alias(query_col), recs.alias("recommendations"))
+
+
+def query_ids(dataset: DataFrame, column: str) -> DataFrame:
+    """The distinct ids of ``dataset[column]`` as a one-column frame ``id``."""
+    return dataset.select(F.col(f"`{column}`").alias("id")).where(F.col("id").isNotNull())
