@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,6 @@ from pyspark.sql import functions as F
 from pmf_spark.errors import ConfigError
 from pmf_spark.ml import PMF, PMFModel
 
-import train_pmf
 from helpers import random_ratings
 
 pytestmark = pytest.mark.spark
@@ -89,8 +89,30 @@ def test_the_als_workflow_runs_unchanged_with_pmf(spark, ratings, tmp_path, repo
 
 
 @pytest.fixture(scope="module")
-def fitted(spark, ratings):
-    return PMF(rank=3, maxIter=3, numUserBlocks=2, coldStartStrategy="nan").fit(ratings)
+def tuned(spark, ratings):
+    """TrainValidationSplit over PMF directly, a 2-point grid, parallelism 2."""
+    pmf = PMF(rank=3, maxIter=3, numUserBlocks=2, coldStartStrategy="nan")
+    grid = ParamGridBuilder().addGrid(pmf.lambdaU, [1.0, 30.0]).build()
+    tvs = TrainValidationSplit(estimator=pmf, estimatorParamMaps=grid, trainRatio=0.75,
+                               evaluator=RegressionEvaluator(labelCol="rating"),
+                               parallelism=2, seed=3)
+    return tvs.fit(ratings)
+
+
+@pytest.fixture(scope="module")
+def fitted(tuned):
+    return tuned.bestModel
+
+
+def test_train_validation_split_with_parallelism(spark, tuned):
+    assert len(tuned.validationMetrics) == 2
+    assert all(math.isfinite(m) for m in tuned.validationMetrics)
+    assert tuned.validationMetrics[0] != tuned.validationMetrics[1]
+    best = tuned.bestModel
+    i = int(np.argmin(tuned.validationMetrics))
+    assert best.pmf_params.fit.lambda_u == (1.0, 30.0)[i]
+    # the user's shuffle setting is back once every concurrent fit returned
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
 
 
 def test_model_persistence_round_trips(spark, ratings, fitted, tmp_path):
@@ -154,14 +176,9 @@ def _unclipped(model, user, item) -> float:
     return ro.mu + ro.sigma * float(z)
 
 
-def test_a_job_output_loads_as_a_model_and_an_estimator_round_trips(spark, ratings, fitted,
-                                                                    tmp_path):
-    src = tmp_path / "ratings.parquet"
-    ratings.write.parquet(str(src))
-    out = tmp_path / "job"
-    assert train_pmf.main(["--ratings", str(src), "--epochs", "2", "--rank", "3", "--top-k",
-                           "0", "--no-report", "--output", str(out)], spark=spark) == 0
-    model = PMFModel.load(str(out))
+def test_a_job_output_loads_as_a_model(spark, ml100k_model):
+    model = PMFModel.load(ml100k_model)
+    out = Path(ml100k_model)
     test_pairs = spark.read.parquet(str(out / "test_ratings")).selectExpr(
         "user_id as user", "item_id as item", "rating")
     scored = model.transform(test_pairs)
@@ -169,31 +186,17 @@ def test_a_job_output_loads_as_a_model_and_an_estimator_round_trips(spark, ratin
     rmse = RegressionEvaluator(labelCol="rating").evaluate(scored)
     meta = json.loads((out / "model.json").read_text())
     assert rmse == pytest.approx(meta["final_metrics"]["test_rmse"], abs=1e-6)
-    # an unfitted estimator inside a Pipeline saves and loads with its Params
+    assert PMF.load(ml100k_model).rank == meta["rank"]   # the notebook API's PMF.load
+
+
+def test_an_unfitted_estimator_saves_and_loads_inside_a_pipeline(spark, tmp_path):
     est = PMF(rank=7, lambdaU=3.0, userCol="u", seed=-5)
     Pipeline(stages=[est]).write().save(str(tmp_path / "pipe"))
     again = Pipeline.load(str(tmp_path / "pipe")).getStages()[0]
     assert isinstance(again, PMF) and again.uid == est.uid
     assert again.extractParamMap() == {again.getParam(p.name): v
                                        for p, v in est.extractParamMap().items()}
-    assert PMF.load(str(out)).rank == 3          # the notebook API's PMF.load reads models
-
-
-def test_train_validation_split_with_parallelism(spark, ratings):
-    indexed = ratings
-    pmf = PMF(rank=2, maxIter=2, numUserBlocks=2, coldStartStrategy="drop")
-    grid = ParamGridBuilder().addGrid(pmf.lambdaU, [1.0, 30.0]).build()
-    tvs = TrainValidationSplit(estimator=pmf, estimatorParamMaps=grid, trainRatio=0.75,
-                               evaluator=RegressionEvaluator(labelCol="rating"),
-                               parallelism=2, seed=3)
-    model = tvs.fit(indexed)
-    assert len(model.validationMetrics) == 2
-    assert all(math.isfinite(m) for m in model.validationMetrics)
-    assert model.validationMetrics[0] != model.validationMetrics[1]
-    best = model.bestModel
-    assert best.pmf_params.fit.lambda_u in (1.0, 30.0)
-    # the user's shuffle setting is back once every concurrent fit returned
-    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+    assert again.pmf_params() == est.pmf_params()
 
 
 def test_params_validate_and_map_onto_pmf(spark):

@@ -190,19 +190,17 @@ class PMFModel(Model, PMFModelParams, MLWritable, MLReadable):
     # ---------------------------------------------------------------- persistence
     def write(self):
         """A writer of the training job's output layout plus Spark ML's ``metadata/``:
-        ``model.write().overwrite().option("topK", 10).save(path)``."""
+        ``model.write().overwrite().option("topK", 10).save(path)`` (no recommendations
+        table unless ``topK`` is given)."""
         from .persist import PMFModelWriter
 
         return PMFModelWriter(self)
 
-    def save(self, path: str, top_k: int | None = None) -> None:
-        """Save to ``path`` (refused if it exists and is not a pmf-spark model; a
-        previous one is replaced atomically). ``top_k``: the recommendations table's k
-        (default 10, 0 = none)."""
-        writer = self.write().overwrite()
-        if top_k is not None:
-            writer.option("topK", top_k)
-        writer.save(path)
+    def save(self, path: str, top_k: int = 10) -> None:
+        """The notebook API's save: the training job's output layout with the top
+        ``top_k`` recommendations per user (0 = none), replacing a previous pmf-spark
+        model at ``path`` atomically (anything else there is refused)."""
+        self.write().overwrite().option("topK", top_k).save(path)
 
     @classmethod
     def read(cls):

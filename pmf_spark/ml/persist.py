@@ -1,8 +1,9 @@
 """Saving and loading :class:`~pmf_spark.ml.PMFModel` (``MLWritable``/``MLReadable``).
 
 A saved model *is* a training-job output directory -- ``model.json``, the factor and
-vocabulary tables, the training (and test) ratings, ``recommendations/`` (top 10 by
-default; ``option("topK", 0)`` skips it), ``metrics.json``, ``_SUCCESS`` -- plus Spark
+vocabulary tables, the training (and test) ratings, ``metrics.json``, ``_SUCCESS``, and
+``recommendations/`` with ``option("topK", k)`` (``model.save(path)`` writes the top 10,
+Spark ML's ``write().save`` none: a PipelineModel or MLflow need not pay for it) -- plus Spark
 ML's ``metadata/`` (class, uid, Params), so ``jobs/recommend.py`` reads it, a
 ``PipelineModel`` holding it saves and loads, and a directory the job wrote loads as
 a ``PMFModel`` (with default Params, as it has no ``metadata/``). The directory is
@@ -33,7 +34,8 @@ MODEL_CLASS = "pmf_spark.ml.PMFModel"
 
 
 class PMFModelWriter(MLWriter):
-    """Writes a :class:`~pmf_spark.ml.PMFModel`; option ``topK`` (default 10)."""
+    """Writes a :class:`~pmf_spark.ml.PMFModel`; option ``topK`` (default 0: no
+    recommendations table)."""
 
     def __init__(self, instance):
         super().__init__()
@@ -53,7 +55,7 @@ class PMFModelWriter(MLWriter):
 
     def saveImpl(self, path: str) -> None:
         spark = self.sparkSession
-        k = int(self.optionMap.get("topk", 10))
+        k = int(self.optionMap.get("topk", 0))
         if k < 0:
             raise ConfigError(f"save {path}: option topK must be >= 0, got {k}")
         out = AtomicOutput(spark, path)
