@@ -33,14 +33,16 @@ from pmf_spark.params import (
 )
 
 OPTION_GROUPS = {
-    "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
-                      "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate",
-                      "synthetic", "test_fraction", "split_seed", "validation_fraction"]),
+    "input": ("job", ["ratings", "ratings_table", "format", "test", "user_col", "item_col",
+                      "rating_col", "timestamp_col", "sep", "rating_min", "rating_max",
+                      "on_duplicate", "synthetic", "test_fraction", "split_seed",
+                      "validation_fraction"]),
     "model": ("params", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
                         "lambda_bias", "reg_scaling", "priors", "prior_update_every",
                         "early_stopping", "link", "clip", "init_std", "seed", "samples",
                         "burn_in", "thin"]),
-    "output": ("job", ["output", "output_files", "report"]),
+    "output": ("job", ["output", "output_files", "output_partitions", "output_table_prefix",
+                       "report"]),
     "recommendations and evaluation": ("job", ["top_k", "min_item_ratings", "exclude_items",
                                                "relevance_threshold", "cold_start",
                                                "similar_items"]),

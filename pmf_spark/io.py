@@ -244,6 +244,38 @@ def frame_ratings(df: DataFrame, user_col: str, item_col: str, rating_col: str,
 
 
 
+def load_table(spark: SparkSession, name: str, *, user_col=None, item_col=None,
+               rating_col=None, timestamp_col=None, rating_min: float | None = None,
+               rating_max: float | None = None, role: str = "ratings") -> CleanRatings:
+    """Validate ratings from a table of the session's catalog (Hive metastore, Delta,
+    Iceberg, ...) like a Parquet file: columns by name (or recognised), one pass."""
+    from pyspark.errors import AnalysisException
+
+    where = f"table {name}"
+    try:
+        df = spark.table(name)
+    except AnalysisException as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise InputDataError(f"{role} {where}: not readable from the session catalog "
+                             f"({reason})") from None
+    cols = df.columns
+    u = _pick("user", user_col, None, cols, where)
+    i = _pick("item", item_col, None, cols, where)
+    r = _pick("rating", rating_col, None, cols, where)
+    t = _pick("timestamp", timestamp_col, None, cols, where, required=False)
+    if len({u, i, r}) < 3:
+        raise InputDataError(f"{where}: user, item and rating must be different columns "
+                             f"(got {u!r}, {i!r}, {r!r})")
+    raw = df.select(F.col(f"`{u}`").alias("u"), F.col(f"`{i}`").alias("i"),
+                    F.col(f"`{r}`").alias("r"),
+                    (F.col(f"`{t}`") if t else F.lit(None).cast("string")).alias("ts"),
+                    F.lit(where).alias("_file"), F.lit(None).cast("string").alias("_bad"))
+    spec = dataclasses.replace(SPECS["parquet"], name="table", user=u, item=i, rating=r,
+                               timestamp=t, describe="a table")
+    return validate_raw(raw, spec, where, role=role, rating_min=rating_min,
+                        rating_max=rating_max)
+
+
 def read_id_list(spark: SparkSession, path: str, id_type: str, role: str) -> DataFrame:
     """A file of ids, one per line ('#' comments and blank lines ignored), as a
     one-column frame ``id`` of the model's id type."""

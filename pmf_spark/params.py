@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -34,6 +35,8 @@ GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,2}")
+_PREFIX = _TABLE_NAME
 
 
 def _doc(text: str, **kw):
@@ -254,6 +257,9 @@ class JobConfig(_Params):
 
     ratings: str | None = _doc("ratings file or directory; none = built-in synthetic data",
                                default=None)
+    ratings_table: str | None = _doc("ratings as a table of the session's catalog (db.table: "
+                                     "Hive metastore, Delta, Iceberg, ...) instead of a file",
+                                     default=None)
     format: str = _doc("input format: auto (from the file name), movielens-100k, movielens-dat, "
                        "movielens-csv, csv, parquet", default="auto")
     test: str | None = _doc("a given test split in the same format (no random split then)",
@@ -278,6 +284,13 @@ class JobConfig(_Params):
                                       "stopping (only with early_stopping)", default=0.05)
     output: str = _doc("output directory (replaced atomically on success)", default="out/pmf")
     output_files: int = _doc("Parquet files per factor table; 0 = by size", default=0)
+    output_partitions: int = _doc("write recommendations/ partitioned into this many "
+                                  "user-id hash buckets (column user_bucket, see "
+                                  "docs/outputs.md); 0 = one unpartitioned table", default=0)
+    output_table_prefix: str | None = _doc(
+        "also publish every output table as a managed catalog table named PREFIX + table "
+        "(db.pmf_ -> db.pmf_user_factors, ...), all replaced together when complete",
+        default=None)
     top_k: int = _doc("recommendations per user written to recommendations/; 0 = none",
                       default=10)
     min_item_ratings: int = _doc("recommend only items with at least this many training ratings",
@@ -306,6 +319,7 @@ class JobConfig(_Params):
         _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
         _check_float("validation_fraction", self.validation_fraction, 0.0, True, 1.0, True)
         _check_int("output_files", self.output_files, 0, 10_000)
+        _check_int("output_partitions", self.output_partitions, 0, 100_000)
         _check_int("top_k", self.top_k, 0, 10_000)
         _check_int("min_item_ratings", self.min_item_ratings, 0)
         _check_choice("cold_start", self.cold_start, COLD_START)
@@ -323,12 +337,21 @@ class JobConfig(_Params):
                 and self.rating_min >= self.rating_max):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
-        for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col",
-                     "sep", "exclude_items", "checkpoint_dir"):
+        for name in ("ratings", "ratings_table", "test", "user_col", "item_col", "rating_col",
+                     "timestamp_col", "sep", "exclude_items", "checkpoint_dir",
+                     "output_table_prefix"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):
                 raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")
         if not isinstance(self.output, str) or not self.output:
             raise ConfigError(f"output: expected a directory path, got {self.output!r}")
-        if self.test is not None and self.ratings is None:
+        if self.ratings is not None and self.ratings_table is not None:
+            raise ConfigError("ratings_table: give either --ratings (a file) or "
+                              "--ratings-table (a catalog table), not both")
+        if self.test is not None and self.ratings is None and self.ratings_table is None:
             raise ConfigError("test: a given test split needs --ratings as well")
+        for name, pattern in (("ratings_table", _TABLE_NAME), ("output_table_prefix", _PREFIX)):
+            v = getattr(self, name)
+            if v is not None and not pattern.fullmatch(v):
+                raise ConfigError(f"{name}: {v!r} is not a table name like db.table (letters, "
+                                  f"digits and _, parts separated by dots)")

@@ -16,10 +16,10 @@ from .checkpoint import Checkpointer, fingerprint
 from .errors import ConfigError
 from .evaluate import EpochMetrics
 from .fs import AtomicOutput, jvm_fs, path_exists, qualify
-from .io import load_ratings
+from .io import load_ratings, load_table
 from .models import REGISTRY
 from .models.base import FactorModel, TrainState
-from .outputs import RunWriter, history_csv, model_meta
+from .outputs import CatalogTables, RunWriter, history_csv, model_meta
 from .params import JobConfig, PMFParams
 from .prepare import PreparedData, prepare
 from .results import RunResults, compute_results
@@ -33,7 +33,7 @@ log = logging.getLogger("pmf_spark")
 
 def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, CleanRatings | None]:
     """The validated training input (and given test split): files or synthetic data."""
-    if cfg.ratings is None:
+    if cfg.ratings is None and cfg.ratings_table is None:
         shape = get_shape(cfg.synthetic)
         df = synthetic_ratings(spark, cfg.synthetic, seed=cfg.split_seed)
         log.info("built-in synthetic data %r: %d users x %d items, %d ratings (seed %d)",
@@ -47,11 +47,15 @@ def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, Clea
     opts: dict = dict(user_col=cfg.user_col, item_col=cfg.item_col, rating_col=cfg.rating_col,
                 timestamp_col=cfg.timestamp_col, sep=cfg.sep, rating_min=cfg.rating_min,
                 rating_max=cfg.rating_max)
-    train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings", **opts)
+    if cfg.ratings is None:
+        table_opts = {k: v for k, v in opts.items() if k != "sep"}
+        train = load_table(spark, str(cfg.ratings_table), role="ratings", **table_opts)
+    else:
+        train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings", **opts)
     test = None
     if cfg.test is not None:
         test = load_ratings(spark, cfg.test, cfg.format, role="test", **opts)
-    log.info("read %d ratings from %s%s", train.n, cfg.ratings,
+    log.info("read %d ratings from %s%s", train.n, cfg.ratings or f"table {cfg.ratings_table}",
              f" and {test.n} test ratings from {cfg.test}" if test else "")
     return train, test
 
@@ -182,16 +186,21 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, trainer: Trainer, state: 
     model = trainer.model(state)
     res = compute_results(trainer.engine, model, cfg)
     out = AtomicOutput(spark, cfg.output)
+    catalog = (CatalogTables(spark, cfg.output_table_prefix)
+               if cfg.output_table_prefix else None)
     try:
-        return _write_all(spark, cfg, trainer, state, seconds, final, res, out)
+        return _write_all(spark, cfg, trainer, state, seconds, final, res, out, catalog)
     except BaseException:
         out.abort()
+        if catalog is not None:
+            catalog.abort()
         raise
     finally:
         res.release()
 
 
-def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out) -> str:
+def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
+               catalog=None) -> str:
     data, model = trainer.data, res.model
     w = RunWriter(spark, cfg, data, out)
     w.factors(model)
@@ -217,7 +226,7 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
 
         figs = figures(state.history, res.diagnostics, res.bins, trainer.counts["user"])
         w.text("report.html", render_html(meta, figs, res.ranking))
-    return w.commit()
+    return w.commit(catalog)
 
 
 def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData):
@@ -246,6 +255,8 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     """The whole job: input -> prepared data -> training -> outputs under ``cfg.output``."""
     t0 = time.perf_counter()
     check_output_path(spark, cfg)
+    if cfg.output_table_prefix:
+        CatalogTables(spark, cfg.output_table_prefix).check(cfg.ratings_table)
     train, test = load_inputs(spark, cfg)
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
                    on_duplicate=cfg.on_duplicate,

@@ -1,0 +1,103 @@
+"""Catalog tables in and out of the training job (the session's in-memory catalog here;
+tests/test_hive.py runs the same through spark-submit.sh on a Hive metastore), and
+recommendations partitioned by user-id hash."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pyspark.sql import DataFrameWriter
+from pyspark.sql import functions as F
+
+from pmf_spark.errors import OutputError
+from pmf_spark.outputs import bucket_column, user_bucket
+
+import train_pmf
+from helpers import random_ratings
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.spark
+
+ARGS = ["--ratings-table", "shop.events", "--user-col", "customer", "--item-col", "sku",
+        "--rating-col", "stars", "--rank", "3", "--top-k", "3", "--no-report",
+        "--output-table-prefix", "shop.pmf_", "--output-partitions", "4"]
+
+
+@pytest.fixture(scope="module")
+def shop(spark):
+    spark.sql("CREATE DATABASE IF NOT EXISTS shop")
+    pdf = random_ratings(9, 50, 30, 0.3).rename(
+        columns={"user": "customer", "item": "sku", "rating": "stars"})
+    spark.createDataFrame(pdf).write.mode("overwrite").saveAsTable("shop.events")
+    yield
+    spark.sql("DROP DATABASE shop CASCADE")
+
+
+def checksum(spark, name: str) -> tuple:
+    df = spark.table(name)
+    return df.count(), df.select(F.sum(F.pmod(F.xxhash64(*df.columns), F.lit(1 << 31)))).first()[0]
+
+
+def files_of(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_tables_in_and_out_and_a_failed_run_keeps_the_previous(spark, shop, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "out"
+    assert train_pmf.main([*ARGS, "--epochs", "2", "--output", str(out)], spark=spark) == 0
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    assert manifest["partitions"] == {"recommendations": {"column": "user_bucket",
+                                                          "buckets": 4}}
+    for table, rows in manifest["tables"].items():
+        published = spark.table(f"shop.pmf_{table}")
+        assert published.schema == spark.read.parquet(str(out / table)).schema, table
+        assert published.count() == rows, table
+    # every user's rows sit in the bucket the documented formula names
+    recs = spark.read.parquet(str(out / "recommendations"))
+    pairs = recs.select("user_id", "user_bucket").distinct().collect()
+    assert len(pairs) == 50 and len({b for _, b in pairs}) == 4
+    assert all(b == user_bucket(u, 4) for u, b in pairs)
+    assert recs.where(F.col("user_bucket") != bucket_column(F.col("user_id"), 4)).count() == 0
+    user = pairs[0][0]
+    for code in re.findall(r"```python partitioned\n(.*?)```",
+                           (ROOT / "docs" / "outputs.md").read_text(), flags=re.S):
+        exec(compile(code, "docs/outputs.md", "exec"),
+             {"OUT": str(out), "USER": user, "spark": spark})
+
+    # a second run that fails while staging its tables leaves everything as it was
+    names = [f"shop.pmf_{t}" for t in manifest["tables"]]
+    before = {n: checksum(spark, n) for n in names}
+    on_disk = files_of(out)
+    real, calls = DataFrameWriter.saveAsTable, []
+
+    def failing(self, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OutputError(f"output table {name}: no space left on device")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(DataFrameWriter, "saveAsTable", failing)
+    assert train_pmf.main([*ARGS, "--epochs", "3", "--output", str(out)], spark=spark) == 4
+    monkeypatch.undo()
+    assert len(calls) == 3
+    assert {n: checksum(spark, n) for n in names} == before
+    assert [t.name for t in spark.catalog.listTables("shop") if "__" in t.name] == []
+    assert files_of(out) == on_disk
+
+
+def test_refuses_tables_it_did_not_write_before_training(spark, shop, tmp_path, capsys):
+    spark.sql("CREATE TABLE shop.theirs_user_factors (x int) USING parquet")
+    args = [*ARGS[:-4], "--output", str(tmp_path / "o")]
+    assert train_pmf.main([*args, "--output-table-prefix", "shop.theirs_"], spark=spark) == 2
+    assert "shop.theirs_user_factors exists and was not written by pmf-spark" in (
+        capsys.readouterr().err)
+    assert train_pmf.main([*args, "--output-table-prefix", "nodb.pmf_"], spark=spark) == 2
+    assert "no database 'nodb'" in capsys.readouterr().err
+    code = train_pmf.main(["--ratings-table", "shop.missing", "--output", str(tmp_path / "o")],
+                          spark=spark)
+    assert code == 2 and "table shop.missing: not readable" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
