@@ -50,6 +50,8 @@ def fingerprint(params, job, data) -> dict:
         "ratings", "format", "test", "user_col", "item_col", "rating_col", "timestamp_col",
         "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "test_fraction",
         "split_seed", "validation_fraction")}
+    if job.ratings_table is not None:     # only when set: older checkpoints stay resumable
+        inputs["ratings_table"] = job.ratings_table
     data_sum = {k: data.summary()[k] for k in ("n_users", "n_items", "n_train", "n_test",
                                                "fingerprint")}
     return {"model": model, "input": inputs, "data": data_sum}

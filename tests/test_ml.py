@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,13 @@ def test_params_validate_and_map_onto_pmf(spark):
     assert plain.getOrDefault("maxIter") == 4 and plain.getOrDefault("numItemBlocks") == 2
     defaults = PMF().pmf_params()
     assert defaults.fit.lambda_u == 12.0 and defaults.fit.reg_scaling == "none"
+
+
+def test_readme_from_pyspark_ml_example_runs(spark, tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## From pyspark.ml", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1 and "from pmf_spark.ml import PMF as ALS" in blocks[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md", "exec"), {"spark": spark})
+    assert (tmp_path / "models" / "pmf-pipeline" / "stages").is_dir()
