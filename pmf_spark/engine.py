@@ -191,6 +191,7 @@ class Engine:
             solve_block, shared=bc, kernels=tuple(t.kernel for t in tasks),
             widths=tuple(t.width for t in tasks),
             metrics=tuple(metrics and t.rating_model for t in tasks),
+            fitted=tuple(metrics for _ in tasks),
             variances=tuple(t.variances for t in tasks), val_dtype=self.val_dtype,
             resident=self.resident.key(solving) if self.uses_resident(solving) else None)
         return packed.groupBy("block").applyInPandas(fn, SOLVED_SCHEMA), bc

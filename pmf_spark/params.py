@@ -34,6 +34,7 @@ GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
+CONFIDENCES = ("linear", "log")
 
 
 def _doc(text: str, **kw):
@@ -127,8 +128,9 @@ class ModelParams(_Params):
 class FitParams(_Params):
     """How the model is fitted. λ values are in z-score units."""
 
-    model: str = _doc("'pmf' (MAP by ALS) or 'bpmf' (Bayesian PMF by Gibbs sampling)",
-                      default="pmf")
+    model: str = _doc("'pmf' (MAP by ALS), 'bpmf' (Bayesian PMF by Gibbs sampling), "
+                      "'missing-data' (PMF with unobserved cells as weak low ratings, for "
+                      "ranking) or 'implicit' (implicit-feedback ALS)", default="pmf")
     epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
     lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, "
                            "as in PMF)", default=12.0)
@@ -149,6 +151,16 @@ class FitParams(_Params):
     samples: int = _doc("BPMF: Gibbs samples averaged after the burn-in", default=80)
     burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
     thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
+    missing_weight: float = _doc("missing-data PMF: weight w_m of every unobserved cell",
+                                 default=0.1)
+    missing_rating: float | None = _doc("missing-data PMF: the rating r_m imputed to "
+                                        "unobserved cells; default the scale's lowest",
+                                        default=None)
+    alpha: float = _doc("implicit ALS: confidence 1 + alpha * g(value) of observed cells",
+                        default=5.0)
+    confidence: str = _doc("implicit ALS: g is 'linear' (the value) or 'log' "
+                           "(log(1 + value / epsilon))", default="linear")
+    epsilon: float = _doc("implicit ALS: epsilon of the 'log' confidence", default=1.0)
 
     def __post_init__(self):
         from .models import REGISTRY
@@ -167,6 +179,12 @@ class FitParams(_Params):
         _check_int("samples", self.samples, 1, 100_000)
         _check_int("burn_in", self.burn_in, 0, 100_000)
         _check_int("thin", self.thin, 1, 100_000)
+        _check_float("missing_weight", self.missing_weight, 0.0, False, 1.0, True)
+        if self.missing_rating is not None:
+            _check_float("missing_rating", self.missing_rating)
+        _check_float("alpha", self.alpha, 0.0)
+        _check_choice("confidence", self.confidence, CONFIDENCES)
+        _check_float("epsilon", self.epsilon, 0.0, True)
         if self.priors != "fixed" and self.reg_scaling != "none":
             raise ConfigError("priors: adaptive priors need reg_scaling 'none' (a count-scaled "
                               "lambda is not one prior variance)")
@@ -211,6 +229,12 @@ class PMFParams:
     model: ModelParams = field(default_factory=ModelParams)
     fit: FitParams = field(default_factory=FitParams)
     engine: EngineParams = field(default_factory=EngineParams)
+
+    def __post_init__(self):
+        from .models import REGISTRY
+
+        # a model may fix part of its shape (implicit ALS has no biases)
+        object.__setattr__(self, "model", REGISTRY[self.fit.model].normalize_model(self.model))
 
     @classmethod
     def of(cls, where: str = "", **flat) -> PMFParams:

@@ -200,6 +200,11 @@ class Strategy:
         """Model-specific parameter checks (raise ConfigError naming the field)."""
 
     @classmethod
+    def normalize_model(cls, model):
+        """The model parameters this model uses (e.g. without biases); by default as given."""
+        return model
+
+    @classmethod
     def driver_copies(cls, fit) -> tuple[int, int]:
         """(copies of both sides' (n, rank + 1) state the Python driver holds, copies of
         the larger side the driver JVM holds): the state, a design copy for the
