@@ -34,7 +34,7 @@ GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
-CONFIDENCES = ("linear", "log")
+CONFIDENCES = ("linear", "log", "presence")
 
 
 def _doc(text: str, **kw):
@@ -158,8 +158,9 @@ class FitParams(_Params):
                                         default=None)
     alpha: float = _doc("implicit ALS: confidence 1 + alpha * g(value) of observed cells",
                         default=5.0)
-    confidence: str = _doc("implicit ALS: g is 'linear' (the value) or 'log' "
-                           "(log(1 + value / epsilon))", default="linear")
+    confidence: str = _doc("implicit ALS: g is 'linear' (the value), 'log' "
+                           "(log(1 + value / epsilon)) or 'presence' (1: every observed "
+                           "pair alike)", default="linear")
     epsilon: float = _doc("implicit ALS: epsilon of the 'log' confidence", default=1.0)
 
     def __post_init__(self):
@@ -210,8 +211,35 @@ class EngineParams(_Params):
         _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
 
 
+@dataclass(frozen=True)
+class RankingParams(_Params):
+    """The model that orders the top-k lists. A model fitted to ratings predicts them
+    well but ranks poorly (ratings are missing not at random), so by default a ranking
+    model is trained beside it, in the same half-step jobs, on the same ratings; its
+    own hyperparameters (missing_weight, missing_rating, alpha, confidence) are the
+    [fit] ones of the same names."""
+
+    recommend_by: str = _doc("'rating': rank by the rating model's predictions; or train a "
+                             "ranking model beside it and rank by that: 'missing-data' or "
+                             "'implicit'", default="missing-data")
+    ranking_rank: int = _doc("latent dimensions of the ranking model", default=30)
+    ranking_lambda: float = _doc("prior precision (z units) of the ranking model's factors",
+                                 default=12.0)
+    ranking_epochs: int = _doc("epochs of the ranking model; 0 = the rating model's",
+                               default=0)
+
+    def __post_init__(self):
+        from .models import REGISTRY
+
+        ranking = tuple(n for n, cls in REGISTRY.items() if cls.ranks)
+        _check_choice("recommend_by", self.recommend_by, ("rating",) + ranking)
+        _check_int("ranking_rank", self.ranking_rank, 1, 1000)
+        _check_float("ranking_lambda", self.ranking_lambda, 0.0)
+        _check_int("ranking_epochs", self.ranking_epochs, 0, 100_000)
+
+
 GROUPS: dict[str, type[_Params]] = {"model": ModelParams, "fit": FitParams,
-                                    "engine": EngineParams}
+                                    "engine": EngineParams, "ranking": RankingParams}
 
 
 def group_of(name: str) -> str | None:
@@ -224,11 +252,13 @@ def group_of(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class PMFParams:
-    """The three parameter groups of one model."""
+    """The parameter groups of one run: the model, its fit, the engine, and the ranking
+    model trained beside it."""
 
     model: ModelParams = field(default_factory=ModelParams)
     fit: FitParams = field(default_factory=FitParams)
     engine: EngineParams = field(default_factory=EngineParams)
+    ranking: RankingParams = field(default_factory=RankingParams)
 
     def __post_init__(self):
         from .models import REGISTRY
@@ -249,7 +279,21 @@ class PMFParams:
 
     def flat(self) -> dict[str, Any]:
         """Every parameter by its plain name."""
-        return {**self.model.to_dict(), **self.fit.to_dict(), **self.engine.to_dict()}
+        return {k: v for g in GROUPS for k, v in getattr(self, g).to_dict().items()}
+
+    def companion(self) -> PMFParams | None:
+        """The ranking model trained beside this one, or None when the lists are ranked
+        by this model itself (``recommend_by`` 'rating', or this model is the ranker)."""
+        rp, f = self.ranking, self.fit
+        if rp.recommend_by in ("rating", f.model):
+            return None
+        return PMFParams.of(
+            model=rp.recommend_by, rank=rp.ranking_rank, lambda_u=rp.ranking_lambda,
+            lambda_v=rp.ranking_lambda, lambda_bias=f.lambda_bias,
+            epochs=rp.ranking_epochs or f.epochs, seed=f.seed, missing_weight=f.missing_weight,
+            missing_rating=f.missing_rating, alpha=f.alpha,
+            confidence="presence" if rp.recommend_by == "implicit" else f.confidence,
+            epsilon=f.epsilon, recommend_by="rating", **self.engine.to_dict())
 
     def replace(self, **flat) -> PMFParams:
         """A copy with some parameters changed, by plain name."""

@@ -119,6 +119,8 @@ class TrainState:
     best: dict | None = None
     stale: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the states of models trained beside this one in the same jobs (the ranking model)
+    companions: list[TrainState] = field(default_factory=list)
 
     def side(self, name: str) -> np.ndarray:
         return self.user if name == "user" else self.item
@@ -188,6 +190,8 @@ class Strategy:
     supports_early_stopping: ClassVar[bool] = True
     #: the epoch's objective (MAP loss) is meaningful
     has_objective: ClassVar[bool] = True
+    #: a ranking model: may be trained beside the rating model to order the top-k lists
+    ranks: ClassVar[bool] = False
 
     def __init__(self, params, ctx: TrainContext):
         self.params = params

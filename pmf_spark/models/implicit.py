@@ -7,8 +7,8 @@ presence. Every (user, item) cell of the trained catalogue has a preference
 
 .. math::
 
-    c_{ij} = 1 + \alpha\, g(r_{ij}), \qquad g(r) = r \ (\texttt{confidence="linear"})
-    \ \text{or}\ \log(1 + r / \epsilon) \ (\texttt{"log"}),
+    c_{ij} = 1 + \alpha\, g(r_{ij}), \qquad g(r) = r \ (\texttt{confidence="linear"}),
+    \ \log(1 + r / \epsilon) \ (\texttt{"log"}) \ \text{or}\ 1 \ (\texttt{"presence"}),
 
 with :math:`c = 1` for unobserved cells (:math:`r_{ij}` is the event count or weight;
 duplicates are summed at input). There are no biases and no z-scoring.
@@ -59,6 +59,8 @@ from .base import SIDES, BlockSolve, HalfPayload, KernelTask, Strategy, TrainSta
 def confidence_weight(values: np.ndarray, alpha: float, kind: str, epsilon: float) -> np.ndarray:
     """α g(r): the extra confidence of observed cells (c - 1)."""
     v = np.asarray(values, dtype=np.float64)
+    if kind == "presence":
+        return np.full(v.shape, float(alpha))
     return alpha * (v if kind == "linear" else np.log1p(v / epsilon))
 
 
@@ -92,6 +94,7 @@ class ImplicitALS(Strategy):
     """Implicit-feedback ALS (see the module docstring)."""
 
     name = "implicit"
+    ranks = True
 
     @classmethod
     def check(cls, fit) -> None:

@@ -95,6 +95,7 @@ class MissingDataPMF(Strategy):
     """Missing-data PMF (see the module docstring)."""
 
     name = "missing-data"
+    ranks = True
 
     @classmethod
     def check(cls, fit) -> None:
