@@ -88,6 +88,15 @@ def ranking(scores_fn, u, i, r, val, n_users, n_items, k=10, threshold=4.0):
     return float(prec.mean()), float((dcg / idcg).mean()), int(users.size)
 
 
+def scorer(m):
+    """Scores of a FactorModel for some users (the user bias does not change a ranking)."""
+    return lambda us: m.U[us] @ m.V.T + m.item_bias[None, :]
+
+
+def popularity(pop):
+    return lambda us: np.tile(pop, (us.size, 1))
+
+
 def fit(params, u, i, r, val, n_users, n_items, lo, hi):
     from pmf_spark.localengine import LocalData, LocalEngine
     from pmf_spark.train import Trainer
@@ -126,13 +135,11 @@ def main(argv=None) -> int:
     rows, results = [], []
     for fold, val in fold_masks.items():
         pop = np.bincount(i[~val], minlength=n_items).astype(float)
-        p, n, users = ranking(lambda us: np.tile(pop, (us.size, 1)), u, i, r, val, n_users,
-                              n_items)
+        p, n, users = ranking(popularity(pop), u, i, r, val, n_users, n_items)
         results.append({"fold": fold, "model": "popular", "precision": p, "ndcg": n,
                         "users": users})
         m = fit(PMFParams(), u, i, r, val, n_users, n_items, lo, hi)
-        p, n, _ = ranking(lambda us: m.U[us] @ m.V.T + m.item_bias[None, :], u, i, r, val,
-                          n_users, n_items)
+        p, n, _ = ranking(scorer(m), u, i, r, val, n_users, n_items)
         results.append({"fold": fold, "model": "rating (defaults)", "precision": p, "ndcg": n})
         print(f"{fold}: popular {results[-2]['precision']:.4f}/{results[-2]['ndcg']:.4f}  "
               f"rating {p:.4f}/{n:.4f}", flush=True)
@@ -140,8 +147,7 @@ def main(argv=None) -> int:
             for kw in grid:
                 vals = np.ones_like(r) if name == "implicit" else r
                 m = fit(PMFParams.of(**kw), u, i, vals, val, n_users, n_items, lo, hi)
-                p, n, _ = ranking(lambda us: m.U[us] @ m.V.T + m.item_bias[None, :], u, i, r,
-                                  val, n_users, n_items)
+                p, n, _ = ranking(scorer(m), u, i, r, val, n_users, n_items)
                 results.append({"fold": fold, "model": name, **kw, "precision": p, "ndcg": n})
                 print(f"{fold}: {kw}  p@10 {p:.4f}  ndcg@10 {n:.4f}", flush=True)
     # mean over folds per configuration

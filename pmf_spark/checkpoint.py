@@ -45,12 +45,12 @@ def fingerprint(params, job, data) -> dict:
     parameters (but the numbers of epochs, which may be raised), the input and the data. Engine
     knobs (blocks, Gram dtype, chunking, resident memory) may change between runs."""
     fit = {k: v for k, v in params.fit.to_dict().items() if k != "epochs"}
-    ranking = {k: v for k, v in params.ranking.to_dict().items() if k != "ranking_epochs"}
+    ranking = {k: v for k, v in params.ranker.to_dict().items() if k != "ranking_epochs"}
     model = {**params.model.to_dict(), **fit, **ranking}
     inputs = {k: getattr(job, k) for k in (
         "ratings", "format", "test", "user_col", "item_col", "rating_col", "timestamp_col",
-        "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "test_fraction",
-        "split_seed", "validation_fraction")}
+        "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "split", "leave_last",
+        "test_fraction", "split_seed", "validation_fraction")}
     data_sum = {k: data.summary()[k] for k in ("n_users", "n_items", "n_train", "n_test",
                                                "fingerprint")}
     return {"model": model, "input": inputs, "data": data_sum}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,6 +36,7 @@ DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
 CONFIDENCES = ("linear", "log", "presence")
+SPLITS = ("random", "user-fraction", "temporal", "leave-last-n")
 
 
 def _doc(text: str, **kw):
@@ -239,7 +241,7 @@ class RankingParams(_Params):
 
 
 GROUPS: dict[str, type[_Params]] = {"model": ModelParams, "fit": FitParams,
-                                    "engine": EngineParams, "ranking": RankingParams}
+                                    "engine": EngineParams, "ranker": RankingParams}
 
 
 def group_of(name: str) -> str | None:
@@ -258,7 +260,7 @@ class PMFParams:
     model: ModelParams = field(default_factory=ModelParams)
     fit: FitParams = field(default_factory=FitParams)
     engine: EngineParams = field(default_factory=EngineParams)
-    ranking: RankingParams = field(default_factory=RankingParams)
+    ranker: RankingParams = field(default_factory=RankingParams)
 
     def __post_init__(self):
         from .models import REGISTRY
@@ -284,7 +286,7 @@ class PMFParams:
     def companion(self) -> PMFParams | None:
         """The ranking model trained beside this one, or None when the lists are ranked
         by this model itself (``recommend_by`` 'rating', or this model is the ranker)."""
-        rp, f = self.ranking, self.fit
+        rp, f = self.ranker, self.fit
         if rp.recommend_by in ("rating", f.model):
             return None
         return PMFParams.of(
@@ -340,6 +342,12 @@ class JobConfig(_Params):
                              "timestamp, 'error' refuses", default="latest")
     synthetic: str = _doc("shape of the built-in data when no ratings are given: small, "
                           "ml-1m, ml-10m", default="small")
+    split: str = _doc("how the test split is made: 'random' (a seeded hash of user and item), "
+                      "'user-fraction' (the test fraction of each user's ratings), "
+                      "'temporal' (the latest test fraction of all ratings) or "
+                      "'leave-last-n' (each user's last --leave-last ratings)",
+                      default="random")
+    leave_last: int = _doc("ratings per user held out by --split leave-last-n", default=1)
     test_fraction: float = _doc("fraction of ratings held out for testing", default=0.15)
     split_seed: int = _doc("seed of the train/test split", default=0)
     validation_fraction: float = _doc("share of the training ratings held out for early "
@@ -350,6 +358,8 @@ class JobConfig(_Params):
                       default=10)
     min_item_ratings: int = _doc("recommend only items with at least this many training ratings",
                                  default=1)
+    eval_k: str = _doc("cut-offs k of the ranking metrics, comma-separated (the lists are made "
+                       "as long as the largest; --top-k of them are written)", default="5,10,20")
     exclude_items: str | None = _doc("file of item ids (one per line) never to recommend",
                                      default=None)
     relevance_threshold: float | None = _doc(
@@ -370,6 +380,8 @@ class JobConfig(_Params):
         _check_choice("format", self.format, FORMATS)
         _check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
         _check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
+        _check_choice("split", self.split, SPLITS)
+        _check_int("leave_last", self.leave_last, 1, 100_000)
         _check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
         _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
         _check_float("validation_fraction", self.validation_fraction, 0.0, True, 1.0, True)
@@ -377,6 +389,12 @@ class JobConfig(_Params):
         _check_int("top_k", self.top_k, 0, 10_000)
         _check_int("min_item_ratings", self.min_item_ratings, 0)
         _check_choice("cold_start", self.cold_start, COLD_START)
+        if not isinstance(self.eval_k, str) or not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
+                                                               self.eval_k):
+            raise ConfigError(f"eval_k: expected comma-separated positive integers, got "
+                              f"{self.eval_k!r}")
+        if not all(1 <= k <= 10_000 for k in self.eval_ks):
+            raise ConfigError(f"eval_k: each k must be in 1..10000, got {self.eval_k!r}")
         _check_int("similar_items", self.similar_items, 0, 10_000)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_bool("resume", self.resume)
@@ -400,3 +418,8 @@ class JobConfig(_Params):
             raise ConfigError(f"output: expected a directory path, got {self.output!r}")
         if self.test is not None and self.ratings is None:
             raise ConfigError("test: a given test split needs --ratings as well")
+
+    @property
+    def eval_ks(self) -> tuple[int, ...]:
+        """The ranking metrics' cut-offs, ascending."""
+        return tuple(sorted({int(x) for x in self.eval_k.split(",")}))

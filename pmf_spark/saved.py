@@ -23,7 +23,7 @@ def model_sections(meta: dict) -> dict:
     """The flat parameters of a model.json (format 2: model/fit/engine sections;
     format 1 kept every parameter under ``model``)."""
     flat = dict(meta.get("model", {}))
-    for section in ("fit", "engine"):
+    for section in ("fit", "engine", "ranker"):
         flat.update(meta.get(section, {}))
     return flat
 

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import dense_split, prepared, random_ratings
 from pmf_spark import reference
 from pmf_spark.kernels import ridge_rows
 from pmf_spark.params import PMFParams
 from pmf_spark.train import Trainer
+
+from helpers import dense_split, prepared, random_ratings
 
 P = PMFParams.of
 
@@ -58,7 +59,6 @@ def test_weighted_gram_entries():
                                atol=1e-12)
 
 
-pytestmark_spark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")

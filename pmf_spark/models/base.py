@@ -192,6 +192,8 @@ class Strategy:
     has_objective: ClassVar[bool] = True
     #: a ranking model: may be trained beside the rating model to order the top-k lists
     ranks: ClassVar[bool] = False
+    #: its predictions are ratings (a model of preferences, like implicit ALS, is not)
+    predicts_ratings: ClassVar[bool] = True
 
     def __init__(self, params, ctx: TrainContext):
         self.params = params

@@ -51,9 +51,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels import ridge_rows
+from ..kernels import ReadOut, ridge_rows
 from ..layout import Chunk
-from .base import SIDES, BlockSolve, HalfPayload, KernelTask, Strategy, TrainState, other
+from .base import (
+    SIDES,
+    BlockSolve,
+    FactorModel,
+    HalfPayload,
+    KernelTask,
+    Strategy,
+    TrainState,
+    other,
+)
 
 
 def confidence_weight(values: np.ndarray, alpha: float, kind: str, epsilon: float) -> np.ndarray:
@@ -95,6 +104,7 @@ class ImplicitALS(Strategy):
 
     name = "implicit"
     ranks = True
+    predicts_ratings = False
 
     @classmethod
     def check(cls, fit) -> None:
@@ -108,6 +118,12 @@ class ImplicitALS(Strategy):
 
     def design(self, fixed: np.ndarray):
         return np.ascontiguousarray(fixed[:, :self.model.rank]), None
+
+    def factor_model(self, state: TrainState, user=None, item=None) -> FactorModel:
+        """Scores are preferences u.v: the read-out is the identity, not a rating scale."""
+        m = super().factor_model(state, user, item)
+        m.readout = ReadOut(mu=0.0, sigma=1.0, lo=-np.inf, hi=np.inf, clip=False)
+        return m
 
     def tasks(self, state: TrainState, solving: str, epoch: int, rng) -> list[KernelTask]:
         fixed = other(solving)
