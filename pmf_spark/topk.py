@@ -233,12 +233,19 @@ def neighbors_block(key, pdf, *, shared, k):
     return pd.concat(out, ignore_index=True)
 
 
+def _stack(col, n: int, rank: int) -> np.ndarray:
+    return np.stack([np.asarray(f, dtype=np.float64) for f in col]) if n else np.zeros((0, rank))
+
+
 def users_block(key, pdf, *, shared, k, rank):
-    """Top-k for rows (user_id, features, bias, n_ratings, rated) of one block; users
-    without factors get the popular list. ``shared``: (V, item_bias, candidates,
-    tiebreak, popularity, read-out)."""
+    """Top-k for rows (user_id, features, bias, n_ratings, rated[, rfeatures, rbias]) of
+    one block; users without factors get the popular list. ``shared``: (V, item_bias,
+    candidates, tiebreak, popularity, read-out, rates, ranker): ``rates``: the model
+    predicts ratings (else ``predicted_rating`` is NaN); ``ranker`` is None (the lists
+    are ranked by the model itself) or (V, item_bias, read-out, rank) of the ranking
+    model, whose user rows are the ``rfeatures``/``rbias`` columns."""
     limit_blas_threads()
-    V, ib, candidates, tiebreak, popularity, ro = unwrap(shared)
+    V, ib, candidates, tiebreak, popularity, ro, rates, ranker = unwrap(shared)
     pdf = pdf.reset_index(drop=True)
     n_ratings = pdf["n_ratings"].fillna(0).to_numpy()
     warm = (pdf["features"].notna() & (n_ratings > 0)).to_numpy()
@@ -249,15 +256,23 @@ def users_block(key, pdf, *, shared, k, rank):
             continue
         n = len(part)
         if is_warm:
-            U = np.stack([np.asarray(f, dtype=np.float64) for f in part["features"]])
+            U = _stack(part["features"], n, rank)
             ub = part["bias"].to_numpy(dtype=np.float64)
         else:
             U, ub = np.zeros((n, rank)), np.zeros(n)
         lists = [np.asarray(r if r is not None else [], dtype=np.int64) for r in part["rated"]]
         indptr = np.concatenate([[0], np.cumsum([x.size for x in lists])])
         rated = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-        recs = recommend_rows(U, ub, indptr, rated, V, ib, candidates, tiebreak, k, ro,
-                              popularity=None if is_warm else popularity)
+        if is_warm and ranker is not None:
+            rV, rib, rro, rrank = ranker
+            recs = recommend_rows(_stack(part["rfeatures"], n, rrank),
+                                  part["rbias"].to_numpy(dtype=np.float64), indptr, rated, rV,
+                                  rib, candidates, tiebreak, k, rro,
+                                  rating=(U, ub, V, ib, ro) if rates else None)
+        else:
+            recs = recommend_rows(U, ub, indptr, rated, V, ib, candidates, tiebreak, k, ro,
+                                  popularity=None if is_warm else popularity,
+                                  rating="self" if rates else None)
         recs.insert(0, "user_id", part["user_id"].to_numpy()[recs["u"].to_numpy()])
         recs["cold_start"] = not is_warm
         out.append(recs.drop(columns=["u"]))
