@@ -184,7 +184,10 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, trainer: Trainer, state: 
     """Compute the results (top-k, ranking metrics, neighbours, diagnostics), write
     every table and file to a staging directory and swap it in atomically."""
     model = trainer.model(state)
-    res = compute_results(trainer.engine, model, cfg)
+    comp = trainer.companion
+    res = compute_results(trainer.engine, model, cfg, trainer.ranking_model(state),
+                          trainer.strategy.predicts_ratings,
+                          ranked_by=comp.name if comp else trainer.strategy.name)
     out = AtomicOutput(spark, cfg.output)
     catalog = (CatalogTables(spark, cfg.output_table_prefix)
                if cfg.output_table_prefix else None)
@@ -204,9 +207,11 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
     data, model = trainer.data, res.model
     w = RunWriter(spark, cfg, data, out)
     w.factors(model)
+    if res.ranker is not None:
+        w.factors(res.ranker, prefix="ranking_")
     w.splits()
-    if res.lists:
-        w.recommendations(res.lists["model"], res.n_recs)
+    if res.ranked is not None:
+        w.recommendations(res.ranked.lists, res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
     seconds = {**seconds, **res.seconds}
@@ -214,7 +219,9 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
     w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
                             **({"ranking": res.ranking} if res.ranking else {})})
     w.text("metrics.csv", history_csv(state.history))
+    comp = trainer.params.companion()
     meta = model_meta(cfg, trainer.params, data, rank=int(model.U.shape[1]),
+                      ranking_model=comp.to_dict() if comp else None,
                       epochs_run=state.epoch, final=final_d,
                       samples=trainer.strategy.kept_samples(state),
                       blocks=trainer.engine.blocks,
@@ -259,7 +266,7 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
         CatalogTables(spark, cfg.output_table_prefix).check(cfg.ratings_table)
     train, test = load_inputs(spark, cfg)
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-                   on_duplicate=cfg.on_duplicate,
+                   on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
                    validation_fraction=cfg.validation_fraction
                    if params.fit.early_stopping else 0.0)
     log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "

@@ -1,8 +1,9 @@
 """What a :class:`~pmf_spark.ml.PMFModel` holds, however it came to be (fitted in this
 session, saved by it, or written by the training job): both sides' ids, factors,
-biases and training counts on the driver (dense-index order), the ``model.json``
-content, the per-epoch history and the training ratings as a DataFrame (to leave
-items a user rated out of their recommendations).
+biases and training counts on the driver (dense-index order), the ranking model's
+factors when one was trained beside the rating model (it orders the top-k lists, as in
+the job), the ``model.json`` content, the per-epoch history and the training ratings
+as a DataFrame (to leave items a user rated out of their recommendations).
 
 Nothing here stays cached in Spark: a fitted model releases the trainer's layout and
 prepared data when ``fit`` returns (a CrossValidator fits many), and DataFrames of the
@@ -28,6 +29,8 @@ from ..params import JobConfig, PMFParams
 from ..saved import model_sections
 
 SIDES = ("user", "item")
+#: implicit ALS's read-out: scores are preferences, not ratings
+_PREFERENCE = ReadOut(mu=0.0, sigma=1.0, lo=-np.inf, hi=np.inf, clip=False)
 SPLIT_SCHEMA = "user_id {t}, item_id {t}, rating double"
 
 
@@ -58,6 +61,8 @@ class FactorCore:
     seen: DataFrame
     test: DataFrame | None = None
     history: list = field(default_factory=list)
+    #: the ranking model's (user, item) factors and biases, or None
+    ranking: dict[str, Side] | None = None
     _frames: dict = field(default_factory=dict, repr=False)
 
     def side(self, name: str) -> Side:
@@ -76,11 +81,28 @@ class FactorCore:
         return model_sections(self.meta)
 
     @property
+    def rates(self) -> bool:
+        """The model predicts ratings (implicit ALS scores preferences)."""
+        return self.params.get("model") != "implicit"
+
+    @property
     def readout(self) -> ReadOut:
+        """The rating model's read-out (the identity for implicit ALS's preferences)."""
         m, p = self.meta, self.params
+        if not self.rates:
+            return _PREFERENCE
         lo, hi = map(float, m["rating_range"])
         return ReadOut(mu=float(m["mu"]), sigma=float(m["sigma"]), lo=lo, hi=hi,
                        link=p["link"], clip=bool(p["clip"]))
+
+    @property
+    def ranking_readout(self) -> ReadOut:
+        spec = self.meta.get("ranking_model") or {}
+        if spec.get("fit", {}).get("model") == "implicit":
+            return _PREFERENCE
+        m = self.meta
+        lo, hi = map(float, m["rating_range"])
+        return ReadOut(mu=float(m["mu"]), sigma=float(m["sigma"]), lo=lo, hi=hi)
 
     def pmf_params(self) -> PMFParams:
         return PMFParams.from_dict({g: self.meta.get(g, {}) for g in ("model", "fit", "engine")})
@@ -91,6 +113,18 @@ class FactorCore:
         key = ("factors", side)
         if key not in self._frames:
             s = self.side(side)
+            self._frames[key] = arrays_frame(
+                spark, {f"{side}_id": s.ids, "features": s.factors, "bias": s.bias,
+                        "n_ratings": s.counts.astype(np.int32)},
+                factor_schema(side, self.id_type))
+        return self._frames[key]
+
+    def ranking_frame(self, spark: SparkSession, side: str) -> DataFrame:
+        """The ranking model's factor table (``ranking_{side}_factors``)."""
+        assert self.ranking is not None
+        key = ("ranking", side)
+        if key not in self._frames:
+            s = self.ranking[side]
             self._frames[key] = arrays_frame(
                 spark, {f"{side}_id": s.ids, "features": s.factors, "bias": s.bias,
                         "n_ratings": s.counts.astype(np.int32)},
@@ -134,23 +168,33 @@ class FactorCore:
                       seconds: dict) -> FactorCore:
         """The trained model of ``trainer`` (before its data is released)."""
         data, model = trainer.data, trainer.model(state)
-        sides = {}
-        for name, vocab, F_, b in (("user", data.users, model.U, model.user_bias),
-                                   ("item", data.items, model.V, model.item_bias)):
+        ids, sides = {}, {}
+        for name, vocab, n in (("user", data.users, data.n_users),
+                               ("item", data.items, data.n_items)):
             tbl = vocab.select("id", "idx").toArrow()
-            ids = np.empty(F_.shape[0], dtype=np.int64 if data.id_type == "long" else object)
-            ids[tbl.column("idx").to_numpy()] = tbl.column("id").to_numpy(zero_copy_only=False)
-            sides[name] = Side(ids, F_, b, trainer.counts[name].astype(np.int64))
+            ids[name] = np.empty(n, dtype=np.int64 if data.id_type == "long" else object)
+            ids[name][tbl.column("idx").to_numpy()] = tbl.column("id").to_numpy(
+                zero_copy_only=False)
+
+        def sides_of(m) -> dict[str, Side]:
+            return {side: Side(ids[side], F_, b, trainer.counts[side].astype(np.int64))
+                    for side, F_, b in (("user", m.U, m.user_bias), ("item", m.V, m.item_bias))}
+
+        sides = sides_of(model)
+        ranker = trainer.ranking_model(state)
+        comp = trainer.params.companion()
         final = trainer.final_metrics(state)
         cfg = JobConfig(output="(not saved)", report=False)
         meta = model_meta(cfg, trainer.params, data, rank=int(model.U.shape[1]),
                           epochs_run=state.epoch, final=final.to_dict(),
                           samples=trainer.strategy.kept_samples(state),
                           blocks=trainer.engine.blocks, baseline_rmse=None, ranking=None,
-                          seconds=seconds)
+                          seconds=seconds,
+                          ranking_model=comp.to_dict() if comp and ranker else None)
         meta["job"]["ratings"] = "DataFrame (pmf_spark.ml.PMF.fit)"
         return cls(meta, sides["user"], sides["item"], seen, test,
-                   [m.to_dict() for m in state.history])
+                   [m.to_dict() for m in state.history],
+                   sides_of(ranker) if ranker is not None else None)
 
     @classmethod
     def read(cls, spark: SparkSession, path: str) -> FactorCore:
@@ -167,14 +211,20 @@ class FactorCore:
         history = []
         if path_exists(spark, path + "/metrics.json"):
             history = json.loads(read_text(spark, path + "/metrics.json")).get("epochs", [])
+        ranking = None
+        spec = meta.get("ranking_model")
+        if spec and path_exists(spark, path + "/ranking_item_factors"):
+            rank_r = int(spec["model"]["rank"])
+            ranking = {s: _read_side(spark, path, s, rank_r, prefix="ranking_") for s in SIDES}
         return cls(meta, sides["user"], sides["item"],
                    spark.read.parquet(path + "/train_ratings"),
-                   spark.read.parquet(path + "/test_ratings"), history)
+                   spark.read.parquet(path + "/test_ratings"), history, ranking)
 
 
-def _read_side(spark: SparkSession, path: str, side: str, rank: int) -> Side:
+def _read_side(spark: SparkSession, path: str, side: str, rank: int,
+               prefix: str = "") -> Side:
     key = f"{side}_id"
-    tbl = (spark.read.parquet(f"{path}/{side}_factors")
+    tbl = (spark.read.parquet(f"{path}/{prefix}{side}_factors")
            .join(spark.read.parquet(f"{path}/{side}_vocabulary").select(key, "idx"), key)
            .orderBy("idx").toArrow())
     n = tbl.num_rows
@@ -184,8 +234,7 @@ def _read_side(spark: SparkSession, path: str, side: str, rank: int) -> Side:
                              f"{side}_factors (indices are not 0..{n - 1})")
     feats = tbl.column("features").combine_chunks().flatten().to_numpy()
     ids = tbl.column(key).to_numpy(zero_copy_only=False)
-    return Side(ids if ids.dtype != object or n == 0 else ids.astype(object),
-                feats.reshape(n, rank), tbl.column("bias").to_numpy(),
+    return Side(ids, feats.reshape(n, rank), tbl.column("bias").to_numpy(),
                 tbl.column("n_ratings").to_numpy().astype(np.int64))
 
 

@@ -30,6 +30,7 @@ from pyspark.ml.param import Param, Params
 from ..errors import ConfigError
 from ..models import REGISTRY
 from ..params import (
+    CONFIDENCES,
     DUPLICATE_POLICIES,
     GRAM_DTYPES,
     LINKS,
@@ -40,18 +41,18 @@ from ..params import (
     JobConfig,
     ModelParams,
     PMFParams,
+    RankingParams,
     _check_bool,
     _check_choice,
     _check_float,
     _check_int,
-    flat_names,
 )
 
 COLD_START_STRATEGIES = ("nan", "drop", "mean")
 
 
 def _field(name: str):
-    for cls in (ModelParams, FitParams, EngineParams, JobConfig):
+    for cls in (ModelParams, FitParams, EngineParams, RankingParams, JobConfig):
         if name in cls.__dataclass_fields__:
             return cls.__dataclass_fields__[name]
     raise KeyError(name)
@@ -187,9 +188,13 @@ OURS = {
     "initStd": "init_std", "samples": "samples", "burnIn": "burn_in", "thin": "thin",
     "earlyStopping": "early_stopping", "gramDtype": "gram_dtype",
     "chunkRatings": "chunk_ratings", "residentMb": "resident_mb",
+    "missingWeight": "missing_weight", "missingRating": "missing_rating",
+    "confidence": "confidence", "epsilon": "epsilon", "recommendBy": "recommend_by",
+    "rankingRank": "ranking_rank", "rankingLambda": "ranking_lambda",
+    "rankingEpochs": "ranking_epochs",
 }
 #: ALS Params with the same meaning -> the plain parameter they set
-SHARED = {"rank": "rank", "maxIter": "epochs", "seed": "seed"}
+SHARED = {"rank": "rank", "maxIter": "epochs", "seed": "seed", "alpha": "alpha"}
 #: plain parameter names the notebook API accepted -> Params (blocks sets both sides)
 ALIASES = {**{v: k for k, v in OURS.items()}, **{v: k for k, v in SHARED.items()},
            "blocks": "numUserBlocks", "validation_fraction": "validationFraction",
@@ -209,8 +214,7 @@ class PMFParamsMixin(PMFModelParams):
     ratingCol = _p("ratingCol", "column of ratings", _column("ratingCol"))
     implicitPrefs = _p("implicitPrefs", "train on implicit feedback (the 'implicit' model)",
                        _bool("implicitPrefs"))
-    alpha = _p("alpha", "confidence scale of implicit feedback (implicitPrefs only)",
-               _float("alpha", 0.0))
+    alpha = _ours("alpha", "alpha", _float("alpha", 0.0))
     seed = _p("seed", _doc("seed"), _seed)
     checkpointInterval = _p(
         "checkpointInterval", "accepted for ALS compatibility: the factors live on the "
@@ -257,12 +261,22 @@ class PMFParamsMixin(PMFModelParams):
     gramDtype = _ours("gramDtype", "gram_dtype", _choice("gramDtype", GRAM_DTYPES))
     chunkRatings = _ours("chunkRatings", "chunk_ratings", _int("chunkRatings", 1000))
     residentMb = _ours("residentMb", "resident_mb", _int("residentMb", 0, 1 << 20))
+    missingWeight = _ours("missingWeight", "missing_weight", _float("missingWeight", 0.0))
+    missingRating = _ours("missingRating", "missing_rating", _optional_float("missingRating"))
+    confidence = _ours("confidence", "confidence", _choice("confidence", CONFIDENCES))
+    epsilon = _ours("epsilon", "epsilon", _float("epsilon", 0.0, True))
+    recommendBy = _ours("recommendBy", "recommend_by", _choice(
+        "recommendBy", ("rating",) + tuple(n for n, c in REGISTRY.items() if c.ranks)))
+    rankingRank = _ours("rankingRank", "ranking_rank", _int("rankingRank", 1, 1000))
+    rankingLambda = _ours("rankingLambda", "ranking_lambda", _float("rankingLambda", 0.0))
+    rankingEpochs = _ours("rankingEpochs", "ranking_epochs", _int("rankingEpochs", 0, 100_000))
 
     def __init__(self, *args: Any):
         super().__init__(*args)
         self._setDefault(
             rank=_default("rank"), maxIter=_default("epochs"), ratingCol="rating",
-            implicitPrefs=False, alpha=1.0, seed=_default("seed"), checkpointInterval=10,
+            implicitPrefs=False, alpha=_default("alpha"), seed=_default("seed"),
+            checkpointInterval=10,
             numUserBlocks=0, numItemBlocks=0, nonnegative=False,
             intermediateStorageLevel="MEMORY_AND_DISK", finalStorageLevel="MEMORY_AND_DISK",
             timestampCol=None, ratingMin=None, ratingMax=None,
@@ -282,7 +296,8 @@ class PMFParamsMixin(PMFModelParams):
                 near = difflib.get_close_matches(key, names + list(ALIASES), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 raise ConfigError(f"{where}: unknown parameter {key!r}{hint}")
-            if value is None and name not in ("timestampCol", "ratingMin", "ratingMax"):
+            if value is None and name not in ("timestampCol", "ratingMin", "ratingMax",
+                                              "missingRating"):
                 continue
             self._set(**{name: value})
             if key == "blocks":
@@ -298,13 +313,12 @@ class PMFParamsMixin(PMFModelParams):
         flat = {plain: get(getattr(self, p)) for p, plain in {**OURS, **SHARED}.items()}
         flat["blocks"] = max(get(self.numUserBlocks), get(self.numItemBlocks))
         if get(self.implicitPrefs):
-            if "implicit" not in REGISTRY:
-                raise ConfigError("implicitPrefs: this version of pmf-spark has no implicit-"
-                                  "feedback model yet; train on explicit ratings "
-                                  "(implicitPrefs=False)")
+            if self.isSet(self.model) and get(self.model) != "implicit":
+                raise ConfigError(f"implicitPrefs and model: implicitPrefs=True is the "
+                                  f"'implicit' model, not {get(self.model)!r}")
             flat["model"] = "implicit"
-            if "alpha" in flat_names():
-                flat["alpha"] = get(self.alpha)
+            if not self.isSet(self.recommendBy):
+                flat["recommend_by"] = "rating"      # as ALS: lists by its own scores
         if self.isSet(self.regParam):
             for p in ("lambdaU", "lambdaV"):
                 if self.isSet(getattr(self, p)):

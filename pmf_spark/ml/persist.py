@@ -84,6 +84,13 @@ def _write_tables(spark, core: FactorCore, out: AtomicOutput, k: int) -> dict[st
                      f"{side}_id")
         write_sorted(core.vocabulary(spark, side), out.path(VOCAB_TABLES[side]), files, "idx")
         tables[FACTOR_TABLES[side]] = tables[VOCAB_TABLES[side]] = int(s.ids.size)
+    if core.ranking is not None:
+        for side in SIDES:
+            name = "ranking_" + FACTOR_TABLES[side]
+            s = core.ranking[side]
+            write_sorted(core.ranking_frame(spark, side), out.path(name),
+                         n_files(cfg, s.ids.size, s.factors.shape[1]), f"{side}_id")
+            tables[name] = int(s.ids.size)
     test = core.test if core.test is not None else core.empty_split(spark)
     for name, df in (("train_ratings", core.seen), ("test_ratings", test)):
         path = out.path(name)

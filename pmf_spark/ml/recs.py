@@ -3,7 +3,8 @@ Spark, blockwise: the query side's rows with their factors and the indices of wh
 they rated in training go to ``groupBy(block).applyInPandas``, the other side's
 factors are one broadcast (the numpy is :func:`pmf_spark.topk.users_block`, the same
 code the job's and ``recommend.py``'s lists run). Never a cross join, never an item a
-user rated in training; ordered by score, then the other side's original id. Query
+user rated in training; ordered by score -- the ranking model's when one was trained
+beside the rating model, as in the job -- then by the other side's original id. Query
 rows without training ratings (unknown ids, ids seen only in a test split) get the
 other side's most-rated rows, flagged ``cold_start``, or are left out.
 """
@@ -42,13 +43,21 @@ def top_k(spark: SparkSession, core: FactorCore, side: str, k: int,
     other_idx = F.broadcast(core.vocabulary(spark, other).select(okey, F.col("idx").alias("j")))
     rated = (core.seen.select(key, okey).join(wanted, key).join(other_idx, okey)
              .groupBy(key).agg(F.sort_array(F.collect_list("j")).alias("rated")))
+    ranker = None
+    if core.ranking is not None:
+        rme, ryou = core.ranking[side], core.ranking[other]
+        ranker = (ryou.factors, ryou.bias, core.ranking_readout, rme.factors.shape[1])
+        rows = rows.join(core.ranking_frame(spark, side).select(
+            key, F.col("features").alias("rfeatures"), F.col("bias").alias("rbias")),
+            key, "left")
     blocks = max(1, spark.sparkContext.defaultParallelism)
     rows = (rows.join(rated, key, "left").withColumnRenamed(key, "user_id")
             .withColumn("block", F.pmod(F.hash("user_id"), F.lit(blocks)))
             .repartition(blocks, "block"))
     candidates = candidate_items(you.counts, min_other_ratings)
     shared = spark.sparkContext.broadcast(
-        (you.factors, you.bias, candidates, you.tiebreak, you.counts, core.readout))
+        (you.factors, you.bias, candidates, you.tiebreak, you.counts, core.readout,
+         core.rates, ranker))
     id_type = "bigint" if core.id_type == "long" else "string"
     schema = (f"user_id {id_type}, rank int, i int, predicted_rating double, score double, "
               f"cold_start boolean")
@@ -64,12 +73,15 @@ def top_k(spark: SparkSession, core: FactorCore, side: str, k: int,
 def nested(flat: DataFrame, core: FactorCore, side: str, query_col: str,
            other_col: str) -> DataFrame:
     """MLlib's shape of a top-k: ``(query_col, recommendations array<struct<other_col,
-    rating float>>)``, each array in rank order; ``rating`` is the score that ranked it
-    (the unclipped prediction in rating units; the prediction with the sigmoid link, and
-    for cold-start rows, which are ranked by popularity)."""
+    rating float>>)``, each array in rank order; ``rating`` is the score that ranked it:
+    the ranking model's when one was trained beside the rating model (the job's
+    default), else the unclipped prediction in rating units (the prediction with the
+    sigmoid link); for cold-start rows, ranked by popularity, the predicted rating."""
     other = OTHER[side]
-    ranked = F.col("score") if core.readout.link == "linear" else F.col("predicted_rating")
-    value = F.when(F.col("cold_start"), F.col("predicted_rating")).otherwise(ranked)
+    ranked = (F.col("score") if core.readout.link == "linear" or core.ranking is not None
+              else F.col("predicted_rating"))
+    value = F.when(F.col("cold_start") & F.col("predicted_rating").isNotNull()
+                   & ~F.isnan("predicted_rating"), F.col("predicted_rating")).otherwise(ranked)
     grouped = flat.groupBy(f"{side}_id").agg(F.sort_array(F.collect_list(
         F.struct(F.col("rank"), F.col(f"{other}_id").alias("o"), value.alias("v"))))
         .alias("r"))
