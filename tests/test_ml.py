@@ -209,8 +209,11 @@ def test_params_validate_and_map_onto_pmf(spark):
         PMF(maxIters=3)
     with pytest.raises(ConfigError, match="nonnegative"):
         PMF(nonnegative=True).pmf_params()
-    with pytest.raises(ConfigError, match="implicit"):
-        PMF(implicitPrefs=True).pmf_params()
+    implicit = PMF(implicitPrefs=True, alpha=2.0).pmf_params()
+    assert (implicit.fit.model, implicit.fit.alpha) == ("implicit", 2.0)
+    assert implicit.ranker.recommend_by == "rating" and not implicit.model.biases
+    with pytest.raises(ConfigError, match="implicitPrefs and model"):
+        PMF(implicitPrefs=True, model="bpmf").pmf_params()
     with pytest.raises(ConfigError, match="regParam and lambdaU"):
         PMF(regParam=0.1, lambdaU=3.0).pmf_params()
     p = PMF(regParam=0.5, maxIter=7, numUserBlocks=3, numItemBlocks=5, seed=-1).pmf_params(
@@ -224,11 +227,23 @@ def test_params_validate_and_map_onto_pmf(spark):
     assert defaults.fit.lambda_u == 12.0 and defaults.fit.reg_scaling == "none"
 
 
-def test_readme_from_pyspark_ml_example_runs(spark, tmp_path, monkeypatch):
+def test_implicit_prefs_trains_implicit_als(spark, ratings):
+    model = PMF(implicitPrefs=True, alpha=2.0, rank=3, maxIter=2, numUserBlocks=2).fit(ratings)
+    assert model.pmf_params.fit.model == "implicit" and model.core.ranking is None
+    scores = model.transform(ratings.limit(50)).select("prediction").collect()
+    assert all(math.isfinite(r[0]) for r in scores)        # preferences, as ALS's implicit
+    first = model.recommendForAllUsers(3).first()
+    values = [x["rating"] for x in first["recommendations"]]
+    assert len(values) == 3 and values == sorted(values, reverse=True)
+
+
+def test_readme_from_pyspark_ml_example_runs(spark, tmp_path):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text.split("## From pyspark.ml", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1 and "from pmf_spark.ml import PMF as ALS" in blocks[0]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], "README.md", "exec"), {"spark": spark})
-    assert (tmp_path / "models" / "pmf-pipeline" / "stages").is_dir()
+    # relative paths resolve against the JVM's directory: save under tmp_path instead
+    code = blocks[0].replace('"models/pmf-pipeline"', repr(str(tmp_path / "pmf-pipeline")))
+    assert code != blocks[0]
+    exec(compile(code, "README.md", "exec"), {"spark": spark})
+    assert (tmp_path / "pmf-pipeline" / "stages").is_dir()
