@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from .catalog import CatalogTables
 from .checkpoint import Checkpointer, fingerprint
 from .errors import ConfigError
 from .evaluate import EpochMetrics
@@ -19,7 +20,7 @@ from .fs import AtomicOutput, jvm_fs, path_exists, qualify
 from .io import load_ratings, load_table
 from .models import REGISTRY
 from .models.base import FactorModel, TrainState
-from .outputs import CatalogTables, RunWriter, history_csv, model_meta
+from .outputs import RunWriter, history_csv, model_meta
 from .params import JobConfig, PMFParams
 from .prepare import PreparedData, prepare
 from .results import RunResults, compute_results
