@@ -34,6 +34,10 @@ def submit(tmp: Path, *args: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
+def files_of(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
 def reported(text: str) -> dict:
     lines = [x for x in text.splitlines() if x.startswith("HIVE ")]
     assert lines, text[-3000:]
@@ -52,8 +56,9 @@ def test_job_reads_and_publishes_metastore_tables_and_a_failed_run_keeps_them(sp
     code, text = submit(tmp_path, str(ROOT / "tests" / "hive_driver.py"), "train", str(src),
                         *job)
     assert code == 0, text[-3000:]
-    assert "published 7 table(s) as shop.pmf_*" in text
     manifest = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert f"published {len(manifest['tables'])} table(s) as shop.pmf_*" in text
+    on_disk = files_of(tmp_path / "out")
 
     code, text = submit(tmp_path, str(ROOT / "tests" / "hive_driver.py"), "fail-midway", *job)
     assert code == 0, text[-3000:]
@@ -68,3 +73,4 @@ def test_job_reads_and_publishes_metastore_tables_and_a_failed_run_keeps_them(sp
     # the failing run staged two tables, failed on the third and changed nothing
     assert r["code"] == 4 and len(r["staged"]) == 3
     assert r["after"] == r["before"]
+    assert files_of(tmp_path / "out") == on_disk           # and the directory output too

@@ -37,9 +37,12 @@ ids = spark.range(0, 36000, 1, 2)
 user, k = ids.id % 9000, (ids.id / 9000).cast("long")
 df = ids.select(user.alias("user"), ((user * 13 + k * 71) % 300).alias("item"),
                 ((user + k) % 5 + 1).cast("double").alias("rating"))
+held = spark.range(0, 1000, 1, 2).select(F.col("id").alias("user"),
+                                         ((F.col("id") * 13 + 284) % 300).alias("item"),
+                                         ((F.col("id") + 4) % 5 + 1).cast("double").alias("rating"))
 seen = []
 sc.setJobGroup("pmf-fit", "the estimator's fit")
-model = PMF(rank=32, maxIter=2, seed=1).fit(df, callback=seen.append)
+model = PMF(rank=32, maxIter=2, seed=1).fit(df, callback=seen.append, test=held)
 sc.setJobGroup("after", "after the fit")
 tracker = sc.statusTracker()
 stages = [s for j in tracker.getJobIdsForGroup("pmf-fit") for s in tracker.getJobInfo(j).stageIds]
@@ -51,6 +54,7 @@ print("RESULT " + json.dumps({
     "driver": sys.executable, "worker": worker, "pythonExec": sc.pythonExec,
     "epoch_lines": [x for x in lines if x.startswith("PMF epoch")],
     "callback_epochs": [m.epoch for m in seen], "max_tasks": max(tasks),
+    "test_rmse": [m.test_rmse for m in seen],
     "n_stages": len(stages), "parallelism": sc.defaultParallelism,
     "shuffle_after": spark.conf.get("spark.sql.shuffle.partitions"),
     "scored": n_scored, "recs": n_recs}), flush=True)
@@ -74,6 +78,7 @@ def test_a_plain_script_without_pyspark_python_just_works(tmp_path):
     assert r["worker"] == r["driver"] == r["pythonExec"] == sys.executable
     assert len(r["epoch_lines"]) == 2 and r["epoch_lines"][1].startswith("PMF epoch 2/2")
     assert r["callback_epochs"] == [1, 2]
+    assert all(0 < x < 5 for x in r["test_rmse"]) and "test rmse" in r["epoch_lines"][0]
     # the fit's shuffles: 2 x the default parallelism, not Spark's default 200
     assert r["n_stages"] > 5 and r["max_tasks"] <= 2 * r["parallelism"]
     assert r["shuffle_after"] == "200"                 # the user's setting is back
