@@ -205,9 +205,14 @@ class EngineParams(_Params):
                               default=1_000_000)
     resident_mb: int = _doc("MB of decoded blocks each Python worker keeps between epochs, so "
                             "later epochs skip re-sending them; 0 = off", default=1024)
+    kernel: str = _doc("row kernels: 'auto' (compiled with numba where it loads, else numpy), "
+                       "'numba' (stop if it cannot load) or 'numpy'", default="auto")
 
     def __post_init__(self):
+        from .kernels import BACKENDS
+
         _check_int("blocks", self.blocks, 0, 100_000)
+        _check_choice("kernel", self.kernel, BACKENDS)
         _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
         _check_int("chunk_ratings", self.chunk_ratings, 1000)
         _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
