@@ -154,7 +154,7 @@ class FitParams(_Params):
     burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
     thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
     missing_weight: float = _doc("missing-data PMF: weight w_m of every unobserved cell",
-                                 default=0.1)
+                                 default=0.2)
     missing_rating: float | None = _doc("missing-data PMF: the rating r_m imputed to "
                                         "unobserved cells; default the scale's lowest",
                                         default=None)
