@@ -28,7 +28,7 @@ from typing import Any
 from .errors import ConfigError
 
 FORMATS = ("auto", "movielens-100k", "movielens-dat", "movielens-csv", "csv", "parquet")
-SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m")
+SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m", "30m", "netflix")
 LINKS = ("linear", "sigmoid")
 REG_SCALINGS = ("none", "count")
 GRAM_DTYPES = ("float64", "float32")
@@ -346,7 +346,7 @@ class JobConfig(_Params):
     on_duplicate: str = _doc("duplicate (user, item) pairs: 'latest' keeps the newest by "
                              "timestamp, 'error' refuses", default="latest")
     synthetic: str = _doc("shape of the built-in data when no ratings are given: small, "
-                          "ml-1m, ml-10m", default="small")
+                          "ml-1m, ml-10m, 30m, netflix (100 M ratings)", default="small")
     split: str = _doc("how the test split is made: 'random' (a seeded hash of user and item), "
                       "'user-fraction' (the test fraction of each user's ratings), "
                       "'temporal' (the latest test fraction of all ratings) or "
