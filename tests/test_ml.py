@@ -20,6 +20,8 @@ from pyspark.sql import functions as F
 
 from pmf_spark.errors import ConfigError
 from pmf_spark.ml import PMF, PMFModel
+from pmf_spark.ml.params import OURS, SHARED
+from pmf_spark.params import PMFParams, flat_names
 
 from helpers import random_ratings
 
@@ -225,6 +227,9 @@ def test_params_validate_and_map_onto_pmf(spark):
     assert plain.getOrDefault("maxIter") == 4 and plain.getOrDefault("numItemBlocks") == 2
     defaults = PMF().pmf_params()
     assert defaults.fit.lambda_u == 12.0 and defaults.fit.reg_scaling == "none"
+    assert defaults == PMFParams()            # the estimator's defaults are the job's
+    # every parameter of the job is reachable through a Param
+    assert set(flat_names()) <= set(OURS.values()) | set(SHARED.values()) | {"blocks"}
 
 
 def test_implicit_prefs_trains_implicit_als(spark, ratings):

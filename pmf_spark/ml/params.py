@@ -28,6 +28,7 @@ from pyspark import StorageLevel
 from pyspark.ml.param import Param, Params
 
 from ..errors import ConfigError
+from ..kernels import BACKENDS
 from ..models import REGISTRY
 from ..params import (
     CONFIDENCES,
@@ -191,7 +192,7 @@ OURS = {
     "missingWeight": "missing_weight", "missingRating": "missing_rating",
     "confidence": "confidence", "epsilon": "epsilon", "recommendBy": "recommend_by",
     "rankingRank": "ranking_rank", "rankingLambda": "ranking_lambda",
-    "rankingEpochs": "ranking_epochs",
+    "rankingEpochs": "ranking_epochs", "kernel": "kernel",
 }
 #: ALS Params with the same meaning -> the plain parameter they set
 SHARED = {"rank": "rank", "maxIter": "epochs", "seed": "seed", "alpha": "alpha"}
@@ -270,6 +271,7 @@ class PMFParamsMixin(PMFModelParams):
     rankingRank = _ours("rankingRank", "ranking_rank", _int("rankingRank", 1, 1000))
     rankingLambda = _ours("rankingLambda", "ranking_lambda", _float("rankingLambda", 0.0))
     rankingEpochs = _ours("rankingEpochs", "ranking_epochs", _int("rankingEpochs", 0, 100_000))
+    kernel = _ours("kernel", "kernel", _choice("kernel", BACKENDS))
 
     def __init__(self, *args: Any):
         super().__init__(*args)
