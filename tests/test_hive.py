@@ -58,7 +58,7 @@ def test_job_reads_and_publishes_metastore_tables_and_a_failed_run_keeps_them(sp
     assert code == 0, text[-3000:]
     manifest = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert f"published {len(manifest['tables'])} table(s) as shop.pmf_*" in text
-    on_disk = files_of(tmp_path / "out")
+    files_before = files_of(tmp_path / "out")
 
     code, text = submit(tmp_path, str(ROOT / "tests" / "hive_driver.py"), "fail-midway", *job)
     assert code == 0, text[-3000:]
@@ -73,4 +73,4 @@ def test_job_reads_and_publishes_metastore_tables_and_a_failed_run_keeps_them(sp
     # the failing run staged two tables, failed on the third and changed nothing
     assert r["code"] == 4 and len(r["staged"]) == 3
     assert r["after"] == r["before"]
-    assert files_of(tmp_path / "out") == on_disk           # and the directory output too
+    assert files_of(tmp_path / "out") == files_before      # and the directory output too

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -81,8 +82,8 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
         require_columns(dataset, [c for c in list(cols.values())[:4] if c], "PMF.fit")
         t0 = time.perf_counter()
         with own_shuffle_partitions(spark):
-            clean = frame_ratings(dataset, **cols)
-            held = (frame_ratings(self._test, **cols, role="test")
+            clean = frame_ratings(_own_plan(dataset), **cols)
+            held = (frame_ratings(_own_plan(self._test), **cols, role="test")
                     if self._test is not None else None)
             early = self.pmf_params().fit.early_stopping
             data = prepare(clean, held, test_fraction=0.5, split_seed=get(self.seed) % (2**31),
@@ -135,6 +136,15 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
         if kind is None or kind == MODEL_CLASS:
             return PMFModel.read().session(spark).load(path)
         return DefaultParamsReader(cls).session(spark).load(path)  # type: ignore[arg-type]
+
+
+def _own_plan(df: DataFrame) -> DataFrame:
+    """``df`` under a plan no other fit has. Spark shares cached data between equal
+    plans, so two fits of one DataFrame running at once (a CrossValidator with
+    parallelism > 1) would share the prepared data and the block layout, and the first
+    to finish would unpersist them under the other. A unique literal column (dropped
+    again by the validation's projection) keeps every fit's plans its own."""
+    return df.withColumn("__pmf_fit", F.lit(uuid.uuid4().hex))
 
 
 def _epoch_hook(total: int, callback):
