@@ -252,3 +252,14 @@ def test_readme_from_pyspark_ml_example_runs(spark, tmp_path):
     assert code != blocks[0]
     exec(compile(code, "README.md", "exec"), {"spark": spark})
     assert (tmp_path / "pmf-pipeline" / "stages").is_dir()
+
+
+def test_concurrent_fits_never_share_cached_plans(spark, ratings):
+    """Spark shares cached data between equal plans: two fits of one DataFrame at once
+    (tuning with parallelism) must each prepare under their own plan, or the first to
+    finish unpersists the other's data mid-fit."""
+    from pmf_spark.ml.estimator import _own_plan
+
+    a, b = _own_plan(ratings), _own_plan(ratings)
+    assert ratings.sameSemantics(ratings.select("*"))
+    assert not a.select("user", "item").sameSemantics(b.select("user", "item"))
