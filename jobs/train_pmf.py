@@ -24,6 +24,7 @@ from pmf_spark.params import (
     FORMATS,
     GRAM_DTYPES,
     GROUPS,
+    ID_TYPES,
     LINKS,
     PRIORS,
     REG_SCALINGS,
@@ -33,7 +34,7 @@ from pmf_spark.params import (
 )
 
 OPTION_GROUPS = {
-    "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
+    "input": ("job", ["ratings", "format", "id_type", "test", "user_col", "item_col", "rating_col",
                       "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate",
                       "synthetic", "test_fraction", "split_seed", "validation_fraction"]),
     "model": ("params", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
@@ -48,7 +49,8 @@ OPTION_GROUPS = {
     "spark and performance": ("params", ["blocks", "gram_dtype", "chunk_ratings",
                                         "resident_mb"]),
 }
-CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
+CHOICES = {"format": FORMATS, "id_type": ID_TYPES, "synthetic": SYNTHETIC_SHAPES,
+           "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
            "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY)}
 
