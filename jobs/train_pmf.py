@@ -14,7 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark.cli import (
+    OneLineErrorParser,
+    announce_driver,
+    report_error,
+    run_guarded,
+    setup_logging,
+)
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import PMFError
 from pmf_spark.models import REGISTRY
@@ -121,6 +127,30 @@ def flags_to_sections(ns: argparse.Namespace) -> dict:
     return out
 
 
+def settings(args: argparse.Namespace):
+    """(job, params) from the --config file and the flags, validated."""
+    file_values = load_config_file(args.config) if args.config else None
+    return resolve(file_values, flags_to_sections(args))
+
+
+def check_args(argv: list[str] | None) -> int | None:
+    """Everything about the arguments that needs no Spark: None to go on, else the
+    exit code (0 after --help or --print-config). spark-submit.sh runs this before
+    starting the JVM."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
+    try:
+        job, params = settings(args)
+    except PMFError as exc:
+        return report_error(exc)
+    if args.print_config:
+        print(to_toml(job, params), end="")
+        return 0
+    return None
+
+
 def main(argv: list[str] | None = None, spark=None) -> int:
     """Run the job; returns the exit code. ``spark``: an existing session to use
     (and leave running), for embedding; by default one is created and stopped."""
@@ -129,23 +159,27 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    announce_driver()
     own = spark is None
-    try:
-        file_values = load_config_file(args.config) if args.config else None
-        job, params = resolve(file_values, flags_to_sections(args))
+    state: dict = {}
+
+    def body() -> int:
+        job, params = settings(args)
         if args.print_config:
             print(to_toml(job, params), end="")
             return 0
         from pmf_spark.pipeline import run_training
 
-        spark = spark or session("pmf-spark train", args.verbose)
-        run_training(spark, job, params)
+        state["output"] = job.output
+        state["spark"] = spark or session("pmf-spark train", args.verbose)
+        run_training(state["spark"], job, params)
         return 0
-    except PMFError as exc:
-        return report_error(exc)
+
+    try:
+        return run_guarded(body, lambda: state.get("output"))
     finally:
-        if own and spark is not None:
-            spark.stop()
+        if own and state.get("spark") is not None:
+            state["spark"].stop()
 
 
 def session(app: str, verbose: bool):

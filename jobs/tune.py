@@ -16,7 +16,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark.cli import (
+    OneLineErrorParser,
+    announce_driver,
+    report_error,
+    run_guarded,
+    setup_logging,
+)
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import ConfigError, PMFError
 
@@ -90,27 +96,21 @@ def settings(args):
     return job, sample_trials(space, base, args.trials, args.seed), space
 
 
-def write_results(spark, args, job, space, results) -> None:
-    """results.parquet, results.json and best.toml, committed atomically."""
+def write_results(spark, args, job, space, results, out) -> None:
+    """results.parquet, results.json and best.toml, committed atomically into ``out``
+    (opened before the search)."""
     import pandas as pd
-
-    from pmf_spark.fs import AtomicOutput
 
     rows = sorted((r.row() for r in results), key=lambda r: r["val_rmse"])
     best = min(results, key=lambda r: r.mean)
-    out = AtomicOutput(spark, args.output)
-    try:
-        spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
-            out.path("results.parquet"))
-        out.write_json("results.json", {"folds": args.folds, "trials": rows,
-                                        "search": space.__dict__, "best_trial": best.trial})
-        out.write_text("best.toml", "# the best trial of jobs/tune.py "
-                       f"(validation rmse {best.mean:.4f} +- {best.sd:.4f})\n"
-                       + to_toml(job, best.params.replace(blocks=0)))
-        out.commit({"tables": {"results.parquet": len(rows)}})
-    except BaseException:
-        out.abort()
-        raise
+    spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
+        out.path("results.parquet"))
+    out.write_json("results.json", {"folds": args.folds, "trials": rows,
+                                    "search": space.__dict__, "best_trial": best.trial})
+    out.write_text("best.toml", "# the best trial of jobs/tune.py "
+                   f"(validation rmse {best.mean:.4f} +- {best.sd:.4f})\n"
+                   + to_toml(job, best.params.replace(blocks=0)))
+    out.commit({"tables": {"results.parquet": len(rows)}})
     m, f = best.params.model, best.params.fit
     log.info("best: trial %d  rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
              "priors %s  validation rmse %.4f +- %.4f  ->  %s/best.toml", best.trial,
@@ -119,19 +119,35 @@ def write_results(spark, args, job, space, results) -> None:
 
 
 def run(spark, args, job, trials, space) -> None:
-    from pmf_spark.pipeline import check_output_path, load_inputs
+    from pmf_spark.pipeline import load_inputs
+    from pmf_spark.preflight import open_output
     from pmf_spark.tuning import run_search
 
-    check_output_path(spark, job.replace(output=args.output))
-    train, _ = load_inputs(spark, job.replace(test=None))
-    cores = spark.sparkContext.defaultParallelism
-    blocks = args.blocks or max(1, cores)
-    parallel = args.parallel or max(1, cores // blocks)
-    results = run_search(
-        spark, train, trials, test_fraction=None if job.test else job.test_fraction,
-        split_seed=job.split_seed, on_duplicate=job.on_duplicate, folds=args.folds,
-        validation_fraction=args.validation_fraction, parallel=parallel, blocks=blocks)
-    write_results(spark, args, job, space, results)
+    with open_output(spark, job.replace(checkpoint_dir=None, resume=False), "pmf-spark tune",
+                     output=args.output) as out:
+        train, _ = load_inputs(spark, job.replace(test=None))
+        cores = spark.sparkContext.defaultParallelism
+        blocks = args.blocks or max(1, cores)
+        parallel = args.parallel or max(1, cores // blocks)
+        results = run_search(
+            spark, train, trials, test_fraction=None if job.test else job.test_fraction,
+            split_seed=job.split_seed, on_duplicate=job.on_duplicate, folds=args.folds,
+            validation_fraction=args.validation_fraction, parallel=parallel, blocks=blocks)
+        write_results(spark, args, job, space, results, out)
+
+
+def check_args(argv: list[str] | None) -> int | None:
+    """The argument checks that need no Spark (spark-submit.sh runs them before the
+    JVM starts): None to go on, else the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        settings(args)
+    except PMFError as exc:
+        return report_error(exc)
+    return None
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
@@ -140,17 +156,21 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    announce_driver()
     own = spark is None
-    try:
+    state: dict = {}
+
+    def body() -> int:
         job, trials, space = settings(args)
-        spark = spark or session("pmf-spark tune", args.verbose)
-        run(spark, args, job, trials, space)
+        state["spark"] = spark or session("pmf-spark tune", args.verbose)
+        run(state["spark"], args, job, trials, space)
         return 0
-    except PMFError as exc:
-        return report_error(exc)
+
+    try:
+        return run_guarded(body, lambda: args.output)
     finally:
-        if own and spark is not None:
-            spark.stop()
+        if own and state.get("spark") is not None:
+            state["spark"].stop()
 
 
 def session(app: str, verbose: bool):

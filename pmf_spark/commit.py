@@ -133,12 +133,13 @@ class AtomicOutput:
     def __init__(self, spark: SparkSession, final: str, job: str = "pmf-spark"):
         self.spark, self.job, self.given = spark, job, final
         self.committed = False
-        uri = qualify(spark, final.rstrip("/") or "/")
-        scheme = uri.split(":", 1)[0].lower()
+        m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/", final)
+        scheme = m.group(1).lower() if m else ""
         if scheme in NON_ATOMIC_SCHEMES:
             raise ConfigError(f"output {final}: {scheme}:// cannot rename a directory "
                               f"atomically, so an output there could be lost half-replaced; "
                               f"write to HDFS or a local path and copy it")
+        uri = qualify(spark, final.rstrip("/") or "/")
         self.ops = LocalOps() if is_local_uri(uri) else HadoopOps(spark)
         target = self._resolve(uri)
         parent, base = posixpath.split(target)
@@ -158,8 +159,11 @@ class AtomicOutput:
             raise OutputError(f"output {self.shown}: cannot write in {self._show(parent)} "
                               f"({os_reason(exc)})") from None
         try:
-            if stale is not None:
-                self._recover(stale)
+            if stale:
+                self.lock.inherit(stale)
+                for dead in stale:
+                    self._recover(dead)
+                self.lock.inherit([])
             self._recover_legacy()
             self.check_replaceable()
             self.ops.mkdirs(self.staging)

@@ -33,9 +33,14 @@ def text_of(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+_THROWN = re.compile(r"^:? ?([\w.$]+(?:Exception|Error))(?::\s*(.*))?$", re.M)
+_COMPRESSED = (".gz", ".bz2", ".deflate", ".lz4", ".snappy", ".zst")
+
+
 def root_cause(text: str) -> str:
-    """The innermost 'Caused by:' of a Java trace, as 'Exception: message'."""
-    causes = _CAUSE.findall(text)
+    """The innermost 'Caused by:' of a Java trace (else the exception thrown), as
+    'Exception: message'."""
+    causes = _CAUSE.findall(text) or _THROWN.findall(text)
     if not causes:
         return ""
     name, message = causes[-1]
@@ -57,11 +62,9 @@ def read_failure(exc: BaseException, role: str, path: str) -> InputDataError | N
         return InputDataError(f"{role} {where}: not readable as Parquet (truncated or "
                               f"corrupt footer)")
     cause = root_cause(text)
-    if found or any(k in text for k in ("EOFException", "ZipException", "Not in GZIP format",
-                                        "CompressorException", "Malformed input")):
-        kind = ("truncated or corrupt compressed file"
-                if re.search(r"EOF|Zip|GZIP|bzip|BZip|Compress|ZStd|Lz4|Snappy", text)
-                else "cannot be read")
+    compressed = where.lower().endswith(_COMPRESSED)
+    if found or compressed or "EOFException" in text:
+        kind = "truncated or corrupt compressed file" if compressed else "cannot be read"
         return InputDataError(f"{role} {where}: {kind} ({cause or 'read failed'})")
     m = re.search(r"Relative path in absolute URI: (\S+)", text)
     if m:

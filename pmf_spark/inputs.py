@@ -46,6 +46,10 @@ _GLOB = re.compile(r"([\[\]{}*?\\])")
 _PARTITION = re.compile(r"[^=/]+=[^/]*")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _LINK_DIRS: list[str] = []
+#: read local files through Hadoop's raw filesystem: the checksummed one derives a
+#: ``.name.crc`` path that Hadoop cannot parse when the name holds ':'
+RAW_LOCAL = {"fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+             "fs.file.impl.disable.cache": "true"}
 
 
 def strip_compression(name: str) -> str:
@@ -114,8 +118,7 @@ def _one_file(uri: str, given: str) -> InputFiles:
                                  f"rename it")
         read = escape_glob(_link(uri, name))
     if ":" in name and uri.startswith("file:"):
-        options = {"fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
-                   "fs.file.impl.disable.cache": "true"}
+        options = dict(RAW_LOCAL)
     return InputFiles(given, read, [uri], options, single=True)
 
 
@@ -137,6 +140,8 @@ def _directory(spark: SparkSession, fs, jp, uri: str, given: str, role: str) -> 
         check_readable(posixpath.basename(f), f"{role} {short(f)}")
     subdirs = {posixpath.dirname(f[len(root):]) for f in files} - {""}
     options: dict[str, str] = {}
+    if uri.startswith("file:") and any(":" in posixpath.basename(f) for f in files):
+        options.update(RAW_LOCAL)
     if subdirs and not all(all(_PARTITION.fullmatch(p) for p in d.split("/")) for d in subdirs):
         options["recursiveFileLookup"] = "true"
         log.info("%s: reading all %d file(s), in %d subdirector(ies) too", given, len(files),
@@ -172,9 +177,12 @@ def first_lines(spark: SparkSession, files: list[str], role: str) -> list[tuple[
     j = jvm(spark)
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     codecs = j.org.apache.hadoop.io.compress.CompressionCodecFactory(conf)
+    raw_local = j.org.apache.hadoop.fs.FileSystem.getLocal(conf).getRawFileSystem()
     out = []
     for f in files[:MAX_HEADER_FILES]:
         fs, jp = jvm_fs(spark, f)
+        if f.startswith("file:"):       # no .crc to check (and names with ':' work)
+            fs = raw_local
         try:
             stream = fs.open(jp)
             codec = codecs.getCodec(jp)

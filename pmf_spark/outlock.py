@@ -75,8 +75,10 @@ def owner_alive(info: dict, age: float) -> bool:
 class OutputLock:
     """``<parent>/.<name>.pmf-lock``: one writer per output at a time.
 
-    :meth:`acquire` returns the token of the stale lock it took over (its run died)
-    or None; it refuses with a one-line error while another run holds the lock.
+    :meth:`acquire` returns the tokens of the runs that died holding a stale lock it
+    took over (the dead run's and those it had inherited itself, when it died while
+    recovering), empty when the lock was free; it refuses with a one-line error while
+    another run holds the lock.
     """
 
     def __init__(self, ops, path: str, target: str, token: str, job: str):
@@ -104,16 +106,16 @@ class OutputLock:
         return ConfigError(f"output {self.target}: another pmf-spark run ({who}) is writing it; "
                            f"wait for it to finish, or remove {self.path} if that run is gone")
 
-    def acquire(self) -> str | None:
+    def acquire(self) -> list[str]:
         mine = json.dumps(owner_info(self.token, self.job))
         if self.ops.create_exclusive(self.path, mine):
             self._start()
-            return None
+            return []
         found = self._holder()
         if found is None:          # released meanwhile: try once more
             if self.ops.create_exclusive(self.path, mine):
                 self._start()
-                return None
+                return []
             found = self._holder() or ({}, 0.0)
         info, age = found
         if (info and owner_alive(info, age)) or (not info and age < STALE_SECONDS / 10):
@@ -133,8 +135,14 @@ class OutputLock:
         log.info("output %s: took over the lock of a run that is gone (pid %s on %s, started "
                  "%s)", self.target, info.get("pid"), info.get("host"),
                  info.get("started_utc", "?"))
-        token = info.get("token")
-        return token if isinstance(token, str) and re.fullmatch(r"[0-9a-f]{12}", token) else ""
+        tokens = [info.get("token")] + list(info.get("inherited") or [])
+        return [t for t in tokens if isinstance(t, str) and re.fullmatch(r"[0-9a-f]{12}", t)]
+
+    def inherit(self, tokens: list[str]) -> None:
+        """Record in the lock the dead runs whose leftovers this run is cleaning up, so
+        that a run taking over from this one finishes the job."""
+        info = {**owner_info(self.token, self.job), "inherited": tokens}
+        self.ops.write_text(self.path, json.dumps(info))
 
     def _start(self) -> None:
         self.held = True

@@ -34,7 +34,10 @@ log = logging.getLogger("pmf_spark")
 
 def _real(spark: SparkSession, path: str) -> str:
     """A comparable form of ``path``: qualified, local paths with symlinks resolved."""
-    uri = qualify(spark, path).rstrip("/")
+    try:
+        uri = qualify(spark, path).rstrip("/")
+    except Exception:  # a scheme without a filesystem here: compared as given
+        return path.rstrip("/")
     if is_local_uri(uri):
         return "file:" + os.path.realpath(short(uri))
     return uri

@@ -63,12 +63,14 @@ def _numeric_id(d: Column) -> dict[str, Column]:
             "huge": d.isNotNull() & finite & (d == F.round(d, 0)) & (F.abs(d) >= _MAX_EXACT)}
 
 
-def _string_ids(col: Column, integer: bool) -> _IdExprs:
+def _string_ids(col: Column, integer: bool, suspicious: bool) -> _IdExprs:
     s = col.cast("string")
     null = s.isNull() | (F.trim(s) == "")
     if integer:
         as_long = F.trim(s).try_cast("long")
         return _IdExprs(as_long, "long", null, {"nonint": ~null & as_long.isNull()})
+    if not suspicious:
+        return _IdExprs(s, "string", null, {})
     d = F.trim(s).try_cast("double")
     finite = d.isNotNull() & ~F.isnan(d) & (F.abs(d) != float("inf"))
     # kept exactly as written; a column of numbers with fractions is most likely not ids
@@ -105,7 +107,7 @@ def _id_exprs(typ: str, c: str, mode: str, where: str, name: str, kind: str) -> 
     if typ.startswith("decimal("):
         return _decimal_ids(col, typ, mode)
     if typ == "string":
-        return _string_ids(col, integer=mode == "integer")
+        return _string_ids(col, integer=mode == "integer", suspicious=mode == "auto")
     raise _refuse_type(typ, where, name, kind, "integers or strings")
 
 
@@ -239,8 +241,9 @@ class _Report:
                 f", column {name!r}: rating {ex[1]} (user {ex[2]}, item {ex[3]}) is outside "
                 f"the scale [{lo:g}, {hi:g}] ({n} row(s)); set --rating-min/--rating-max if "
                 f"the scale differs"))
-        self.fail("ts_bad", lambda ex, n: f", column {self.spec.timestamp!r}: non-numeric "
-                                          f"timestamp {ex[1]!r} ({n} row(s))")
+        self.fail("ts_bad", lambda ex, n: f", column {self.spec.timestamp!r}: timestamp "
+                                          f"{ex[1]!r} is not a number of seconds ({n} "
+                                          f"row(s))")
 
 
 def _mode(spec, id_type: str, role: str) -> tuple[str, str]:
