@@ -152,10 +152,11 @@ on_signal() {
   interrupted=1
   local pid; pid="$(cat "$pidfile" 2>/dev/null || true)"
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-    [[ "$1" == TERM ]] && kill -TERM "$pid" 2>/dev/null
+    if [[ "$1" == TERM ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
   else
-    kill -TERM "$child" 2>/dev/null   # the driver has not started: nothing was written
+    kill -TERM "$child" 2>/dev/null || true   # the driver has not started: nothing written
   fi
+  return 0
 }
 trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
@@ -239,7 +240,11 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     def body() -> int:
         _check(args)
         state["spark"] = spark or session("pmf-spark recommend", args.verbose)
-        answer(state["spark"], args)
+        restore = interrupt.watch(state["spark"])
+        try:
+            answer(state["spark"], args)
+        finally:
+            restore()
         return 0
 
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
@@ -172,7 +173,11 @@ def main(argv: list[str] | None = None, spark=None) -> int:
 
         state["output"] = job.output
         state["spark"] = spark or session("pmf-spark train", args.verbose)
-        run_training(state["spark"], job, params)
+        restore = interrupt.watch(state["spark"])
+        try:
+            run_training(state["spark"], job, params)
+        finally:
+            restore()
         return 0
 
     try:

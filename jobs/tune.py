@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     def body() -> int:
         job, trials, space = settings(args)
         state["spark"] = spark or session("pmf-spark tune", args.verbose)
-        run(state["spark"], args, job, trials, space)
+        restore = interrupt.watch(state["spark"])
+        try:
+            run(state["spark"], args, job, trials, space)
+        finally:
+            restore()
         return 0
 
     try:

@@ -95,19 +95,29 @@ def announce_driver() -> None:
 def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> int:
     """Run a job's body: known errors and the failures a person causes (see
     :func:`pmf_spark.failures.user_failure`) as one line with their exit code;
-    Ctrl-C or SIGTERM as ``interrupted; <output> was left as it was`` and 130."""
+    Ctrl-C or SIGTERM as ``interrupted; <output> was left as it was`` and 130 (once
+    the body has a session, :func:`pmf_spark.interrupt.watch` handles them)."""
+    from . import interrupt
+
+    interrupt.clear()
     previous = None
     with contextlib.suppress(ValueError):
         previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return body()
-    except KeyboardInterrupt:
+
+    def interrupted() -> int:
         where = output()
         return report_error(Interrupted(
             f"interrupted; {where} was left as it was" if where else "interrupted"))
+
+    try:
+        return body()
+    except KeyboardInterrupt:
+        return interrupted()
     except PMFError as exc:
-        return report_error(exc)
+        return interrupted() if interrupt.requested() else report_error(exc)
     except Exception as exc:
+        if interrupt.requested():        # the action a cancel interrupted
+            return interrupted()
         from .failures import user_failure
 
         known = user_failure(exc)
@@ -120,11 +130,24 @@ def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> in
                 signal.signal(signal.SIGTERM, previous)
 
 
+def _defines_check(app: str) -> bool:
+    """Whether the file defines ``check_args`` at its top level (read, not run: a
+    script that does its work on import must not run twice)."""
+    import ast
+
+    try:
+        with open(app, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return False
+    return any(isinstance(n, ast.FunctionDef) and n.name == "check_args" for n in tree.body)
+
+
 def check_job_args(app: str, argv: list[str]) -> int:
     """Run the job file's ``check_args(argv)`` without Spark: 0 to go on,
     :data:`CHECK_DONE` when it handled everything, else its exit code."""
-    if not (app.endswith(".py") and os.path.isfile(app)):
-        return 0
+    if not (app.endswith(".py") and os.path.isfile(app)) or not _defines_check(app):
+        return 0        # not one of the jobs: run it as it is
     sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
     spec = importlib.util.spec_from_file_location("_pmf_spark_job", app)
     if spec is None or spec.loader is None:
@@ -132,7 +155,7 @@ def check_job_args(app: str, argv: list[str]) -> int:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception:  # not one of ours, or it needs Spark at import: let it run
+    except (Exception, SystemExit):  # it needs more than plain Python at import: let it run
         return 0
     check = getattr(module, "check_args", None)
     if check is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from . import interrupt
 from .checkpoint import Checkpointer, check_resumable, fingerprint
 from .commit import AtomicOutput
 from .errors import ConfigError
@@ -266,6 +267,7 @@ def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
 
     def on_epoch(m):
         log_epoch(m)
+        interrupt.check()       # Ctrl-C between Spark jobs stops at the epoch's end
         return callback(m) if callback is not None else None
 
     trainer.callback = on_epoch
@@ -280,6 +282,7 @@ def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
     seconds = {"prepare": t_prep - t0, "setup": trainer.engine.setup_seconds,
                "train": t_fit - t_prep - trainer.engine.setup_seconds,
                "per_epoch": [m.seconds for m in state.history]}
+    interrupt.check()
     path = write_outputs(spark, cfg, trainer, state, seconds, final, out)
     log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
              state.epoch, time.perf_counter() - t0)
