@@ -28,13 +28,19 @@ HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
 
 
-def _proc_start(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def _namespace() -> str:
@@ -67,6 +73,9 @@ def owner_alive(info: dict, age: float) -> bool:
             return False
         except PermissionError:
             pass
+        fields = _proc_stat(pid)
+        if fields and fields[0] in ("Z", "X"):      # exited, not yet reaped by its parent
+            return False
         recorded = info.get("proc_start")
         return recorded is None or _proc_start(pid) in (None, recorded)
     return age < STALE_SECONDS

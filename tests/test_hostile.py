@@ -379,7 +379,7 @@ def test_empty_dir_and_previous_output_are_replaced_with_a_manifest(spark, capsy
     assert manifest["contents"] == on_disk
 
 
-COUNTS["1. output directory"] = len(OUTPUT_REFUSED) + len(PATHS_REFUSED) + len(MOUNTS) + 6
+COUNTS["1. output directory"] = len(OUTPUT_REFUSED) + len(PATHS_REFUSED) + len(MOUNTS) + 7
 
 
 # =========================================================================== class 2+3
@@ -1169,3 +1169,20 @@ def test_the_hostile_suite_has_at_least_80_cases(report):
     report("hostile cases: " + ", ".join(f"{k} {v}" for k, v in COUNTS.items())
            + f"; {total} in all")
     assert total >= 80
+
+
+def test_a_lock_of_an_exited_unreaped_process_is_stale(spark, tmp_path):
+    """A driver killed with its JVM can linger as a zombie. Expected: its lock is
+    taken over."""
+    from pmf_spark.commit import AtomicOutput
+
+    zombie = subprocess.Popen(["true"])
+    time.sleep(0.3)                        # exited, not yet waited for
+    try:
+        _lock(tmp_path, pid=zombie.pid, proc_start=outlock._proc_start(zombie.pid))
+        with AtomicOutput(spark, str(tmp_path / "out")) as out:
+            out.write_text("a.txt", "new")
+            out.commit()
+    finally:
+        zombie.wait()
+    assert (tmp_path / "out" / "a.txt").read_text() == "new"
