@@ -117,7 +117,13 @@ def answer_user(spark, model, args, k, candidates, threshold) -> None:
         recs = model.recommend_one(None, 0.0, train, k, candidates)
     else:
         print(f"User {uid}: {row['n_ratings']} training ratings.")
-        recs = model.recommend_one(row["features"], row["bias"], train, k, candidates)
+        ranking = None
+        if model.ranker is not None:
+            r = model.ranking_users.where(model.ranking_users.user_id == uid) \
+                .select("features", "bias").first()
+            ranking = (r["features"], r["bias"]) if r is not None else None
+        recs = model.recommend_one(row["features"], row["bias"], train, k, candidates,
+                                   ranking=ranking)
     titles = _titles(spark, args, list(test["item_id"]) + list(recs["item_id"]))
     print(f"\nHighly rated in the test split (rating >= {threshold:g}):")
     rows = [[f"{r.rating:g}", r.item_id, *titles.get(str(r.item_id), ("", ""))]
@@ -164,7 +170,8 @@ def answer_new_user(spark, model, args, k, candidates) -> None:
     else:
         print(f"Folded in a new user from {used} of {len(items)} ratings "
               f"(bias {bias:+.3f}).")
-    recs = model.recommend_one(factors, bias, items, k, candidates)
+    recs = model.recommend_one(factors, bias, items, k, candidates,
+                               ranking=model.fold_in_ranking(items, ratings))
     titles = _titles(spark, args, list(recs["item_id"]))
     _print_recs(recs, titles, f"\nTop {k} recommendations for the new user:")
 

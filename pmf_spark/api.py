@@ -130,7 +130,9 @@ class PMFModel:
             counts = tr.counts["item"]
             topk = TopK(k=k, candidates=candidate_items(counts, min_item_ratings),
                         tiebreak=item_tiebreak(data.items, data.n_items), popularity=counts)
-            recs = all_lists(tr.engine, tr.model(self._state), topk, "popular", popular=False)
+            recs = all_lists(tr.engine, tr.model(self._state), topk, "popular", popular=False,
+                             ranker=tr.ranking_model(self._state),
+                             rates=tr.strategy.predicts_ratings)
             return ids_frame(recs, data).select(*RECS_COLUMNS)
         saved = self._saved
         cand = candidate_items(saved.item_counts, min_item_ratings)

@@ -169,7 +169,10 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, trainer: Trainer, state: 
         with AtomicOutput(spark, cfg.output, job="pmf-spark") as own:
             return write_outputs(spark, cfg, trainer, state, seconds, final, own)
     model = trainer.model(state)
-    res = compute_results(trainer.engine, model, cfg)
+    comp = trainer.companion
+    res = compute_results(trainer.engine, model, cfg, trainer.ranking_model(state),
+                          trainer.strategy.predicts_ratings,
+                          ranked_by=comp.name if comp else trainer.strategy.name)
     try:
         return _write_all(spark, cfg, trainer, state, seconds, final, res, out)
     finally:
@@ -180,9 +183,11 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
     data, model = trainer.data, res.model
     w = RunWriter(spark, cfg, data, out)
     w.factors(model)
+    if res.ranker is not None:
+        w.factors(res.ranker, prefix="ranking_")
     w.splits()
-    if res.lists:
-        w.recommendations(res.lists["model"], res.n_recs)
+    if res.ranked is not None:
+        w.recommendations(res.ranked.lists, res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
     seconds = {**seconds, **res.seconds}
@@ -190,7 +195,9 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
     w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
                             **({"ranking": res.ranking} if res.ranking else {})})
     w.text("metrics.csv", history_csv(state.history))
+    comp = trainer.params.companion()
     meta = model_meta(cfg, trainer.params, data, rank=int(model.U.shape[1]),
+                      ranking_model=comp.to_dict() if comp else None,
                       epochs_run=state.epoch, final=final_d,
                       samples=trainer.strategy.kept_samples(state),
                       blocks=trainer.engine.blocks,
@@ -229,7 +236,7 @@ def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData,
 def _prepared(spark: SparkSession, cfg: JobConfig, params: PMFParams) -> PreparedData:
     train, test = load_inputs(spark, cfg)
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-                   on_duplicate=cfg.on_duplicate,
+                   on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
                    validation_fraction=cfg.validation_fraction
                    if params.fit.early_stopping else 0.0)
     log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "

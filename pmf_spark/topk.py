@@ -12,15 +12,22 @@ then by original item id.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 
 from .blocks import unwrap
 from .kernels import ReadOut, ridge_rows, row_dots, top_k
-from .layout import VALIDATION, iter_chunks, limit_blas_threads
+from .layout import TEST, VALIDATION, iter_chunks, limit_blas_threads
+from .rankeval import empty_stats, list_stats
 
 RECS_SCHEMA = "u int, rank int, i int, predicted_rating double, score double"
 RECS_COLUMNS = ["u", "rank", "i", "predicted_rating", "score"]
+#: what :func:`rank_block` returns: list rows (kind 0) and one stats row per chunk (kind 1)
+RANKED_SCHEMA = ("kind tinyint, u int, rank int, i int, predicted_rating double, "
+                 "score double, stats binary")
+RANKED_COLUMNS = [c.strip().split(" ")[0] for c in RANKED_SCHEMA.split(",")]
 NEIGHBORS_SCHEMA = "i int, rank int, j int, similarity double"
 #: scores held at once per task (32 MB of float64)
 BATCH_CELLS = 4_000_000
@@ -47,18 +54,30 @@ def score_users(U, user_bias, V, item_bias, ro: ReadOut) -> np.ndarray:
     return ro.mu + ro.sigma * (U @ V.T + user_bias[:, None] + item_bias[None, :])
 
 
+def predicted(rating, users, items) -> np.ndarray:
+    """``predicted_rating`` of (batch position, item) pairs from ``rating`` = (U rows of the
+    batch, their biases, V, item biases, read-out) of the rating model, or NaN without one."""
+    if rating is None:
+        return np.full(users.size, np.nan)
+    U, ub, V, ib, ro = rating
+    return ro.to_rating(row_dots(U[users], V[items]) + ub[users] + ib[items])
+
+
 def recommend_rows(U, user_bias, indptr, rated, V, item_bias, candidates, tiebreak, k,
-                   ro: ReadOut, popularity=None) -> pd.DataFrame:
-    """Top-k for a batch of users.
+                   ro: ReadOut, popularity=None, rating="self") -> pd.DataFrame:
+    """Top-k for a batch of users, ranked by one model.
 
     Args:
-        U, user_bias: float64 (n, rank) and (n,) the users' factors and biases.
+        U, user_bias: float64 (n, rank) and (n,) the ranking model's user rows and biases.
         indptr, rated: CSR (n + 1,), (nnz,) of each user's known items (excluded).
         V, item_bias: float64 (n_items, rank), (n_items,).
         candidates: bool (n_items,) items that may be recommended.
         tiebreak: int (n_items,) order among equal scores (original id order).
-        ro: the read-out of ``predicted_rating``.
+        ro: the ranking model's read-out: ``score`` is its unclipped prediction.
         popularity: when given, rank by it (the most-popular baseline) instead of the model.
+        rating: where ``predicted_rating`` comes from: "self" (the ranking model is the
+            rating model), None (no rating model: NaN), or (U rows of the batch, user
+            biases, V, item biases, read-out) of the rating model trained beside it.
 
     Returns:
         pandas frame with RECS_COLUMNS but ``u`` = position in the batch.
@@ -79,7 +98,8 @@ def recommend_rows(U, user_bias, indptr, rated, V, item_bias, candidates, tiebre
         S[rows, rated[a:b]] = -np.inf
         r, rank, items, vals = top_k(S, k, tiebreak)
         users = r + lo_row
-        pred = ro.to_rating(row_dots(U[users], V[items]) + user_bias[users] + item_bias[items])
+        pred = predicted((U, user_bias, V, item_bias, ro) if rating == "self" else rating,
+                         users, items)
         out.append(pd.DataFrame({"u": users.astype(np.int32), "rank": rank.astype(np.int32),
                                  "i": items.astype(np.int32), "predicted_rating": pred,
                                  "score": vals}))
@@ -126,20 +146,69 @@ def known_items(c) -> tuple[np.ndarray, np.ndarray]:
 
 def recommend_block(key, pdf, *, shared, k, val_dtype):
     """Top-k for every user of one packed user block (PACKED_SCHEMA rows). ``shared``:
-    (U, user_bias, V, item_bias, candidates, tiebreak, popularity or None, read-out)."""
+    (ranker, rating, candidates, tiebreak, popularity or None): ``ranker`` the
+    FactorModel that orders the lists, ``rating`` the one whose predictions fill
+    ``predicted_rating`` ("self": the ranker; None: no rating model)."""
     limit_blas_threads()
-    U, ub, V, ib, candidates, tiebreak, popularity, ro = unwrap(shared)
+    m, rating, candidates, tiebreak, popularity = unwrap(shared)
     out = []
     for _, c in iter_chunks(pdf, val_dtype):
         users = c.row_ids
         indptr, rated = known_items(c)
-        recs = recommend_rows(U[users], ub[users], indptr, rated, V, ib, candidates,
-                              tiebreak, k, ro, popularity=popularity)
+        recs = recommend_rows(m.U[users], m.user_bias[users], indptr, rated, m.V, m.item_bias,
+                              candidates, tiebreak, k, m.readout, popularity=popularity,
+                              rating=_rating_rows(rating, users))
         recs["u"] = users[recs["u"].to_numpy()]
         out.append(recs)
     if not out:
         return pd.DataFrame({c: [] for c in RECS_COLUMNS})
     return pd.concat(out, ignore_index=True)[RECS_COLUMNS]
+
+
+def _rating_rows(rating, users):
+    if rating in (None, "self"):
+        return rating
+    return (rating.U[users], rating.user_bias[users], rating.V, rating.item_bias,
+            rating.readout)
+
+
+def rank_block(key, pdf, *, shared, k, val_dtype):
+    """Every user's top-k of one packed user block, and the ranking metrics of the
+    model's lists and of the most-popular lists against the users' test ratings.
+
+    ``shared``: (ranker, rating, candidates, tiebreak, popularity, spec): ``ranker`` the
+    FactorModel that orders the lists, ``rating`` the one whose predictions fill
+    ``predicted_rating`` ("self": the ranker; None: no rating model), ``spec`` an
+    :class:`~pmf_spark.rankeval.EvalSpec`. Lists are ``max(k, max(spec.ks))`` long;
+    rows with rank <= k come back (kind 0), and per chunk one row (kind 1) with the
+    pickled stats of both lists.
+    """
+    limit_blas_threads()
+    m, rating, candidates, tiebreak, popularity, spec = unwrap(shared)
+    depth = max(k, max(spec.ks))
+    out = []
+    for _, c in iter_chunks(pdf, val_dtype):
+        users = c.row_ids
+        indptr, rated = known_items(c)
+        rel = (c.test_kind == TEST) & (c.test_vals >= spec.threshold)
+        stats = {}
+        for name, pop in (("model", None), ("popular", popularity)):
+            recs = recommend_rows(m.U[users], m.user_bias[users], indptr, rated, m.V,
+                                  m.item_bias, candidates, tiebreak, depth, m.readout,
+                                  popularity=pop, rating=_rating_rows(rating, users))
+            st = empty_stats(spec, m.V.shape[0])
+            list_stats(st, spec, recs["u"].to_numpy(), recs["rank"].to_numpy(),
+                       recs["i"].to_numpy(), c.test_rows[rel], c.test_cols[rel], c.counts)
+            stats[name] = st
+            if pop is None:
+                keep = recs[recs["rank"] <= k].copy()
+                keep["u"] = users[keep["u"].to_numpy()]
+                keep["kind"] = 0
+                out.append(keep)
+        out.append(pd.DataFrame({"kind": [1], "stats": [pickle.dumps(stats, protocol=4)]}))
+    if not out:
+        return pd.DataFrame({c: [] for c in RANKED_COLUMNS})
+    return pd.concat(out, ignore_index=True).reindex(columns=RANKED_COLUMNS)
 
 
 def neighbors_block(key, pdf, *, shared, k):
@@ -164,12 +233,19 @@ def neighbors_block(key, pdf, *, shared, k):
     return pd.concat(out, ignore_index=True)
 
 
+def _stack(col, n: int, rank: int) -> np.ndarray:
+    return np.stack([np.asarray(f, dtype=np.float64) for f in col]) if n else np.zeros((0, rank))
+
+
 def users_block(key, pdf, *, shared, k, rank):
-    """Top-k for rows (user_id, features, bias, n_ratings, rated) of one block; users
-    without factors get the popular list. ``shared``: (V, item_bias, candidates,
-    tiebreak, popularity, read-out)."""
+    """Top-k for rows (user_id, features, bias, n_ratings, rated[, rfeatures, rbias]) of
+    one block; users without factors get the popular list. ``shared``: (V, item_bias,
+    candidates, tiebreak, popularity, read-out, rates, ranker): ``rates``: the model
+    predicts ratings (else ``predicted_rating`` is NaN); ``ranker`` is None (the lists
+    are ranked by the model itself) or (V, item_bias, read-out, rank) of the ranking
+    model, whose user rows are the ``rfeatures``/``rbias`` columns."""
     limit_blas_threads()
-    V, ib, candidates, tiebreak, popularity, ro = unwrap(shared)
+    V, ib, candidates, tiebreak, popularity, ro, rates, ranker = unwrap(shared)
     pdf = pdf.reset_index(drop=True)
     n_ratings = pdf["n_ratings"].fillna(0).to_numpy()
     warm = (pdf["features"].notna() & (n_ratings > 0)).to_numpy()
@@ -180,15 +256,23 @@ def users_block(key, pdf, *, shared, k, rank):
             continue
         n = len(part)
         if is_warm:
-            U = np.stack([np.asarray(f, dtype=np.float64) for f in part["features"]])
+            U = _stack(part["features"], n, rank)
             ub = part["bias"].to_numpy(dtype=np.float64)
         else:
             U, ub = np.zeros((n, rank)), np.zeros(n)
         lists = [np.asarray(r if r is not None else [], dtype=np.int64) for r in part["rated"]]
         indptr = np.concatenate([[0], np.cumsum([x.size for x in lists])])
         rated = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-        recs = recommend_rows(U, ub, indptr, rated, V, ib, candidates, tiebreak, k, ro,
-                              popularity=None if is_warm else popularity)
+        if is_warm and ranker is not None:
+            rV, rib, rro, rrank = ranker
+            recs = recommend_rows(_stack(part["rfeatures"], n, rrank),
+                                  part["rbias"].to_numpy(dtype=np.float64), indptr, rated, rV,
+                                  rib, candidates, tiebreak, k, rro,
+                                  rating=(U, ub, V, ib, ro) if rates else None)
+        else:
+            recs = recommend_rows(U, ub, indptr, rated, V, ib, candidates, tiebreak, k, ro,
+                                  popularity=None if is_warm else popularity,
+                                  rating="self" if rates else None)
         recs.insert(0, "user_id", part["user_id"].to_numpy()[recs["u"].to_numpy()])
         recs["cold_start"] = not is_warm
         out.append(recs.drop(columns=["u"]))
