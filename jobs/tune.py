@@ -44,6 +44,7 @@ def build_parser():
     for flag in ("ratings", "format", "test", "user-col", "item-col", "rating-col",
                  "timestamp-col", "sep"):
         g.add_argument(f"--{flag}")
+    g.add_argument("--id-type", choices=("auto", "string", "integer"))
     g.add_argument("--synthetic")
     g.add_argument("--test-fraction", type=float)
     g.add_argument("--split-seed", type=int)
@@ -85,6 +86,7 @@ def settings(args):
     file_values = load_config_file(args.config) if args.config else None
     job_flags = {k: v for k, v in {
         "ratings": args.ratings, "format": args.format, "test": args.test,
+        "id_type": args.id_type,
         "user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
         "timestamp_col": args.timestamp_col, "sep": args.sep, "synthetic": args.synthetic,
         "test_fraction": args.test_fraction, "split_seed": args.split_seed}.items()
