@@ -42,7 +42,7 @@ def fold_in_user(params: PMFParams, V: np.ndarray, item_bias: np.ndarray,
     ctx = TrainContext(n_users=1, n_items=V.shape[0],
                        user_counts=np.array([len(items)], np.int64),
                        item_counts=np.asarray(item_counts, np.int64), readout=readout,
-                       gram_dtype="float64")
+                       gram_dtype="float64", kernel="numpy")
     strategy = strategy_for(params, ctx)
     item = np.zeros((V.shape[0], rank + 1))
     item[:, :rank] = V
