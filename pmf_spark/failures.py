@@ -81,9 +81,13 @@ def user_failure(exc: BaseException) -> PMFError | None:
     text = text_of(exc)
     m = _MODULE.search(text)
     if m:
-        return PMFUserError(f"the Python workers cannot import {m.group(1)!r}: install "
-                            f"pmf-spark's dependencies (numpy, pandas, pyarrow) in the Python "
-                            f"that runs them, or point PYSPARK_PYTHON at one that has them")
+        name = m.group(1)
+        fix = ("ship it with --py-files (spark-submit.sh does unless PMF_SPARK_SHIP=0) or "
+               "install it on every node" if name.split(".")[0] == "pmf_spark" else
+               "install pmf-spark's dependencies (numpy, pandas, pyarrow) in the Python that "
+               "runs them, or point PYSPARK_PYTHON at one that has them")
+        return PMFUserError(f"the Python workers cannot import {name!r} (No module named "
+                            f"{name!r}): {fix}")
     if "No space left on device" in text or "Disk quota exceeded" in text:
         cause = root_cause(text) or "disk full"
         return OutputError(f"no space left on device while writing ({cause}); free some space "
