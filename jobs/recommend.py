@@ -22,7 +22,14 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark import interrupt
+from pmf_spark.cli import (
+    OneLineErrorParser,
+    announce_driver,
+    report_error,
+    run_guarded,
+    setup_logging,
+)
 from pmf_spark.errors import InputDataError, PMFError, PMFUserError
 
 log = logging.getLogger("pmf_spark")
@@ -170,16 +177,13 @@ def answer_new_user(spark, model, args, k, candidates) -> None:
 
 
 def answer_users(spark, model, args, k, candidates) -> None:
-    from pmf_spark.fs import AtomicOutput
+    from pmf_spark.commit import AtomicOutput
     from pmf_spark.io import read_id_list
 
-    if not args.output:
-        raise InputDataError("--users needs --output DIR for the Parquet result")
-    ids = read_id_list(spark, args.users, model.id_type, "users")
-    blocks = args.blocks or spark.sparkContext.defaultParallelism
-    recs = model.recommend_users(ids, k, candidates, blocks)
-    out = AtomicOutput(spark, args.output)
-    try:
+    with AtomicOutput(spark, args.output, job="pmf-spark recommend") as out:
+        ids = read_id_list(spark, args.users, model.id_type, "users")
+        blocks = args.blocks or spark.sparkContext.defaultParallelism
+        recs = model.recommend_users(ids, k, candidates, blocks)
         (recs.repartitionByRange(max(1, blocks), "user_id")
          .sortWithinPartitions("user_id", "rank").write.parquet(out.path("recommendations")))
         written = spark.read.parquet(out.path("recommendations"))
@@ -187,9 +191,6 @@ def answer_users(spark, model, args, k, candidates) -> None:
         users = written.select("user_id").distinct().count()
         cold = written.where("cold_start").select("user_id").distinct().count()
         out.commit({"tables": {"recommendations": n}, "model": model.path})
-    except BaseException:
-        out.abort()
-        raise
     log.info("wrote top-%d for %d user(s) (%d cold start) to %s", k, users, cold, args.output)
 
 
@@ -212,24 +213,52 @@ def answer(spark, args) -> None:
         answer_new_user(spark, model, args, k, candidates)
 
 
+def _check(args) -> None:
+    if args.top_k is not None and args.top_k < 1:
+        raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
+    if args.users is not None and not args.output:
+        raise InputDataError("--users needs --output DIR for the Parquet result")
+
+
+def check_args(argv: list[str] | None) -> int | None:
+    """The argument checks that need no Spark (spark-submit.sh runs them before the
+    JVM starts): None to go on, else the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        _check(args)
+    except PMFError as exc:
+        return report_error(exc)
+    return None
+
+
 def main(argv: list[str] | None = None, spark=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    announce_driver()
     own = spark is None
-    try:
-        if args.top_k is not None and args.top_k < 1:
-            raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
-        spark = spark or session("pmf-spark recommend", args.verbose)
-        answer(spark, args)
+    state: dict = {}
+
+    def body() -> int:
+        _check(args)
+        state["spark"] = spark or session("pmf-spark recommend", args.verbose)
+        restore = interrupt.watch(state["spark"])
+        try:
+            answer(state["spark"], args)
+        finally:
+            restore()
         return 0
-    except PMFError as exc:
-        return report_error(exc)
+
+    try:
+        return run_guarded(body, lambda: args.output if args.users else None)
     finally:
-        if own and spark is not None:
-            spark.stop()
+        if own and state.get("spark") is not None:
+            state["spark"].stop()
 
 
 def session(app: str, verbose: bool):

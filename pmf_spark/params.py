@@ -28,6 +28,7 @@ from typing import Any
 from .errors import ConfigError
 
 FORMATS = ("auto", "movielens-100k", "movielens-dat", "movielens-csv", "csv", "parquet")
+ID_TYPES = ("auto", "string", "integer")
 SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m", "30m", "netflix")
 LINKS = ("linear", "sigmoid")
 REG_SCALINGS = ("none", "count")
@@ -331,6 +332,10 @@ class JobConfig(_Params):
                                default=None)
     format: str = _doc("input format: auto (from the file name), movielens-100k, movielens-dat, "
                        "movielens-csv, csv, parquet", default="auto")
+    id_type: str = _doc("ids as written: 'auto' (integers where the format or the column type "
+                        "says so: MovieLens files, integer Parquet columns; otherwise strings, "
+                        "exactly as written), 'string', or 'integer' (parse them)",
+                        default="auto")
     test: str | None = _doc("a given test split in the same format (no random split then)",
                             default=None)
     user_col: str | None = _doc("user id column (csv/parquet; default by format)", default=None)
@@ -383,6 +388,7 @@ class JobConfig(_Params):
 
     def __post_init__(self):
         _check_choice("format", self.format, FORMATS)
+        _check_choice("id_type", self.id_type, ID_TYPES)
         _check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
         _check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
         _check_choice("split", self.split, SPLITS)

@@ -12,21 +12,29 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from .checkpoint import Checkpointer, fingerprint
+from . import interrupt
+from .checkpoint import Checkpointer, check_resumable, fingerprint
+from .commit import AtomicOutput
 from .errors import ConfigError
 from .evaluate import EpochMetrics
-from .fs import AtomicOutput, jvm_fs, path_exists, qualify
 from .io import load_ratings
 from .models import REGISTRY
 from .models.base import FactorModel, TrainState
 from .outputs import RunWriter, history_csv, model_meta
 from .params import JobConfig, PMFParams
+from .preflight import (
+    blocks_cap,
+    check_paths,
+    check_prepared,
+    check_worker_memory,
+    open_output,
+)
 from .prepare import PreparedData, prepare
 from .results import RunResults, compute_results
 from .sparkutil import jvm
 from .synthetic import get_shape, synthetic_ratings
 from .train import Trainer
-from .validate import CleanRatings
+from .validate import CleanRatings, check_disjoint
 
 log = logging.getLogger("pmf_spark")
 
@@ -47,45 +55,22 @@ def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, Clea
     opts: dict = dict(user_col=cfg.user_col, item_col=cfg.item_col, rating_col=cfg.rating_col,
                 timestamp_col=cfg.timestamp_col, sep=cfg.sep, rating_min=cfg.rating_min,
                 rating_max=cfg.rating_max)
-    train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings", **opts)
+    train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings", id_type=cfg.id_type,
+                         **opts)
     test = None
     if cfg.test is not None:
-        test = load_ratings(spark, cfg.test, cfg.format, role="test", **opts)
+        test = load_ratings(spark, cfg.test, cfg.format, role="test", id_type=train.id_type,
+                            **opts)
+        check_disjoint(train, test)
     log.info("read %d ratings from %s%s", train.n, cfg.ratings,
              f" and {test.n} test ratings from {cfg.test}" if test else "")
     return train, test
 
 
-def is_pmf_output(spark: SparkSession, path: str) -> bool:
-    fs, jpath = jvm_fs(spark, path)
-    if not fs.exists(jpath):
-        return False
-    if not fs.getFileStatus(jpath).isDirectory():
-        return False
-    listing = fs.listStatus(jpath)
-    if len(listing) == 0:
-        return True
-    return fs.exists(jvm(spark).org.apache.hadoop.fs.Path(jpath, "model.json"))
-
-
 def check_output_path(spark: SparkSession, cfg: JobConfig) -> None:
-    """Refuse an output that would overwrite the input or something that is not ours."""
-    out = qualify(spark, cfg.output).rstrip("/")
-    for given in (cfg.ratings, cfg.test):
-        if given is None:
-            continue
-        src = qualify(spark, given).rstrip("/")
-        if src == out or src.startswith(out + "/"):
-            raise ConfigError(f"output {cfg.output}: is the input {given} or contains it; "
-                              f"choose another --output")
-    if cfg.checkpoint_dir:
-        ck = qualify(spark, cfg.checkpoint_dir).rstrip("/")
-        if ck == out or ck.startswith(out + "/"):
-            raise ConfigError(f"checkpoint-dir {cfg.checkpoint_dir}: must not be inside "
-                              f"--output {cfg.output} (a new output replaces that directory)")
-    if path_exists(spark, cfg.output) and not is_pmf_output(spark, cfg.output):
-        raise ConfigError(f"output {cfg.output}: exists and is not a pmf-spark output; "
-                          f"refusing to replace it (choose another --output or remove it)")
+    """Refuse an output or checkpoint directory that overlaps the input (the output
+    itself is checked when it is opened: :func:`pmf_spark.preflight.open_output`)."""
+    check_paths(spark, cfg)
 
 
 def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple[int, int]:
@@ -183,20 +168,20 @@ class TrainResult:
 
 
 def write_outputs(spark: SparkSession, cfg: JobConfig, trainer: Trainer, state: TrainState,
-                  seconds: dict, final: EpochMetrics) -> str:
+                  seconds: dict, final: EpochMetrics, out: AtomicOutput | None = None) -> str:
     """Compute the results (top-k, ranking metrics, neighbours, diagnostics), write
-    every table and file to a staging directory and swap it in atomically."""
+    every table and file to a staging directory and swap it in atomically (into
+    ``out`` when the caller opened it already)."""
+    if out is None:
+        with AtomicOutput(spark, cfg.output, job="pmf-spark") as own:
+            return write_outputs(spark, cfg, trainer, state, seconds, final, own)
     model = trainer.model(state)
     comp = trainer.companion
     res = compute_results(trainer.engine, model, cfg, trainer.ranking_model(state),
                           trainer.strategy.predicts_ratings,
                           ranked_by=comp.name if comp else trainer.strategy.name)
-    out = AtomicOutput(spark, cfg.output)
     try:
         return _write_all(spark, cfg, trainer, state, seconds, final, res, out)
-    except BaseException:
-        out.abort()
-        raise
     finally:
         res.release()
 
@@ -234,7 +219,8 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
     return w.commit()
 
 
-def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData):
+def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData,
+                   total_epochs: int):
     """(state to resume from or None, after-epoch hook or None)."""
     if not cfg.checkpoint_dir:
         return None, None
@@ -246,8 +232,7 @@ def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData)
         if state is None:
             log.info("no checkpoint in %s yet: starting from the beginning", cfg.checkpoint_dir)
         else:
-            log.info("resuming from the checkpoint of epoch %d in %s", state.epoch,
-                     cfg.checkpoint_dir)
+            check_resumable(ck, state, total_epochs)
 
     def after_epoch(st):
         if st.epoch % cfg.checkpoint_every == 0:
@@ -255,11 +240,7 @@ def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData)
     return state, after_epoch
 
 
-def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
-                 callback=None) -> TrainResult:
-    """The whole job: input -> prepared data -> training -> outputs under ``cfg.output``."""
-    t0 = time.perf_counter()
-    check_output_path(spark, cfg)
+def _prepared(spark: SparkSession, cfg: JobConfig, params: PMFParams) -> PreparedData:
     train, test = load_inputs(spark, cfg)
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
                    on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
@@ -272,20 +253,39 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
         log.info("%d user(s) and %d item(s) have no training ratings: kept at the prior mean, "
                  "predicted from the mean plus the known side's bias",
                  data.cold_users, data.cold_items)
+    return data
+
+
+def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
+                 callback=None) -> TrainResult:
+    """The whole job: input -> prepared data -> training -> outputs under ``cfg.output``.
+    Everything that can be checked is checked before training (:mod:`pmf_spark.preflight`)."""
+    with open_output(spark, cfg, "pmf-spark train") as out:
+        return _run(spark, cfg, params, callback, out)
+
+
+def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
+         out: AtomicOutput) -> TrainResult:
+    t0 = time.perf_counter()
+    data = _prepared(spark, cfg, params)
+    params = blocks_cap(params, data, spark.sparkContext.defaultParallelism)
     check_driver_memory(spark, data, params)
+    check_prepared(spark, out, cfg, data, params)
     t_prep = time.perf_counter()
     trainer = Trainer(spark, data, params)
     trainer.setup()
+    check_worker_memory(spark, trainer.counts, params, trainer.engine.blocks)
     log_epoch = epoch_logger(trainer.total_epochs)
     log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.engine.blocks,
              trainer.engine.setup_seconds)
 
     def on_epoch(m):
         log_epoch(m)
+        interrupt.check()       # Ctrl-C between Spark jobs stops at the epoch's end
         return callback(m) if callback is not None else None
 
     trainer.callback = on_epoch
-    state, after_epoch = _checkpointing(spark, cfg, params, data)
+    state, after_epoch = _checkpointing(spark, cfg, params, data, trainer.total_epochs)
     state = trainer.fit(state, after_epoch=after_epoch)
     final = trainer.final_metrics(state)
     if trainer.strategy.reports_averaged_model(state):
@@ -296,7 +296,8 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     seconds = {"prepare": t_prep - t0, "setup": trainer.engine.setup_seconds,
                "train": t_fit - t_prep - trainer.engine.setup_seconds,
                "per_epoch": [m.seconds for m in state.history]}
-    path = write_outputs(spark, cfg, trainer, state, seconds, final)
+    interrupt.check()
+    path = write_outputs(spark, cfg, trainer, state, seconds, final, out)
     log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
              state.epoch, time.perf_counter() - t0)
     return TrainResult(output=path, model=trainer.model(state), history=state.history,

@@ -116,9 +116,9 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
     results = []
     for name, path in (("clean", clean), ("poisoned", poisoned_path)):
         out = tmp_path / name
-        code = tune_job.main(["--ratings", str(path), "--trials", "3", "--epochs", "3",
-                              "--ranks", "2,4", "--output", str(out), "--blocks", "2"],
-                             spark=spark)
+        code = tune_job.main(["--ratings", str(path), "--id-type", "integer", "--trials", "3",
+                              "--epochs", "3", "--ranks", "2,4", "--output", str(out),
+                              "--blocks", "2"], spark=spark)
         assert code == 0
         results.append(json.loads((out / "results.json").read_text()))
     a, b = results
