@@ -123,4 +123,10 @@ PYZIP
   fi
 fi
 
+app=""
+for a in "$@"; do
+  if [[ "$a" == *.py ]]; then app="$a"; break; fi
+done
+# the JVM starts before any of the job's Python runs: say so, the first lines take a while
+echo "spark-submit.sh: starting Spark for ${app:-the application} (${master:-local[*]}); the job's own progress lines follow once the JVM is up" >&2
 exec "$SPARK_HOME/bin/spark-submit" "${extra[@]}" "$@"

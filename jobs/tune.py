@@ -1,14 +1,16 @@
 """spark-submit entry point: search PMF hyperparameters on validation data.
 
-    ./spark-submit.sh jobs/tune.py --ratings ml-100k/u.data --trials 30 --folds 3 \\
+    ./spark-submit.sh jobs/tune.py --ratings ratings.csv --trials 30 --folds 3 \\
         --output out/tune
-    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml
+    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml --ratings ratings.csv \\
+        --output out/tuned
 
 The test split (the training job's seeded random split with the same --split-seed
 and --test-fraction, or a --test file, which is never read) takes no part:
 validation data is carved from the training ratings only. Writes results.parquet,
-results.json and best.toml (a job configuration the training job accepts) to
---output, atomically. Exit codes: 0 success, 2 bad input or configuration.
+results.json and best.toml (the best model settings, [model]/[fit]/[engine], for the
+training job's --config; data and output come from its command line) to --output,
+atomically. Exit codes: 0 success, 2 bad input or configuration.
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ def settings(args):
     return job, sample_trials(space, base, args.trials, args.seed), space
 
 
+def best_toml(job, best) -> str:
+    """The best trial's model settings ([model], [fit], [engine]) as TOML: data and
+    output stay on the command line, so training with it never overwrites another
+    run's output or records the wrong input."""
+    source = job.ratings or f"the built-in synthetic data {job.synthetic!r}"
+    return ("# the best trial of jobs/tune.py on " + source
+            + f" (validation rmse {best.mean:.4f} +- {best.sd:.4f}); model settings only:\n"
+            "# give the data and the output on the command line, e.g.\n"
+            "#   ./spark-submit.sh jobs/train_pmf.py --config best.toml --ratings FILE "
+            "--output DIR\n" + to_toml(None, best.params.replace(blocks=0)))
+
+
 def write_results(spark, args, job, space, results) -> None:
     """results.parquet, results.json and best.toml, committed atomically."""
     import pandas as pd
@@ -104,9 +118,7 @@ def write_results(spark, args, job, space, results) -> None:
             out.path("results.parquet"))
         out.write_json("results.json", {"folds": args.folds, "trials": rows,
                                         "search": space.__dict__, "best_trial": best.trial})
-        out.write_text("best.toml", "# the best trial of jobs/tune.py "
-                       f"(validation rmse {best.mean:.4f} +- {best.sd:.4f})\n"
-                       + to_toml(job, best.params.replace(blocks=0)))
+        out.write_text("best.toml", best_toml(job, best))
         out.commit({"tables": {"results.parquet": len(rows)}})
     except BaseException:
         out.abort()

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .errors import InputDataError
-from .fs import path_exists, short
+from .fs import jvm_fs, path_exists, short
 from .validate import CleanRatings, validate_raw
 
 log = logging.getLogger("pmf_spark")
@@ -84,8 +84,24 @@ def _norm(name: str) -> str:
 
 # --------------------------------------------------------------------------- reading
 
-def guess_format(path: str) -> str:
-    base = posixpath.basename(path.rstrip("/"))
+#: compression suffixes Hadoop decompresses by name; a file is guessed by what is inside
+COMPRESSED = (".gz", ".bz2", ".deflate")
+
+
+def _plain_name(name: str) -> str:
+    for suffix in COMPRESSED:
+        if name.endswith(suffix) and name != suffix:
+            return name[:-len(suffix)]
+    return name
+
+
+def guess_format(path: str, listing: list[str] | None = None) -> str:
+    """The format from the file name (``ratings.dat.gz`` reads as ``ratings.dat``);
+    for a directory, ``listing`` (its file names) decides: all CSV/TSV files make it csv."""
+    base = _plain_name(posixpath.basename(path.rstrip("/")))
+    names = [_plain_name(n) for n in listing or [] if not n.startswith((".", "_"))]
+    if names and all(n.endswith((".csv", ".tsv")) for n in names):
+        return "csv"
     if base == "u.data" or re.fullmatch(r"u[a-z0-9]*\.(base|test)", base):
         return "movielens-100k"
     if base.endswith(".dat"):
@@ -150,6 +166,14 @@ def _positional(spec: FormatSpec, n: int, path: str, sep: str) -> FormatSpec:
                  + (", timestamp" if n > 3 else ""))
 
 
+def _listing(spark: SparkSession, path: str) -> list[str] | None:
+    """The file names in ``path`` when it is a directory, else None."""
+    fs, jpath = jvm_fs(spark, path)
+    if not fs.exists(jpath) or not fs.getFileStatus(jpath).isDirectory():
+        return None
+    return [str(st.getPath().getName()) for st in fs.listStatus(jpath) if st.isFile()]
+
+
 def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_col=None,
              rating_col=None, timestamp_col=None, sep=None) -> tuple[DataFrame, FormatSpec]:
     """Read ratings without interpreting values: columns u, i, r, ts, _file, _bad
@@ -157,7 +181,7 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
     if not path_exists(spark, path):
         raise InputDataError(f"{path}: no such file or directory")
     if fmt == "auto":
-        fmt = guess_format(path)
+        fmt = guess_format(path, _listing(spark, path))
         if fmt == "movielens-csv":
             # ratings.csv is MovieLens' only with MovieLens' header
             header = spark.read.option("header", True).csv(path).columns

@@ -22,11 +22,13 @@ from .models.base import FactorModel, TrainState
 from .outputs import RunWriter, history_csv, model_meta
 from .params import JobConfig, PMFParams
 from .prepare import PreparedData, prepare
+from .recommend import ranking_note
 from .results import RunResults, compute_results
 from .sparkutil import jvm
 from .synthetic import get_shape, synthetic_ratings
 from .train import Trainer
 from .validate import CleanRatings
+from .warmstart import previous_meta, warm_start_state
 
 log = logging.getLogger("pmf_spark")
 
@@ -200,6 +202,10 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
         w.recommendations(res.lists["model"], res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
+    if "item_users" in res.user_tables:
+        w.item_users(res.user_tables["item_users"])
+    if "user_neighbors" in res.user_tables:
+        w.user_neighbors(res.user_tables["user_neighbors"])
     seconds = {**seconds, **res.seconds}
     final_d = final.to_dict()
     w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
@@ -211,6 +217,9 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
                       blocks=trainer.engine.blocks,
                       baseline_rmse=res.diagnostics["baseline_rmse"] if res.diagnostics else None,
                       ranking=res.ranking, seconds=seconds)
+    if cfg.top_k > 0:
+        meta["ranking_note"] = ranking_note(res.ranking, model_label(trainer.params))
+        log.info("%s", meta["ranking_note"])
     w.json("model.json", meta)
     if res.diagnostics is not None and res.bins is not None:
         from .report import figures, render_html
@@ -218,6 +227,29 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
         figs = figures(state.history, res.diagnostics, res.bins, trainer.counts["user"])
         w.text("report.html", render_html(meta, figs, res.ranking))
     return w.commit()
+
+
+def _reading_line(cfg: JobConfig) -> str:
+    if cfg.ratings is None:
+        return (f"generating the built-in synthetic data {cfg.synthetic!r} (no --ratings "
+                f"given) ...")
+    return f"reading and validating {cfg.ratings} (one pass over the file) ..."
+
+
+def _preparing_line(cfg: JobConfig, params: PMFParams) -> str:
+    if cfg.test is not None:
+        split = f"taking the given test split {cfg.test}"
+    else:
+        split = (f"splitting train/test {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} "
+                 f"by a seeded hash (seed {cfg.split_seed})")
+    if params.fit.early_stopping:
+        split += f" with {cfg.validation_fraction:.0%} of training held out for validation"
+    return f"de-duplicating, {split} and indexing the ratings ..."
+
+
+def model_label(params: PMFParams) -> str:
+    """The model in a few words, for the log and the report ("pmf rank 30")."""
+    return f"{params.fit.model} rank {params.model.rank}"
 
 
 def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData):
@@ -246,7 +278,11 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     """The whole job: input -> prepared data -> training -> outputs under ``cfg.output``."""
     t0 = time.perf_counter()
     check_output_path(spark, cfg)
+    if cfg.warm_start:
+        previous_meta(spark, cfg.warm_start, params.model.rank)
+    log.info("%s", _reading_line(cfg))
     train, test = load_inputs(spark, cfg)
+    log.info("%s", _preparing_line(cfg, params))
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
                    on_duplicate=cfg.on_duplicate,
                    validation_fraction=cfg.validation_fraction
@@ -261,6 +297,7 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     check_driver_memory(spark, data, params)
     t_prep = time.perf_counter()
     trainer = Trainer(spark, data, params)
+    log.info("packing the training ratings into blocks for %s ...", model_label(params))
     trainer.setup()
     log_epoch = epoch_logger(trainer.total_epochs)
     log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.engine.blocks,
@@ -272,6 +309,8 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
 
     trainer.callback = on_epoch
     state, after_epoch = _checkpointing(spark, cfg, params, data)
+    if state is None and cfg.warm_start:
+        state = warm_start_state(spark, cfg.warm_start, trainer)
     state = trainer.fit(state, after_epoch=after_epoch)
     final = trainer.final_metrics(state)
     if trainer.strategy.reports_averaged_model(state):

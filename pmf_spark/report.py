@@ -133,11 +133,35 @@ def _table(header, rows) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _run_rows(meta: dict) -> list[list[str]]:
+    """What was run: the input, when, the split, and where the time went."""
+    job = meta.get("job", {})
+    source = job.get("ratings") or f"built-in synthetic data {job.get('synthetic')!r}"
+    if job.get("test"):
+        split = f"given test file {job['test']}"
+    else:
+        frac = float(job.get("test_fraction", 0.0))
+        split = (f"seeded random {1 - frac:.0%} train / {frac:.0%} test "
+                 f"(seed {job.get('split_seed')})")
+    if meta.get("data", {}).get("n_val"):
+        split += f"; {float(job.get('validation_fraction', 0.0)):.0%} of training for validation"
+    sec = meta.get("seconds", {})
+    phases = ", ".join(f"{name} {sec[key]:.1f}s" for name, key in (
+        ("prepare", "prepare"), ("pack", "setup"), ("train", "train"), ("top-k", "top_k"))
+        if isinstance(sec.get(key), (int, float)))
+    rows = [["input", source], ["run at (UTC)", str(meta.get("created", "unknown"))],
+            ["split", split]]
+    if job.get("warm_start"):
+        rows.append(["warm start from", str(job["warm_start"])])
+    return rows + ([["phases", phases]] if phases else [])
+
+
 def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
     """report.html: self-contained (images inline), no scripts."""
     f = meta.get("final_metrics", {})
     d = meta.get("data", {})
     summary = _table(["", "value"], [
+        *_run_rows(meta),
         ["users x items", f"{d.get('n_users')} x {d.get('n_items')}"],
         ["training / test ratings", f"{d.get('n_train')} / {d.get('n_test')}"],
         ["model", f"{meta['fit']['model']} rank {meta['latent_rank']}, "
@@ -160,7 +184,9 @@ def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
                      f"{ranking['model']['relevance_threshold']}; over "
                      f"{ranking['model']['users']} users with a relevant test rating.</p>"
                      + _table(["", *[f"{x}@{k}" if x != "coverage" else x for x in keys]],
-                              rows))
+                              rows)
+                     + (f"<p>{html.escape(meta['ranking_note'])}</p>"
+                        if meta.get("ranking_note") else ""))
     imgs = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode(figs[name]).decode()}"/></figure>' for name in FIGURES)

@@ -13,10 +13,16 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .evaluate import diagnostics, ranking_metrics, rating_bins, relevance_threshold
-from .io import read_id_list
 from .models.base import FactorModel
 from .params import JobConfig
-from .recommend import TopK, item_neighbors, item_tiebreak, persisted_lists
+from .recommend import (
+    TopK,
+    item_neighbors,
+    item_tiebreak,
+    listed_items,
+    persisted_lists,
+    user_tables,
+)
 from .sparkutil import describe
 from .topk import candidate_items
 
@@ -36,6 +42,8 @@ class RunResults:
     neighbors: DataFrame | None = None
     diagnostics: dict | None = None
     bins: np.ndarray | None = None
+    #: item_users / user_neighbors frames (dense indices), when asked for
+    user_tables: dict[str, DataFrame] = field(default_factory=dict)
     n_recs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -46,16 +54,13 @@ class RunResults:
 
 
 def topk_settings(engine, cfg: JobConfig, tiebreak: np.ndarray) -> TopK:
-    """k, the candidate items (after --min-item-ratings and --exclude-items), the
-    tie-break and popularity of every item."""
-    data, counts = engine.data, engine.counts["item"]
-    excluded = None
-    if cfg.exclude_items:
-        ids = read_id_list(engine.spark, cfg.exclude_items, data.id_type, "exclude-items")
-        found = ids.join(data.items, "id").select("idx").distinct().toArrow()
-        excluded = found.column("idx").to_numpy().astype(np.int64)
-        log.info("excluding %d item(s) listed in %s", excluded.size, cfg.exclude_items)
-    return TopK(k=cfg.top_k, candidates=candidate_items(counts, cfg.min_item_ratings, excluded),
+    """k, the candidate items (after --min-item-ratings, --exclude-items and the
+    --candidates allow-list), the tie-break and popularity of every item."""
+    counts = engine.counts["item"]
+    excluded = listed_items(engine, cfg.exclude_items, "exclude-items")
+    allowed = listed_items(engine, cfg.candidates, "candidates")
+    return TopK(k=cfg.top_k, candidates=candidate_items(counts, cfg.min_item_ratings, excluded,
+                                                        allowed),
                 tiebreak=tiebreak, popularity=counts)
 
 
@@ -97,6 +102,7 @@ def compute_results(engine, model: FactorModel, cfg: JobConfig) -> RunResults:
         if cfg.similar_items > 0:
             res.neighbors = item_neighbors(engine, model, k=cfg.similar_items,
                                            tiebreak=tiebreak)
+        res.user_tables = user_tables(engine, model, cfg)
         if cfg.report and engine.data.n_test > 0:
             res.bins = rating_bins(engine.data.rating_lo, engine.data.rating_hi)
             res.diagnostics = diagnostics(engine, model, res.bins)

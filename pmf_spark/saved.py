@@ -1,5 +1,8 @@
-"""A trained model read back from its output directory (Parquet + model.json), for
-answering users: one user's list, a new user's fold-in, lists for many users."""
+"""A trained model read back from its output directory (Parquet + model.json) through
+Spark, for answering users: one user's list, a new user's fold-in, lists for many
+users, fold-in of many new users. Every answer about one user or item is computed by
+the numpy it shares with the Spark-free path (:class:`pmf_spark.serve.ModelAnswers`);
+what runs on Spark here is the blockwise work for many users at once."""
 
 from __future__ import annotations
 
@@ -13,112 +16,91 @@ from pyspark.sql import functions as F
 
 from .errors import InputDataError
 from .fs import path_exists, read_text
-from .kernels import ReadOut
-from .topk import fold_in, recommend_rows, users_block
+from .serve import RECS_COLUMNS, ModelAnswers, Side, model_sections
+from .topk import fold_in_block, users_block
 
-RECS_BY_ID_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
-
-
-def model_sections(meta: dict) -> dict:
-    """The flat parameters of a model.json (format 2: model/fit/engine sections;
-    format 1 kept every parameter under ``model``)."""
-    flat = dict(meta.get("model", {}))
-    for section in ("fit", "engine"):
-        flat.update(meta.get(section, {}))
-    return flat
+RECS_BY_ID_COLUMNS = RECS_COLUMNS
+__all__ = ["SavedModel", "model_sections", "RECS_BY_ID_COLUMNS"]
 
 
-class SavedModel:
+class SavedModel(ModelAnswers):
     """A model directory: item factors held on the driver (they are broadcast to answer
     users); user factors and the rating splits stay Spark DataFrames."""
 
     def __init__(self, spark: SparkSession, path: str):
-        self.spark, self.path = spark, path.rstrip("/")
-        if not path_exists(spark, self.path + "/model.json"):
+        path = path.rstrip("/")
+        if not path_exists(spark, path + "/model.json"):
             raise InputDataError(f"model {path}: no model.json (not a pmf-spark output?)")
         try:
-            self.meta = json.loads(read_text(spark, self.path + "/model.json"))
+            meta = json.loads(read_text(spark, path + "/model.json"))
         except json.JSONDecodeError as exc:
             raise InputDataError(f"model {path}/model.json: not valid JSON ({exc})") from None
-        m = self.meta
-        self.params = model_sections(m)
-        self.rank = int(m["rank"])
-        lo, hi = map(float, m["rating_range"])
-        self.readout = ReadOut(mu=float(m["mu"]), sigma=float(m["sigma"]), lo=lo, hi=hi,
-                               link=self.params["link"], clip=bool(self.params["clip"]))
-        self.lo, self.hi = lo, hi
-        self.id_type = m["data"]["id_type"]
-        self.users = spark.read.parquet(self.path + "/user_factors")
-        self.train = spark.read.parquet(self.path + "/train_ratings")
-        self.test = spark.read.parquet(self.path + "/test_ratings")
-        items = (spark.read.parquet(self.path + "/item_factors")
-                 .join(spark.read.parquet(self.path + "/item_vocabulary").select("item_id", "idx"),
-                       "item_id").orderBy("idx").toArrow())
-        n = items.num_rows
-        self.item_ids = items.column("item_id").to_numpy(zero_copy_only=False)
-        feats = items.column("features").combine_chunks()
-        self.V = feats.flatten().to_numpy().reshape(n, self.rank)
-        self.item_bias = items.column("bias").to_numpy()
-        self.item_counts = items.column("n_ratings").to_numpy().astype(np.int64)
-        self.item_index = pd.Index(self.item_ids)
-        order = np.argsort(self.item_ids, kind="stable")
-        self.tiebreak = np.empty(n, dtype=np.int64)
-        self.tiebreak[order] = np.arange(n)
+        self._setup(spark, path, meta, spark.read.parquet(path + "/item_factors"),
+                    spark.read.parquet(path + "/item_vocabulary").select("item_id", "idx"))
+        self.users = spark.read.parquet(path + "/user_factors")
+        self.train = spark.read.parquet(path + "/train_ratings")
+        self.test = spark.read.parquet(path + "/test_ratings")
 
-    def parse_id(self, raw: str):
-        if self.id_type == "long":
-            try:
-                return int(raw)
-            except ValueError:
-                raise InputDataError(f"user id {raw!r}: this model's ids are integers") from None
-        return raw
+    def _setup(self, spark, path, meta, item_factors: DataFrame, item_vocab: DataFrame) -> None:
+        self.spark = self.spark_session = spark
+        items = Side.from_arrow(item_factors.toArrow(), item_vocab.toArrow(), "item_id",
+                                int(meta["rank"]))
+        super().__init__(meta, path, items)
+        self._user_side: Side | None = None
 
-    def item_idx(self, ids) -> np.ndarray:
-        """Dense indices of item ids (-1 for ids the model does not know)."""
-        return self.item_index.get_indexer(pd.Index(ids))
+    @classmethod
+    def from_frames(cls, spark: SparkSession, meta: dict, item_factors: DataFrame,
+                    item_vocab: DataFrame) -> SavedModel:
+        """The item side of a model that is not on disk (a freshly fitted one): enough
+        to fold in and answer new users (:meth:`fold_in_users_frame`)."""
+        model = cls.__new__(cls)
+        model._setup(spark, "(in memory)", meta, item_factors, item_vocab)
+        return model
 
-    def recommend_one(self, factors, bias, rated_items, k, candidates):
-        """Top-k for one user given as (factors, bias, rated item ids); a user
-        without factors (None) gets the most popular items."""
-        rated = self.item_idx(rated_items)
-        rated = np.sort(rated[rated >= 0]).astype(np.int64)
-        cold = factors is None
-        U = np.zeros((1, self.rank)) if cold else np.asarray(factors, dtype=np.float64)[None, :]
-        recs = recommend_rows(U, np.array([0.0 if cold else float(bias)]),
-                              np.array([0, rated.size]), rated, self.V, self.item_bias,
-                              candidates, self.tiebreak, k, self.readout,
-                              popularity=self.item_counts if cold else None)
-        recs["item_id"] = self.item_ids[recs["i"].to_numpy()]
-        recs["cold_start"] = cold
-        return recs
+    # ---------------------------------------------------------------- hooks
+    def user_row(self, user_id):
+        row = self.users.where(F.col("user_id") == user_id).select(
+            "features", "bias", "n_ratings").first()
+        if row is None:
+            return None
+        return np.asarray(row["features"], dtype=np.float64), float(row["bias"]), \
+            int(row["n_ratings"])
 
-    def fold_in(self, items, ratings):
-        """Factors and bias of a new user from (item id, rating) pairs; unknown items
-        are ignored. Returns (factors, bias, n_used)."""
-        p = self.params
-        idx = self.item_idx(items)
-        keep = idx >= 0
-        if not keep.any():
-            return None, 0.0, 0
-        f, b = fold_in(self.V, self.item_bias, idx[keep], np.asarray(ratings)[keep],
-                       lam=float(p["lambda_u"]), lam_bias=float(p["lambda_bias"]),
-                       biases=bool(p["biases"]), count_scaling=p["reg_scaling"] == "count",
-                       ro=self.readout)
-        return f, b, int(keep.sum())
+    def rated_items(self, user_id) -> np.ndarray:
+        rows = self.train.where(F.col("user_id") == user_id).select("item_id").collect()
+        return np.asarray([r[0] for r in rows], dtype=np.int64 if self.id_type == "long"
+                          else object)
 
-    def recommend_users(self, ids: DataFrame, k: int, candidates: np.ndarray,
-                        blocks: int) -> DataFrame:
-        """Top-k for the users in ``ids`` (column ``id``), blockwise; unknown users and
-        users without training ratings get the most popular items (cold_start)."""
+    def test_ratings(self, user_id, threshold: float) -> pd.DataFrame:
+        """The user's test ratings at or above ``threshold``, best first, then by item id."""
+        return (self.test.where((F.col("user_id") == user_id) & (F.col("rating") >= threshold))
+                .orderBy(F.col("rating").desc(), "item_id").select("item_id", "rating")
+                .toPandas())
+
+    def user_side(self) -> Side:
+        if self._user_side is None:
+            self._user_side = Side.from_arrow(
+                self.users.toArrow(),
+                self.spark.read.parquet(self.path + "/user_vocabulary")
+                .select("user_id", "idx").toArrow(), "user_id", self.rank)
+        return self._user_side
+
+    def raters(self, item_id) -> np.ndarray:
+        rows = self.train.where(F.col("item_id") == item_id).select("user_id").collect()
+        return self.id_array(r[0] for r in rows)
+
+    # ---------------------------------------------------------------- many users
+    def _vocabulary(self) -> DataFrame:
+        """(item_id, idx) of the model's items, from the arrays on the driver."""
+        frame = pd.DataFrame({"item_id": self.item_ids,
+                              "idx": np.arange(self.item_ids.size, dtype=np.int32)})
+        return F.broadcast(self.spark.createDataFrame(frame))
+
+    def _lists(self, rows: DataFrame, k: int, candidates: np.ndarray,
+               blocks: int) -> DataFrame:
+        """Top-k (RECS_COLUMNS) for rows (user_id, features, bias, n_ratings, rated)."""
         spark = self.spark
-        wanted = ids.select(F.col("id").alias("user_id")).distinct()
-        rated = (self.train.join(wanted, "user_id")
-                 .join(F.broadcast(spark.read.parquet(self.path + "/item_vocabulary")
-                                   .select("item_id", "idx")), "item_id")
-                 .groupBy("user_id").agg(F.sort_array(F.collect_list("idx")).alias("rated")))
-        rows = (wanted.join(self.users.select("user_id", "features", "bias", "n_ratings"),
-                            "user_id", "left").join(rated, "user_id", "left")
-                .withColumn("block", F.pmod(F.hash("user_id"), F.lit(max(1, blocks)))))
+        rows = rows.withColumn("block", F.pmod(F.hash("user_id"), F.lit(max(1, blocks))))
         shared = spark.sparkContext.broadcast(
             (self.V, self.item_bias, candidates, self.tiebreak, self.item_counts, self.readout))
         id_type = "bigint" if self.id_type == "long" else "string"
@@ -128,4 +110,39 @@ class SavedModel:
         recs = rows.groupBy("block").applyInPandas(fn, schema)
         names = spark.createDataFrame(pd.DataFrame({
             "i": np.arange(self.item_ids.size, dtype=np.int32), "item_id": self.item_ids}))
-        return recs.join(F.broadcast(names), "i").select(*RECS_BY_ID_COLUMNS)
+        return recs.join(F.broadcast(names), "i").select(*RECS_COLUMNS)
+
+    def recommend_users(self, ids: DataFrame, k: int, candidates: np.ndarray,
+                        blocks: int) -> DataFrame:
+        """Top-k for the users in ``ids`` (column ``id``), blockwise; unknown users and
+        users without training ratings get the most popular items (cold_start)."""
+        wanted = ids.select(F.col("id").alias("user_id")).distinct()
+        rated = (self.train.join(wanted, "user_id").join(self._vocabulary(), "item_id")
+                 .groupBy("user_id").agg(F.sort_array(F.collect_list("idx")).alias("rated")))
+        rows = (wanted.join(self.users.select("user_id", "features", "bias", "n_ratings"),
+                            "user_id", "left").join(rated, "user_id", "left"))
+        return self._lists(rows, k, candidates, blocks)
+
+    def fold_in_users_frame(self, ratings: DataFrame, blocks: int) -> DataFrame:
+        """New users folded in from ``ratings`` (user_id, item_id, rating), blockwise
+        against the broadcast item factors: (user_id, features, bias, n_ratings =
+        ratings of known items used, rated = their dense indices); users none of whose
+        items the model knows get null features and n_ratings 0."""
+        spark = self.spark
+        known = ratings.join(self._vocabulary(), "item_id", "left")
+        rows = known.withColumn("block", F.pmod(F.hash("user_id"), F.lit(max(1, blocks))))
+        shared = spark.sparkContext.broadcast((self.V, self.item_bias, self.readout))
+        p = self.params
+        fn = functools.partial(fold_in_block, shared=shared, lam=float(p["lambda_u"]),
+                               lam_bias=float(p["lambda_bias"]), biases=bool(p["biases"]),
+                               count_scaling=p["reg_scaling"] == "count")
+        id_type = "bigint" if self.id_type == "long" else "string"
+        schema = (f"user_id {id_type}, features array<double>, bias double, n_ratings int, "
+                  f"rated array<int>")
+        return rows.select("block", "user_id", "idx", "rating").groupBy("block") \
+            .applyInPandas(fn, schema)
+
+    def recommend_folded_frame(self, folded: DataFrame, k: int, candidates: np.ndarray,
+                               blocks: int) -> DataFrame:
+        """Top-k (RECS_COLUMNS) for the rows of :meth:`fold_in_users_frame`."""
+        return self._lists(folded, k, candidates, blocks)

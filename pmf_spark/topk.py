@@ -88,24 +88,117 @@ def recommend_rows(U, user_bias, indptr, rated, V, item_bias, candidates, tiebre
     return pd.concat(out, ignore_index=True)
 
 
-def fold_in(V, item_bias, items, ratings, *, lam: float, lam_bias: float, biases: bool,
-            count_scaling: bool, ro: ReadOut):
-    """A new user's (factors, bias) from their ratings against fixed item factors:
-    the same ridge solve a training half-step does for one row."""
+def fold_in_rows(V, item_bias, indptr, items, ratings, *, lam: float, lam_bias: float,
+                 biases: bool, count_scaling: bool, ro: ReadOut):
+    """New users' (factors, bias) from their ratings against fixed item factors: the
+    same ridge solve a training half-step does, for every row of a CSR batch.
+
+    Args:
+        V, item_bias: float64 (n_items, rank), (n_items,) the model's item side.
+        indptr: int (n + 1,); items: int (nnz,) dense item indices, sorted within each
+            row; ratings: float64 (nnz,) in rating units.
+
+    Returns:
+        (factors float64 (n, rank), bias float64 (n,)); rows without ratings are 0.
+    """
     rank = V.shape[1]
+    items = np.asarray(items, dtype=np.int64)
     z = ro.to_z(ratings)
-    order = np.argsort(items, kind="stable")
-    items, z = np.asarray(items)[order], z[order]
     if biases:
         design = np.hstack([V, np.ones((V.shape[0], 1))])
         target = z - item_bias[items]
         reg = np.r_[np.full(rank, lam), lam_bias]
     else:
         design, target, reg = V, z, np.full(rank, lam)
-    indptr = np.array([0, items.size])
-    x = ridge_rows(indptr, items.astype(np.int32), target, design, reg,
-                   row_scale=np.array([float(items.size)]) if count_scaling else None).x[0]
-    return x[:rank], (float(x[rank]) if biases else 0.0)
+    indptr = np.asarray(indptr, dtype=np.int64)
+    scale = np.diff(indptr).astype(np.float64) if count_scaling else None
+    x = ridge_rows(indptr, items.astype(np.int32), target, design, reg, row_scale=scale).x
+    return x[:, :rank].copy(), (x[:, rank].copy() if biases else np.zeros(x.shape[0]))
+
+
+def fold_in(V, item_bias, items, ratings, *, lam: float, lam_bias: float, biases: bool,
+            count_scaling: bool, ro: ReadOut):
+    """One new user's (factors, bias) from their ratings (:func:`fold_in_rows`)."""
+    order = np.argsort(items, kind="stable")
+    items, ratings = np.asarray(items)[order], np.asarray(ratings, dtype=np.float64)[order]
+    f, b = fold_in_rows(V, item_bias, np.array([0, items.size]), items, ratings, lam=lam,
+                        lam_bias=lam_bias, biases=biases, count_scaling=count_scaling, ro=ro)
+    return f[0], float(b[0])
+
+
+def csr_of(rows: np.ndarray, cols: np.ndarray, n_rows: int, *values: np.ndarray):
+    """(indptr, cols, *values) of COO entries grouped by row, cols ascending within
+    each row: the layout the row kernels take."""
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return (indptr, cols[order], *(v[order] for v in values))
+
+
+def folded_users(user_ids, item_idx, ratings, V, item_bias, ro: ReadOut,
+                 **solve) -> pd.DataFrame:
+    """New users folded in from their ratings: one row per distinct user id (in order
+    of first appearance) with ``features`` (None when no rated item is known),
+    ``bias``, ``n_ratings`` (known items used) and ``rated`` (their dense indices).
+
+    Args:
+        user_ids: (nnz,) the users' ids; item_idx: int (nnz,) dense item indices, -1
+            for items the model does not know (ignored); ratings: (nnz,) rating units.
+        solve: lam, lam_bias, biases, count_scaling of :func:`fold_in_rows`.
+    """
+    users = pd.Index(pd.unique(np.asarray(user_ids)))
+    u = users.get_indexer(np.asarray(user_ids))
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    ok = item_idx >= 0
+    indptr, cols, vals = csr_of(u[ok], item_idx[ok], users.size,
+                                np.asarray(ratings, dtype=np.float64)[ok])
+    f, b = fold_in_rows(V, item_bias, indptr, cols, vals, ro=ro, **solve)
+    n = np.diff(indptr)
+    return pd.DataFrame({
+        "user_id": users.to_numpy(),
+        "features": [f[j] if n[j] else None for j in range(users.size)],
+        "bias": np.where(n > 0, b, 0.0), "n_ratings": n.astype(np.int32),
+        "rated": [cols[indptr[j]:indptr[j + 1]].astype(np.int32) for j in range(users.size)]})
+
+
+def fold_in_block(key, pdf, *, shared, **solve):
+    """:func:`folded_users` for the rows (user_id, idx (null: unknown item), rating)
+    of one block of new users. ``shared``: (V, item_bias, read-out)."""
+    limit_blas_threads()
+    V, ib, ro = unwrap(shared)
+    idx = pdf["idx"].fillna(-1).to_numpy(dtype=np.int64)
+    out = folded_users(pdf["user_id"].to_numpy(), idx, pdf["rating"].to_numpy(), V, ib, ro,
+                       **solve)
+    return out[["user_id", "features", "bias", "n_ratings", "rated"]]
+
+
+def unit_rows(M: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows scaled to unit norm, valid mask): the rows that may be neighbours --
+    trained (count > 0) with a non-zero vector -- for cosine similarity."""
+    norms = np.linalg.norm(M, axis=1)
+    valid = (counts > 0) & (norms > 0)
+    return np.where(valid[:, None], M / np.where(norms > 0, norms, 1.0)[:, None], 0.0), valid
+
+
+def neighbor_rows(Mn, valid, rows, tiebreak, k) -> pd.DataFrame:
+    """The k most cosine-similar rows of each of ``rows`` (never itself, only valid
+    ones), ordered by similarity then ``tiebreak``: columns i, rank, j, similarity."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[valid[rows]]
+    out = []
+    step = max(1, BATCH_CELLS // max(1, Mn.shape[0]))
+    for a in range(0, rows.size, step):
+        its = rows[a:a + step]
+        S = Mn[its] @ Mn.T
+        S[:, ~valid] = -np.inf
+        S[np.arange(its.size), its] = -np.inf
+        r, rank, j, sim = top_k(S, k, tiebreak)
+        out.append(pd.DataFrame({"i": its[r].astype(np.int32), "rank": rank.astype(np.int32),
+                                 "j": j.astype(np.int32), "similarity": sim}))
+    if not out:
+        return pd.DataFrame({"i": np.zeros(0, np.int32), "rank": np.zeros(0, np.int32),
+                             "j": np.zeros(0, np.int32), "similarity": np.zeros(0)})
+    return pd.concat(out, ignore_index=True)
 
 
 def known_items(c) -> tuple[np.ndarray, np.ndarray]:
@@ -126,13 +219,27 @@ def known_items(c) -> tuple[np.ndarray, np.ndarray]:
 
 def recommend_block(key, pdf, *, shared, k, val_dtype):
     """Top-k for every user of one packed user block (PACKED_SCHEMA rows). ``shared``:
-    (U, user_bias, V, item_bias, candidates, tiebreak, popularity or None, read-out)."""
+    (U, user_bias, V, item_bias, candidates, tiebreak, popularity or None, read-out[,
+    wanted]), ``wanted`` a bool mask of the rows to answer for (all when absent).
+
+    With the sides swapped (the item layout, V as ``U`` and U as ``V``) the same
+    function gives the top users of every item, never one who rated it."""
     limit_blas_threads()
-    U, ub, V, ib, candidates, tiebreak, popularity, ro = unwrap(shared)
+    U, ub, V, ib, candidates, tiebreak, popularity, ro, *rest = unwrap(shared)
+    wanted = rest[0] if rest else None
     out = []
     for _, c in iter_chunks(pdf, val_dtype):
-        users = c.row_ids
         indptr, rated = known_items(c)
+        if wanted is not None and not wanted[c.row_ids].all():
+            keep = wanted[c.row_ids]
+            counts = np.diff(indptr)
+            rated = rated[np.repeat(keep, counts)]
+            indptr = np.concatenate([[0], np.cumsum(counts[keep])])
+            users = c.row_ids[keep]
+        else:
+            users = c.row_ids
+        if users.size == 0:
+            continue
         recs = recommend_rows(U[users], ub[users], indptr, rated, V, ib, candidates,
                               tiebreak, k, ro, popularity=popularity)
         recs["u"] = users[recs["u"].to_numpy()]
@@ -143,25 +250,11 @@ def recommend_block(key, pdf, *, shared, k, val_dtype):
 
 
 def neighbors_block(key, pdf, *, shared, k):
-    """The k most cosine-similar items of every item of one block (column ``i``).
-    ``shared``: (unit-norm item factors, valid mask, tiebreak)."""
+    """The k most cosine-similar rows (items, or users) of every row of one block
+    (column ``i``). ``shared``: (unit-norm factors, valid mask, tiebreak)."""
     limit_blas_threads()
     Vn, valid, tiebreak = unwrap(shared)
-    items = np.sort(pdf["i"].to_numpy(dtype=np.int64))
-    items = items[valid[items]]
-    out = []
-    step = max(1, BATCH_CELLS // max(1, Vn.shape[0]))
-    for a in range(0, items.size, step):
-        its = items[a:a + step]
-        S = Vn[its] @ Vn.T
-        S[:, ~valid] = -np.inf
-        S[np.arange(its.size), its] = -np.inf
-        r, rank, j, sim = top_k(S, k, tiebreak)
-        out.append(pd.DataFrame({"i": its[r].astype(np.int32), "rank": rank.astype(np.int32),
-                                 "j": j.astype(np.int32), "similarity": sim}))
-    if not out:
-        return pd.DataFrame({"i": [], "rank": [], "j": [], "similarity": []})
-    return pd.concat(out, ignore_index=True)
+    return neighbor_rows(Vn, valid, np.sort(pdf["i"].to_numpy(dtype=np.int64)), tiebreak, k)
 
 
 def users_block(key, pdf, *, shared, k, rank):
