@@ -372,11 +372,12 @@ def _spark_ratings(spark, model, path):
     from pyspark.sql import functions as F
 
     from pmf_spark.fs import path_exists
+    from pmf_spark.localio import parse_partition
 
     if not path_exists(spark, path):
         raise InputDataError(f"new-users {path}: no such file or directory")
     id_type = "bigint" if model.id_type == "long" else "string"
-    fn = functools.partial(_parse_partition, id_type=model.id_type, lo=model.lo, hi=model.hi)
+    fn = functools.partial(parse_partition, id_type=model.id_type, lo=model.lo, hi=model.hi)
     parsed = spark.read.text(path).mapInPandas(
         fn, f"user_id {id_type}, item_id {id_type}, rating double, problem string").cache()
     bad = parsed.where(F.col("problem").isNotNull()).select("problem").first()
@@ -390,22 +391,6 @@ def _spark_ratings(spark, model, path):
     if ratings.first() is None:
         raise InputDataError(f"new-users {path}: no ratings")
     return ratings
-
-
-def _parse_partition(batches, id_type, lo, hi):
-    import pandas as pd
-
-    from pmf_spark.localio import parse_rating_lines
-
-    layout = ("user_id", "item_id", "rating")
-    for pdf in batches:
-        frame, problem = parse_rating_lines(pdf["value"], layout, id_type, lo, hi)
-        if problem:
-            yield pd.DataFrame({"user_id": [None], "item_id": [None], "rating": [None],
-                                "problem": [problem]})
-            return
-        frame["problem"] = None
-        yield frame
 
 
 # ----------------------------------------------------------------------- main

@@ -73,6 +73,20 @@ def parse_rating_lines(lines, layout: tuple[str, ...], id_type: str, lo: float, 
     return frame, None
 
 
+def parse_partition(batches, *, id_type: str, lo: float, hi: float):
+    """``mapInPandas`` over text lines (column ``value``): (user_id, item_id, rating,
+    problem) rows, or one row naming the partition's first problem."""
+    layout = ("user_id", "item_id", "rating")
+    for pdf in batches:
+        frame, problem = parse_rating_lines(pdf["value"], layout, id_type, lo, hi)
+        if problem:
+            yield pd.DataFrame({"user_id": [None], "item_id": [None], "rating": [None],
+                                "problem": [problem]})
+            return
+        frame["problem"] = None
+        yield frame
+
+
 def _dtype(column: str, id_type: str):
     if column == "rating":
         return np.float64
