@@ -441,6 +441,9 @@ def main(argv: list[str] | None = None, spark=None) -> int:
             raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
         engine = choose_engine(args) if spark is None or args.engine != "auto" else "spark"
         if engine == "local":
+            if "PYSPARK_GATEWAY_PORT" in os.environ:        # started by spark-submit
+                log.info("this question needs no Spark: `.venv/bin/python jobs/recommend.py "
+                         "...` (or pmf-recommend) answers it without starting a JVM")
             run_local(args)
             return 0
         if spark is None:

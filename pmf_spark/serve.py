@@ -21,6 +21,12 @@ read whole only for questions about all users (users for an item, similar users)
 
 Paths: a local directory, or a URI one of pyarrow's filesystems reads (``s3://``,
 ``gs://``, ``hdfs://`` with libhdfs).
+
+Scores agree with the Spark path's to the last bits, not always in them (a batch of
+rows and one row go through BLAS differently), so two items whose scores tie to
+~1e-15 may come in the other order. (The module is a little over 400 lines: the
+answers both engines share and their pyarrow reader belong together; the small input
+and output files are :mod:`pmf_spark.localio`'s.)
 """
 
 from __future__ import annotations

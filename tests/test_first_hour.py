@@ -58,3 +58,11 @@ def test_json_is_standard_with_nulls_for_non_finite_numbers():
                   "n": np.int64(3)})
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"rmse": None, "inf": None, "arr": [1.0, None], "n": 3}
+
+
+@pytest.mark.parametrize("scale", [(1.0, 5.0), (0.5, 5.0), (2.0, 10.0), (1.0, 10.0), (0, 1)])
+def test_the_spark_free_relevance_threshold_is_the_job_s(scale):
+    from pmf_spark.evaluate import relevance_threshold as job
+    from pmf_spark.serve import relevance_threshold as local
+
+    assert local(None, *scale) == job(None, *scale) and local(3.5, *scale) == 3.5

@@ -348,3 +348,32 @@ def test_local_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(InputDataError, match="no such file"):
         from pmf_spark.titles import read_titles_local
         read_titles_local(str(tmp_path / "u.item"), [1])
+
+
+@pytest.mark.spark
+def test_a_fitted_model_folds_in_users_and_takes_an_allow_list(spark):
+    from pmf_spark import PMF, reference
+
+    pdf = random_ratings(29, 40, 30, 0.35)
+    model = PMF(rank=3, epochs=2, blocks=2).fit(spark.createDataFrame(pdf))
+    items = sorted(pdf.item.unique())
+    allowed = items[1::3]
+    recs = model.recommend_for_all_users(4, candidates=allowed, exclude=[allowed[0]]).toPandas()
+    assert set(recs.item_id) <= set(allowed[1:]) and len(recs) == 4 * pdf.user.nunique()
+    new = pd.DataFrame({"user": [1, 1, 1, 2], "item": [items[0], items[5], items[9], items[2]],
+                        "rating": [5.0, 1.0, 3.5, 4.0]})
+    factors, new_recs = model.fold_in_users(spark.createDataFrame(new), k=3)
+    got = factors.toPandas().set_index("user_id")
+    itf = model.item_factors.toPandas().set_index("item_id").loc[items]
+    fixed = np.hstack([np.stack(itf.features), itf.bias.to_numpy()[:, None]])
+    R = np.full((2, len(items)), np.nan)
+    for r in new.itertuples():
+        R[r.user - 1, items.index(r.item)] = r.rating
+    m = model.meta
+    want = reference.half_step(R, fixed, rank=3, lam=12.0, lam_bias=3.0, biases=True,
+                               count_scaling=False, mu=m["mu"], sigma=m["sigma"])
+    for user in (1, 2):
+        np.testing.assert_allclose(np.r_[got.features[user], got.bias[user]], want[user - 1],
+                                   atol=1e-10)
+    shown = new_recs.toPandas()
+    assert len(shown) == 6 and not set(shown[shown.user_id == 1].item_id) & set(new.item[:3])
