@@ -379,3 +379,12 @@ def test_a_fitted_model_folds_in_users_and_takes_an_allow_list(spark):
                                    atol=1e-10)
     shown = new_recs.toPandas()
     assert len(shown) == 6 and not set(shown[shown.user_id == 1].item_id) & set(new.item[:3])
+
+
+def test_pmf_recommend_is_an_installed_command(capsys):
+    from importlib.metadata import entry_points
+
+    found = [e for e in entry_points(group="console_scripts") if e.name == "pmf-recommend"]
+    assert found, "pmf-recommend is not installed: pip install -e . again"
+    assert found[0].load()(["--help"]) == 0
+    assert "--users-for-item" in capsys.readouterr().out
