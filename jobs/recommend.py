@@ -205,7 +205,9 @@ def answer_user(model, args, k, cand, titles) -> None:
     else:
         print(f"User {uid}: {row[2]} training ratings.")
         factors, bias = row[0], row[1]
-    recs = model.recommend_one(factors, bias, model.rated_items(uid), k, cand)
+    ranking = model.ranking_row(uid) if model.ranker is not None and factors is not None \
+        else None
+    recs = model.recommend_one(factors, bias, model.rated_items(uid), k, cand, ranking)
     test = model.test_ratings(uid, threshold)
     names = titles(list(test["item_id"]) + list(recs["item_id"]))
     print(f"\nHighly rated in the test split (rating >= {threshold:g}):")
@@ -230,7 +232,8 @@ def answer_new_user(model, args, k, cand, titles) -> None:
               f"popular items.")
     else:
         print(f"Folded in a new user from {used} of {len(items)} ratings (bias {bias:+.3f}).")
-    recs = model.recommend_one(factors, bias, items, k, cand)
+    recs = model.recommend_one(factors, bias, items, k, cand,
+                               ranking=model.fold_in_ranking(items, ratings))
     _print_recs(recs, titles(recs["item_id"]), f"\nTop {k} recommendations for the new user:",
                 bool(args.items))
 

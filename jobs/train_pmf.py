@@ -20,6 +20,7 @@ from pmf_spark.errors import PMFError
 from pmf_spark.models import REGISTRY
 from pmf_spark.params import (
     COLD_START,
+    CONFIDENCES,
     DUPLICATE_POLICIES,
     FORMATS,
     GRAM_DTYPES,
@@ -27,6 +28,7 @@ from pmf_spark.params import (
     LINKS,
     PRIORS,
     REG_SCALINGS,
+    SPLITS,
     SYNTHETIC_SHAPES,
     JobConfig,
     group_of,
@@ -35,15 +37,20 @@ from pmf_spark.params import (
 OPTION_GROUPS = {
     "input": ("job", ["ratings", "format", "test", "user_col", "item_col", "rating_col",
                       "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate",
-                      "synthetic", "test_fraction", "split_seed", "validation_fraction"]),
+                      "synthetic", "split", "leave_last", "test_fraction", "split_seed",
+                      "validation_fraction"]),
     "model": ("params", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
                         "lambda_bias", "reg_scaling", "priors", "prior_update_every",
                         "early_stopping", "link", "clip", "init_std", "seed", "samples",
                         "burn_in", "thin"]),
+    "ranking model (orders the top-k lists)": ("params", [
+        "recommend_by", "ranking_rank", "ranking_lambda", "ranking_epochs", "missing_weight",
+        "missing_rating", "alpha", "confidence", "epsilon"]),
     "output": ("job", ["output", "output_files", "report"]),
-    "recommendations and evaluation": ("job", ["top_k", "min_item_ratings", "exclude_items",
-                                               "candidates", "relevance_threshold",
-                                               "cold_start", "similar_items", "users_per_item",
+    "recommendations and evaluation": ("job", ["top_k", "eval_k", "min_item_ratings",
+                                               "exclude_items", "candidates",
+                                               "relevance_threshold", "cold_start",
+                                               "similar_items", "users_per_item",
                                                "users_per_item_items", "similar_users"]),
     "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
     "retraining": ("job", ["warm_start"]),
@@ -52,7 +59,9 @@ OPTION_GROUPS = {
 }
 CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
-           "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY)}
+           "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY),
+           "confidence": CONFIDENCES, "split": SPLITS,
+           "recommend_by": ("rating",) + tuple(n for n, c in REGISTRY.items() if c.ranks)}
 
 
 def _field(section: str, name: str):

@@ -133,7 +133,9 @@ class PMFModel:
             cand = self._answers().candidates(min_item_ratings, exclude, candidates)
             topk = TopK(k=k, candidates=cand, tiebreak=item_tiebreak(data.items, data.n_items),
                         popularity=counts)
-            recs = all_lists(tr.engine, tr.model(self._state), topk, "popular", popular=False)
+            recs = all_lists(tr.engine, tr.model(self._state), topk, "popular", popular=False,
+                             ranker=tr.ranking_model(self._state),
+                             rates=tr.strategy.predicts_ratings)
             return ids_frame(recs, data).select(*RECS_COLUMNS)
         saved = self._saved
         cand = saved.candidates(min_item_ratings, exclude, candidates)
@@ -162,12 +164,20 @@ class PMFModel:
         if self._saved is not None:
             return self._saved
         if getattr(self, "_in_memory", None) is None:
+            from .outputs import factor_frame
             from .saved import SavedModel
 
-            items = self._trainer.data.items.select(F.col("id").alias("item_id"), "idx")
-            self._in_memory = SavedModel.from_frames(
-                self.spark, {**self.meta, "job": {"min_item_ratings": 1}}, self.item_factors,
-                items)
+            tr = self._trainer
+            items = tr.data.items.select(F.col("id").alias("item_id"), "idx")
+            meta = {**self.meta, "job": {"min_item_ratings": 1}}
+            ranker, ranking_items = tr.ranking_model(self._state), None
+            if ranker is not None:
+                comp = tr.params.companion()
+                meta["ranking_model"] = comp.to_dict() if comp else None
+                ranking_items = factor_frame(self.spark, ranker.V, ranker.item_bias,
+                                             tr.data.items, "item_id")
+            self._in_memory = SavedModel.from_frames(self.spark, meta, self.item_factors, items,
+                                                     ranking_items)
         return self._in_memory
 
     # ---------------------------------------------------------------- persistence

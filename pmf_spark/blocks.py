@@ -53,7 +53,7 @@ def _record(key, row, task: int) -> dict:
     return rec
 
 
-def _rating_metrics(rec: dict, c, payload, sol) -> None:
+def rating_metrics(rec: dict, c, payload, sol) -> None:
     """Training, test and validation error sums (rating units) of a solved chunk,
     and the z-unit squared error of the objective."""
     ro: ReadOut = payload.readout
@@ -70,17 +70,20 @@ def _rating_metrics(rec: dict, c, payload, sol) -> None:
 
 
 def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dtype,
-                resident=None):
+                resident=None, fitted=None):
     """Run every task's kernel on every chunk of one block (one output row per chunk
     and task, task = position in ``kernels``).
 
-    ``shared``: a Broadcast (or tuple) of the tasks' payloads. ``metrics[t]``: compute
-    task t's error sums from its solution; ``variances[t]``: return its rows'
-    variances. With ``resident`` (see :mod:`pmf_spark.layout`) the input may be light,
-    and a chunk this worker does not hold comes back as one row with ``missing`` set.
+    ``shared``: a Broadcast (or tuple) of the tasks' payloads. ``fitted[t]``: ask task
+    t's kernel for its fitted values (and its model-specific extra sum; default: as
+    ``metrics``); ``metrics[t]``: compute task t's rating error sums from its solution;
+    ``variances[t]``: return its rows' variances. With ``resident`` (see
+    :mod:`pmf_spark.layout`) the input may be light, and a chunk this worker does not
+    hold comes back as one row with ``missing`` set.
     """
     limit_blas_threads()
     payloads = unwrap(shared)
+    fitted = metrics if fitted is None else fitted
     out = []
     for row, c in iter_chunks(pdf, val_dtype, resident):
         if c is None:
@@ -89,7 +92,7 @@ def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dt
             out.append(rec)
             continue
         for t, (kernel, payload) in enumerate(zip(kernels, payloads)):
-            sol = kernel(c, payload, metrics[t])
+            sol = kernel(c, payload, bool(fitted[t] or metrics[t]))
             rec = _record(key, row, t)
             n = c.row_ids.size
             full = np.zeros((n, widths[t]))
@@ -101,7 +104,7 @@ def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dt
                 var[:, :sol.var.shape[1]] = sol.var
                 rec["variances"] = to_bytes(var)
             if metrics[t]:
-                _rating_metrics(rec, c, payload, sol)
+                rating_metrics(rec, c, payload, sol)
             out.append(rec)
     return pd.DataFrame(out, columns=SOLVED_COLUMNS)
 

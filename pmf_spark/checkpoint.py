@@ -41,15 +41,16 @@ _KEEP = 2
 
 
 def fingerprint(params, job, data) -> dict:
-    """What a checkpoint must agree with to be resumed: the model and fit parameters
-    (but the number of epochs, which may be raised), the input and the data. Engine
+    """What a checkpoint must agree with to be resumed: the model, fit and ranking-model
+    parameters (but the numbers of epochs, which may be raised), the input and the data. Engine
     knobs (blocks, Gram dtype, chunking, resident memory) may change between runs."""
     fit = {k: v for k, v in params.fit.to_dict().items() if k != "epochs"}
-    model = {**params.model.to_dict(), **fit}
+    ranking = {k: v for k, v in params.ranker.to_dict().items() if k != "ranking_epochs"}
+    model = {**params.model.to_dict(), **fit, **ranking}
     inputs = {k: getattr(job, k) for k in (
         "ratings", "format", "test", "user_col", "item_col", "rating_col", "timestamp_col",
-        "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "test_fraction",
-        "split_seed", "validation_fraction")}
+        "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "split", "leave_last",
+        "test_fraction", "split_seed", "validation_fraction")}
     data_sum = {k: data.summary()[k] for k in ("n_users", "n_items", "n_train", "n_test",
                                                "fingerprint")}
     return {"model": model, "input": inputs, "data": data_sum}
@@ -75,22 +76,55 @@ def _digest(m: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(m, dtype=np.float64).tobytes()).hexdigest()
 
 
-def _state_arrays(state: TrainState) -> tuple[dict[str, np.ndarray], dict]:
-    """The state's arrays by file name, and the JSON-able rest of its ``extra``."""
-    arrays = {"user": state.user, "item": state.item}
+def _state_arrays(state: TrainState, prefix: str = "") -> tuple[dict[str, np.ndarray], dict]:
+    """The state's arrays by file name, and the JSON-able rest (companions' states
+    nested, their arrays under ``companion<n>.``)."""
+    arrays = {prefix + "user": state.user, prefix + "item": state.item}
     if state.best is not None:
-        arrays.update(best_user=state.best["user"], best_item=state.best["item"])
+        arrays.update({prefix + "best_user": state.best["user"],
+                       prefix + "best_item": state.best["item"]})
     scalars, lists = {}, {}
     for key, value in state.extra.items():
         if isinstance(value, np.ndarray):
-            arrays[f"extra.{key}"] = value
+            arrays[f"{prefix}extra.{key}"] = value
         elif isinstance(value, list):
             lists[key] = len(value)
             for n, m in enumerate(value):
-                arrays[f"extra.{key}.{n:05d}"] = m
+                arrays[f"{prefix}extra.{key}.{n:05d}"] = m
         else:
             scalars[key] = float(value)
-    return arrays, {"scalars": scalars, "lists": lists}
+    record = {"epoch": state.epoch, "reg_user": state.reg_user.tolist(),
+              "reg_item": state.reg_item.tolist(), "noise_var": state.noise_var,
+              "stale": state.stale, "extra": {"scalars": scalars, "lists": lists},
+              "best_metrics": state.best["metrics"].to_dict() if state.best else None,
+              "history": [m.to_dict() for m in state.history], "companions": []}
+    for n, comp in enumerate(state.companions):
+        sub_arrays, sub = _state_arrays(comp, f"{prefix}companion{n}.")
+        arrays.update(sub_arrays)
+        record["companions"].append(sub)
+    return arrays, record
+
+
+def _rebuild(arrays: dict[str, np.ndarray], rec: dict, prefix: str = "") -> TrainState:
+    """The TrainState that :func:`_state_arrays` took apart."""
+    extra: dict = dict(rec["extra"]["scalars"])
+    for key, n in rec["extra"]["lists"].items():
+        extra[key] = [arrays[f"{prefix}extra.{key}.{i:05d}"] for i in range(n)]
+    for k, m in arrays.items():
+        rest = k[len(prefix):] if k.startswith(prefix) else ""
+        if rest.startswith("extra.") and rest.count(".") == 1:
+            extra[rest[len("extra."):]] = m
+    best = None
+    if rec["best_metrics"] is not None:
+        best = {"metrics": _metrics(rec["best_metrics"]), "user": arrays[prefix + "best_user"],
+                "item": arrays[prefix + "best_item"]}
+    return TrainState(
+        user=arrays[prefix + "user"], item=arrays[prefix + "item"],
+        reg_user=np.array(rec["reg_user"]), reg_item=np.array(rec["reg_item"]),
+        noise_var=rec["noise_var"], epoch=rec["epoch"],
+        history=[_metrics(m) for m in rec["history"]], best=best, stale=rec["stale"],
+        extra=extra, companions=[_rebuild(arrays, sub, f"{prefix}companion{n}.")
+                                 for n, sub in enumerate(rec["companions"])])
 
 
 def _metrics(d: dict) -> EpochMetrics:
@@ -125,7 +159,7 @@ class Checkpointer:
         final = self._path(name)
         staging = self._path(f".{name}.staging")
         delete_path(self.spark, staging)
-        arrays, extra = _state_arrays(state)
+        arrays, record = _state_arrays(state)
         for key, m in arrays.items():
             m2 = m.reshape(m.shape[0], -1) if m.ndim != 2 else m
             _matrix_frame(self.spark, m2).coalesce(1).write.parquet(
@@ -136,10 +170,7 @@ class Checkpointer:
             "fingerprint": self.fp,
             "shapes": {k: list(m.shape) for k, m in arrays.items()},
             "sha256": {k: _digest(m) for k, m in arrays.items()},
-            "reg_user": state.reg_user.tolist(), "reg_item": state.reg_item.tolist(),
-            "noise_var": state.noise_var, "stale": state.stale, "extra": extra,
-            "best_metrics": state.best["metrics"].to_dict() if state.best else None,
-            "history": [m.to_dict() for m in state.history],
+            "state": record,
             "rng": {"scheme": "numpy default_rng(seed) for the initial factors, "
                               "default_rng([seed, epoch]) for each epoch that draws",
                     "seed": self.fp["model"]["seed"], "next_epoch": state.epoch + 1},
@@ -210,21 +241,7 @@ class Checkpointer:
         name, meta = found
         arrays = {k: self._array(name, k, shape, meta["sha256"][k])
                   for k, shape in meta["shapes"].items()}
-        extra: dict = dict(meta["extra"]["scalars"])
-        for key, n in meta["extra"]["lists"].items():
-            extra[key] = [arrays[f"extra.{key}.{i:05d}"] for i in range(n)]
-        for k, m in arrays.items():
-            if k.startswith("extra.") and k.count(".") == 1:
-                extra[k[len("extra."):]] = m
-        best = None
-        if meta["best_metrics"] is not None:
-            best = {"metrics": _metrics(meta["best_metrics"]), "user": arrays["best_user"],
-                    "item": arrays["best_item"]}
-        return TrainState(user=arrays["user"], item=arrays["item"],
-                          reg_user=np.array(meta["reg_user"]), reg_item=np.array(meta["reg_item"]),
-                          noise_var=meta["noise_var"], epoch=meta["epoch"],
-                          history=[_metrics(m) for m in meta["history"]], best=best,
-                          stale=meta["stale"], extra=extra)
+        return _rebuild(arrays, meta["state"])
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,8 +1,8 @@
 """Job configuration files (TOML) and the effective configuration.
 
 Precedence, lowest first: the dataclass defaults, the ``--config`` file, the
-command-line flags. A file has up to four tables: ``[job]`` (:class:`JobConfig`),
-``[model]``, ``[fit]`` and ``[engine]`` (the groups of :class:`PMFParams`). Files
+command-line flags. A file has up to five tables: ``[job]`` (:class:`JobConfig`),
+``[model]``, ``[fit]``, ``[engine]`` and ``[ranker]`` (the groups of :class:`PMFParams`). Files
 written before the groups existed kept every parameter under ``[model]``; that still
 works, since every parameter's name is unique. Unknown tables or keys, and keys in
 the wrong new table, are errors that name the key and the table it belongs to.
@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigError
 from .params import GROUPS, JobConfig, PMFParams, flat_names, group_of
 
-TABLES = ("job", "model", "fit", "engine")
+TABLES = ("job", "model", "fit", "engine", "ranker")
 
 
 def _check_table(path: str, section: str, values: dict) -> None:

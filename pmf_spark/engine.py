@@ -34,7 +34,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .blocks import SOLVED_SCHEMA, SUMS, solve_block
-from .layout import LIGHT_COLUMNS, PACKED_SCHEMA, TEST, TRAIN, pack_block
+from .layout import LIGHT_COLUMNS, PACKED_SCHEMA, TRAIN, pack_block
 from .models.base import HalfResult, KernelTask
 from .sparkutil import describe
 
@@ -62,26 +62,21 @@ def block_of(idx_col: str, labels: list[int]) -> F.Column:
 
 def pack_side(ratings: DataFrame, row: str, col: str, labels: list[int], *,
               with_test: bool, chunk_ratings: int, val_dtype: str,
-              with_validation: bool = False) -> DataFrame:
+              trained_rows_only: bool = False) -> DataFrame:
     """Pack one side's ratings into the cached block layout (:mod:`pmf_spark.layout`).
 
-    ``with_test``: every held-out rating (test and validation) rides along, for the
-    metrics. ``with_validation``: only the validation slice does, and only for rows
-    with training ratings -- the user side keeps it so that top-k can mask it.
+    ``with_test``: every held-out rating (test and validation) rides along: the item
+    side's for the epoch metrics, the user side's for top-k (which masks the validation
+    slice) and its ranking metrics. ``trained_rows_only``: rows without training ratings
+    are left out (the user side: users without them get the popular list).
     """
-    if with_test:
-        df = ratings
-    elif with_validation:
-        df = ratings.filter(F.col("kind") != F.lit(TEST))
-    else:
-        df = ratings.filter(F.col("kind") == TRAIN)
+    df = ratings if with_test else ratings.filter(F.col("kind") == TRAIN)
     cols = [F.col(row).alias("row"), F.col(col).alias("col"), F.col("rating")]
-    if with_test or with_validation:
+    if with_test:
         cols.append(F.col("kind"))
     df = df.select(*cols, block_of(row, labels).alias("block"))
     fn = functools.partial(pack_block, chunk_ratings=chunk_ratings, val_dtype=val_dtype,
-                           with_test=with_test or with_validation,
-                           trained_rows_only=with_validation and not with_test)
+                           with_test=with_test, trained_rows_only=trained_rows_only)
     return (df.groupBy("block").applyInPandas(fn, PACKED_SCHEMA)
             .repartition(len(labels), "block")
             .sortWithinPartitions("block", "chunk")
@@ -145,8 +140,8 @@ class Engine:
         describe(self.spark, "setup: pack ratings into blocks")
         labels = block_labels(self.spark, self.blocks)
         common = dict(chunk_ratings=p.chunk_ratings, val_dtype=self.val_dtype)
-        self.layout["user"] = pack_side(d.ratings, "u", "i", labels, with_test=False,
-                                        with_validation=d.n_val > 0, **common)
+        self.layout["user"] = pack_side(d.ratings, "u", "i", labels, with_test=True,
+                                        trained_rows_only=True, **common)
         self.layout["item"] = pack_side(d.ratings, "i", "u", labels, with_test=True, **common)
         vbytes = 4 if self.val_dtype == "float32" else 8
         for side, packed in self.layout.items():
@@ -191,6 +186,7 @@ class Engine:
             solve_block, shared=bc, kernels=tuple(t.kernel for t in tasks),
             widths=tuple(t.width for t in tasks),
             metrics=tuple(metrics and t.rating_model for t in tasks),
+            fitted=tuple(metrics for _ in tasks),
             variances=tuple(t.variances for t in tasks), val_dtype=self.val_dtype,
             resident=self.resident.key(solving) if self.uses_resident(solving) else None)
         return packed.groupBy("block").applyInPandas(fn, SOLVED_SCHEMA), bc

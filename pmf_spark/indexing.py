@@ -19,18 +19,11 @@ from pyspark.sql import functions as F
 VOCAB_COLUMNS = ("id", "idx", "n_ratings")
 
 
-def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
-    """Vocabulary of ``id_col`` over ``ratings`` (which has ``kind``, 0 = training).
-
-    Returns:
-        (vocab, size): vocab has columns ``id`` (the raw id), ``idx`` (int, dense
-        0..size-1) and ``n_ratings`` (int, training ratings of the id); it is
-        persisted, call ``unpersist`` when done.
-    """
-    trained = F.when(F.col("kind") == 0, 1).otherwise(0)
-    counts = (ratings.groupBy(F.col(id_col).alias("id"))
-              .agg(F.sum(trained).cast("int").alias("n_ratings")))
-    ordered = counts.orderBy(F.col("n_ratings").desc(), F.col("id").asc())
+def positions(ordered: DataFrame, name: str = "_idx") -> tuple[DataFrame, int, DataFrame]:
+    """``ordered`` (a sorted frame) with its rows' global positions 0..n-1 in column
+    ``name``, without collecting anything but one count per partition. Returns that
+    frame, n, and the persisted frame it reads (unpersist it once the result is
+    materialised)."""
     tagged = (ordered.withColumn("_pid", F.spark_partition_id())
               .withColumn("_pos", F.monotonically_increasing_id()
                           .bitwiseAND(F.lit((1 << 33) - 1))))
@@ -47,7 +40,23 @@ def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
         offset = F.element_at(mapping, F.col("_pid"))
     else:
         offset = F.lit(0)
-    vocab = (tagged.select("id", (offset + F.col("_pos")).cast("int").alias("idx"), "n_ratings")
+    return tagged.withColumn(name, offset + F.col("_pos")).drop("_pid", "_pos"), total, tagged
+
+
+def build_vocabulary(ratings: DataFrame, id_col: str) -> tuple[DataFrame, int]:
+    """Vocabulary of ``id_col`` over ``ratings`` (which has ``kind``, 0 = training).
+
+    Returns:
+        (vocab, size): vocab has columns ``id`` (the raw id), ``idx`` (int, dense
+        0..size-1) and ``n_ratings`` (int, training ratings of the id); it is
+        persisted, call ``unpersist`` when done.
+    """
+    trained = F.when(F.col("kind") == 0, 1).otherwise(0)
+    counts = (ratings.groupBy(F.col(id_col).alias("id"))
+              .agg(F.sum(trained).cast("int").alias("n_ratings")))
+    ordered = counts.orderBy(F.col("n_ratings").desc(), F.col("id").asc())
+    placed, total, tagged = positions(ordered)
+    vocab = (placed.select("id", F.col("_idx").cast("int").alias("idx"), "n_ratings")
              .persist(StorageLevel.MEMORY_AND_DISK))
     vocab.count()
     tagged.unpersist()

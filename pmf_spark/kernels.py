@@ -114,10 +114,13 @@ def solve_stack(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 class _Block:
     """A CSR block prepared for :func:`_accumulate` (arrays cast once)."""
 
-    def __init__(self, indptr, cols, targets, design, gram_dtype):
+    def __init__(self, indptr, cols, targets, design, gram_dtype, weights=None):
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.cols = np.asarray(cols)
         self.targets = np.asarray(targets, dtype=np.float64)
+        # per-entry Gram weights w_e >= 0 (implicit feedback): X^T diag(w) X = Xs^T Xs
+        # with Xs = sqrt(w) X, still one syrk per row
+        self.root_w = None if weights is None else np.sqrt(np.asarray(weights, np.float64))
         self.design = np.asarray(design, dtype=np.float64)
         self.gdt = np.dtype(gram_dtype)
         self.design_g = self.design.astype(self.gdt, copy=False)
@@ -144,7 +147,11 @@ def _accumulate(b: _Block, rows: np.ndarray, gram: np.ndarray, rhs: np.ndarray,
     for j, r in enumerate(rows):
         a, e = b.indptr[r], b.indptr[r + 1]
         X = b.design_g[b.cols[a:e]]                    # (n_i, k)
-        gram[j] = X.T @ X                              # syrk
+        if b.root_w is None:
+            gram[j] = X.T @ X                          # syrk
+        else:
+            Xs = X * b.root_w[a:e, None].astype(b.gdt, copy=False)
+            gram[j] = Xs.T @ Xs
         rhs[j] = b.targets[a:e].astype(b.gdt, copy=False) @ X
         if keep:
             gathered.append(X)
@@ -175,8 +182,18 @@ def _check_prior(prior: np.ndarray, k: int) -> np.ndarray:
 
 
 def ridge_rows(indptr, cols, targets, design, reg, *, row_scale=None, with_fitted=False,
-               gram_dtype=np.float64) -> RowSolution:
-    """Every row's ridge regression ``x_i = (F_I^T F_I + s_i diag(reg))^{-1} F_I^T t_i``.
+               gram_dtype=np.float64, weights=None, gram_scale: float = 1.0,
+               base_gram=None, base_rhs=None) -> RowSolution:
+    r"""Every row's regularised least squares
+
+    .. math::
+
+        x_i = (B + c\,F_I^\top W_I F_I + s_i \mathrm{diag}(reg))^{-1} (b + F_I^\top t_i)
+
+    -- the ridge regression of PMF with the defaults (B = 0, b = 0, c = 1, W = I).
+    The all-items terms of the ranking models ride along: ``base_gram`` B (k, k) and
+    ``base_rhs`` b (k,) are the same for every row (one matrix from the fixed side,
+    computed once per half-step), so a row costs what a ridge row costs.
 
     Args:
         reg: float64 (k,) diagonal prior precision (or (k, k) a full one).
@@ -184,14 +201,23 @@ def ridge_rows(indptr, cols, targets, design, reg, *, row_scale=None, with_fitte
         with_fitted: also return the fitted value of every entry.
         gram_dtype: dtype of the gathered rows and Gram matrices; the solve is always
             float64. float32 halves the memory traffic.
+        weights: float64 (nnz,) per-entry weights W of the data Gram (None: 1).
+        gram_scale: c, a weight of the whole data Gram.
+        base_gram, base_rhs: B and b above (None: 0).
     """
-    b = _Block(indptr, cols, targets, design, gram_dtype)
+    b = _Block(indptr, cols, targets, design, gram_dtype, weights)
     reg = _check_prior(reg, b.k)
     scale = np.ones(b.n_rows) if row_scale is None else np.asarray(row_scale, np.float64)
     x = np.zeros((b.n_rows, b.k))
     fitted = np.zeros(b.cols.size) if with_fitted else None
     for rows, gram, rhs in b.chunks():
         gathered = _accumulate(b, rows, gram, rhs, with_fitted)
+        if gram_scale != 1.0:
+            gram *= gram_scale
+        if base_gram is not None:
+            gram += base_gram[None, :, :]
+        if base_rhs is not None:
+            rhs += base_rhs[None, :]
         _add_prior(gram, reg, scale[rows])
         sol = solve_stack(gram, rhs)
         x[rows] = sol

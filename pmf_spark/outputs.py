@@ -123,15 +123,20 @@ class RunWriter:
     def _describe(self, text: str | None) -> None:
         describe(self.spark, text)
 
-    def factors(self, model) -> None:
-        self._describe("write factors")
+    def factors(self, model, prefix: str = "") -> None:
+        """The factor tables (and, for the rating model, the vocabularies); ``prefix``
+        names another model's tables (``ranking_``: the ranking model's)."""
+        self._describe(f"write {prefix}factors")
         rank = model.U.shape[1]
         for side, mat, bias, vocab in (("user", model.U, model.user_bias, self.data.users),
                                        ("item", model.V, model.item_bias, self.data.items)):
             files = n_files(self.cfg, mat.shape[0], rank)
+            name = prefix + FACTOR_TABLES[side]
             df = factor_frame(self.spark, mat, bias, vocab, f"{side}_id")
-            write_sorted(df, self.out.path(FACTOR_TABLES[side]), files, f"{side}_id")
-            self.tables[FACTOR_TABLES[side]] = int(mat.shape[0])
+            write_sorted(df, self.out.path(name), files, f"{side}_id")
+            self.tables[name] = int(mat.shape[0])
+            if prefix:
+                continue
             write_sorted(vocab.select(F.col("id").alias(f"{side}_id"), "idx", "n_ratings"),
                          self.out.path(VOCAB_TABLES[side]), files, "idx")
             self.tables[VOCAB_TABLES[side]] = int(mat.shape[0])
@@ -205,15 +210,19 @@ class RunWriter:
 
 
 def model_meta(cfg: JobConfig, params: PMFParams, data, *, rank: int, epochs_run: int,
-               final: dict, samples: int, blocks: int, baseline_rmse, ranking, seconds) -> dict:
+               final: dict, samples: int, blocks: int, baseline_rmse, ranking, seconds,
+               ranking_model: dict | None = None) -> dict:
     """The content of ``model.json``: what reading the model needs (``model``, ``mu``,
-    ``sigma``, ``rating_range``, ``rank``), how it was fitted (``fit``, ``job``), how the
-    engine ran (``engine``), the data, the metrics, timings and versions."""
+    ``sigma``, ``rating_range``, ``rank``), how it was fitted (``fit``, ``job``,
+    ``ranker``: which model orders the lists, ``ranking_model``: that model's own
+    parameters when it is trained beside the rating model), how the engine ran
+    (``engine``), the data, the metrics, timings and versions."""
     groups = params.to_dict()
     return {
         "format_version": MODEL_FORMAT_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": groups["model"], "fit": groups["fit"], "engine": groups["engine"],
+        "ranker": groups["ranker"], "ranking_model": ranking_model,
         "job": cfg.to_dict(),
         "data": data.summary(),
         "mu": data.mu, "sigma": data.sigma,

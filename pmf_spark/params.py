@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -34,6 +35,8 @@ GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
+CONFIDENCES = ("linear", "log", "presence")
+SPLITS = ("random", "user-fraction", "temporal", "leave-last-n")
 
 
 def _doc(text: str, **kw):
@@ -127,8 +130,9 @@ class ModelParams(_Params):
 class FitParams(_Params):
     """How the model is fitted. λ values are in z-score units."""
 
-    model: str = _doc("'pmf' (MAP by ALS) or 'bpmf' (Bayesian PMF by Gibbs sampling)",
-                      default="pmf")
+    model: str = _doc("'pmf' (MAP by ALS), 'bpmf' (Bayesian PMF by Gibbs sampling), "
+                      "'missing-data' (PMF with unobserved cells as weak low ratings, for "
+                      "ranking) or 'implicit' (implicit-feedback ALS)", default="pmf")
     epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
     lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, "
                            "as in PMF)", default=12.0)
@@ -149,6 +153,17 @@ class FitParams(_Params):
     samples: int = _doc("BPMF: Gibbs samples averaged after the burn-in", default=80)
     burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
     thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
+    missing_weight: float = _doc("missing-data PMF: weight w_m of every unobserved cell",
+                                 default=0.1)
+    missing_rating: float | None = _doc("missing-data PMF: the rating r_m imputed to "
+                                        "unobserved cells; default the scale's lowest",
+                                        default=None)
+    alpha: float = _doc("implicit ALS: confidence 1 + alpha * g(value) of observed cells",
+                        default=5.0)
+    confidence: str = _doc("implicit ALS: g is 'linear' (the value), 'log' "
+                           "(log(1 + value / epsilon)) or 'presence' (1: every observed "
+                           "pair alike)", default="linear")
+    epsilon: float = _doc("implicit ALS: epsilon of the 'log' confidence", default=1.0)
 
     def __post_init__(self):
         from .models import REGISTRY
@@ -167,6 +182,12 @@ class FitParams(_Params):
         _check_int("samples", self.samples, 1, 100_000)
         _check_int("burn_in", self.burn_in, 0, 100_000)
         _check_int("thin", self.thin, 1, 100_000)
+        _check_float("missing_weight", self.missing_weight, 0.0, False, 1.0, True)
+        if self.missing_rating is not None:
+            _check_float("missing_rating", self.missing_rating)
+        _check_float("alpha", self.alpha, 0.0)
+        _check_choice("confidence", self.confidence, CONFIDENCES)
+        _check_float("epsilon", self.epsilon, 0.0, True)
         if self.priors != "fixed" and self.reg_scaling != "none":
             raise ConfigError("priors: adaptive priors need reg_scaling 'none' (a count-scaled "
                               "lambda is not one prior variance)")
@@ -192,8 +213,35 @@ class EngineParams(_Params):
         _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
 
 
+@dataclass(frozen=True)
+class RankingParams(_Params):
+    """The model that orders the top-k lists. A model fitted to ratings predicts them
+    well but ranks poorly (ratings are missing not at random), so by default a ranking
+    model is trained beside it, in the same half-step jobs, on the same ratings; its
+    own hyperparameters (missing_weight, missing_rating, alpha, confidence) are the
+    [fit] ones of the same names."""
+
+    recommend_by: str = _doc("'rating': rank by the rating model's predictions; or train a "
+                             "ranking model beside it and rank by that: 'missing-data' or "
+                             "'implicit'", default="missing-data")
+    ranking_rank: int = _doc("latent dimensions of the ranking model", default=30)
+    ranking_lambda: float = _doc("prior precision (z units) of the ranking model's factors",
+                                 default=12.0)
+    ranking_epochs: int = _doc("epochs of the ranking model; 0 = the rating model's",
+                               default=0)
+
+    def __post_init__(self):
+        from .models import REGISTRY
+
+        ranking = tuple(n for n, cls in REGISTRY.items() if cls.ranks)
+        _check_choice("recommend_by", self.recommend_by, ("rating",) + ranking)
+        _check_int("ranking_rank", self.ranking_rank, 1, 1000)
+        _check_float("ranking_lambda", self.ranking_lambda, 0.0)
+        _check_int("ranking_epochs", self.ranking_epochs, 0, 100_000)
+
+
 GROUPS: dict[str, type[_Params]] = {"model": ModelParams, "fit": FitParams,
-                                    "engine": EngineParams}
+                                    "engine": EngineParams, "ranker": RankingParams}
 
 
 def group_of(name: str) -> str | None:
@@ -206,11 +254,19 @@ def group_of(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class PMFParams:
-    """The three parameter groups of one model."""
+    """The parameter groups of one run: the model, its fit, the engine, and the ranking
+    model trained beside it."""
 
     model: ModelParams = field(default_factory=ModelParams)
     fit: FitParams = field(default_factory=FitParams)
     engine: EngineParams = field(default_factory=EngineParams)
+    ranker: RankingParams = field(default_factory=RankingParams)
+
+    def __post_init__(self):
+        from .models import REGISTRY
+
+        # a model may fix part of its shape (implicit ALS has no biases)
+        object.__setattr__(self, "model", REGISTRY[self.fit.model].normalize_model(self.model))
 
     @classmethod
     def of(cls, where: str = "", **flat) -> PMFParams:
@@ -225,7 +281,21 @@ class PMFParams:
 
     def flat(self) -> dict[str, Any]:
         """Every parameter by its plain name."""
-        return {**self.model.to_dict(), **self.fit.to_dict(), **self.engine.to_dict()}
+        return {k: v for g in GROUPS for k, v in getattr(self, g).to_dict().items()}
+
+    def companion(self) -> PMFParams | None:
+        """The ranking model trained beside this one, or None when the lists are ranked
+        by this model itself (``recommend_by`` 'rating', or this model is the ranker)."""
+        rp, f = self.ranker, self.fit
+        if rp.recommend_by in ("rating", f.model):
+            return None
+        return PMFParams.of(
+            model=rp.recommend_by, rank=rp.ranking_rank, lambda_u=rp.ranking_lambda,
+            lambda_v=rp.ranking_lambda, lambda_bias=f.lambda_bias,
+            epochs=rp.ranking_epochs or f.epochs, seed=f.seed, missing_weight=f.missing_weight,
+            missing_rating=f.missing_rating, alpha=f.alpha,
+            confidence="presence" if rp.recommend_by == "implicit" else f.confidence,
+            epsilon=f.epsilon, recommend_by="rating", **self.engine.to_dict())
 
     def replace(self, **flat) -> PMFParams:
         """A copy with some parameters changed, by plain name."""
@@ -272,6 +342,12 @@ class JobConfig(_Params):
                              "timestamp, 'error' refuses", default="latest")
     synthetic: str = _doc("shape of the built-in data when no ratings are given: small, "
                           "ml-1m, ml-10m", default="small")
+    split: str = _doc("how the test split is made: 'random' (a seeded hash of user and item), "
+                      "'user-fraction' (the test fraction of each user's ratings), "
+                      "'temporal' (the latest test fraction of all ratings) or "
+                      "'leave-last-n' (each user's last --leave-last ratings)",
+                      default="random")
+    leave_last: int = _doc("ratings per user held out by --split leave-last-n", default=1)
     test_fraction: float = _doc("fraction of ratings held out for testing", default=0.15)
     split_seed: int = _doc("seed of the train/test split", default=0)
     validation_fraction: float = _doc("share of the training ratings held out for early "
@@ -282,6 +358,8 @@ class JobConfig(_Params):
                       default=10)
     min_item_ratings: int = _doc("recommend only items with at least this many training ratings",
                                  default=1)
+    eval_k: str = _doc("cut-offs k of the ranking metrics, comma-separated (the lists are made "
+                       "as long as the largest; --top-k of them are written)", default="5,10,20")
     exclude_items: str | None = _doc("file of item ids (one per line) never to recommend",
                                      default=None)
     candidates: str | None = _doc("file of item ids (one per line): recommend only these "
@@ -312,6 +390,8 @@ class JobConfig(_Params):
         _check_choice("format", self.format, FORMATS)
         _check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
         _check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
+        _check_choice("split", self.split, SPLITS)
+        _check_int("leave_last", self.leave_last, 1, 100_000)
         _check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
         _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
         _check_float("validation_fraction", self.validation_fraction, 0.0, True, 1.0, True)
@@ -319,6 +399,12 @@ class JobConfig(_Params):
         _check_int("top_k", self.top_k, 0, 10_000)
         _check_int("min_item_ratings", self.min_item_ratings, 0)
         _check_choice("cold_start", self.cold_start, COLD_START)
+        if not isinstance(self.eval_k, str) or not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
+                                                               self.eval_k):
+            raise ConfigError(f"eval_k: expected comma-separated positive integers, got "
+                              f"{self.eval_k!r}")
+        if not all(1 <= k <= 10_000 for k in self.eval_ks):
+            raise ConfigError(f"eval_k: each k must be in 1..10000, got {self.eval_k!r}")
         _check_int("similar_items", self.similar_items, 0, 10_000)
         _check_int("users_per_item", self.users_per_item, 0, 100_000)
         _check_int("similar_users", self.similar_users, 0, 10_000)
@@ -347,3 +433,8 @@ class JobConfig(_Params):
             raise ConfigError("users_per_item_items: needs --users-per-item K as well")
         if self.test is not None and self.ratings is None:
             raise ConfigError("test: a given test split needs --ratings as well")
+
+    @property
+    def eval_ks(self) -> tuple[int, ...]:
+        """The ranking metrics' cut-offs, ascending."""
+        return tuple(sorted({int(x) for x in self.eval_k.split(",")}))

@@ -22,7 +22,7 @@ from .models.base import FactorModel, TrainState
 from .outputs import RunWriter, history_csv, model_meta
 from .params import JobConfig, PMFParams
 from .prepare import PreparedData, prepare
-from .recommend import ranking_note
+from .report import split_phrase
 from .results import RunResults, compute_results
 from .sparkutil import jvm
 from .synthetic import get_shape, synthetic_ratings
@@ -182,7 +182,10 @@ def write_outputs(spark: SparkSession, cfg: JobConfig, trainer: Trainer, state: 
     """Compute the results (top-k, ranking metrics, neighbours, diagnostics), write
     every table and file to a staging directory and swap it in atomically."""
     model = trainer.model(state)
-    res = compute_results(trainer.engine, model, cfg)
+    comp = trainer.companion
+    res = compute_results(trainer.engine, model, cfg, trainer.ranking_model(state),
+                          trainer.strategy.predicts_ratings,
+                          ranked_by=comp.name if comp else trainer.strategy.name)
     out = AtomicOutput(spark, cfg.output)
     try:
         return _write_all(spark, cfg, trainer, state, seconds, final, res, out)
@@ -197,9 +200,11 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
     data, model = trainer.data, res.model
     w = RunWriter(spark, cfg, data, out)
     w.factors(model)
+    if res.ranker is not None:
+        w.factors(res.ranker, prefix="ranking_")
     w.splits()
-    if res.lists:
-        w.recommendations(res.lists["model"], res.n_recs)
+    if res.ranked is not None:
+        w.recommendations(res.ranked.lists, res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
     if "item_users" in res.user_tables:
@@ -211,15 +216,16 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
     w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
                             **({"ranking": res.ranking} if res.ranking else {})})
     w.text("metrics.csv", history_csv(state.history))
+    comp = trainer.params.companion()
     meta = model_meta(cfg, trainer.params, data, rank=int(model.U.shape[1]),
+                      ranking_model=comp.to_dict() if comp else None,
                       epochs_run=state.epoch, final=final_d,
                       samples=trainer.strategy.kept_samples(state),
                       blocks=trainer.engine.blocks,
                       baseline_rmse=res.diagnostics["baseline_rmse"] if res.diagnostics else None,
                       ranking=res.ranking, seconds=seconds)
-    if cfg.top_k > 0:
-        meta["ranking_note"] = ranking_note(res.ranking, model_label(trainer.params))
-        log.info("%s", meta["ranking_note"])
+    if res.note:
+        meta["ranking_note"] = res.note
     w.json("model.json", meta)
     if res.diagnostics is not None and res.bins is not None:
         from .report import figures, render_html
@@ -237,19 +243,17 @@ def _reading_line(cfg: JobConfig) -> str:
 
 
 def _preparing_line(cfg: JobConfig, params: PMFParams) -> str:
-    if cfg.test is not None:
-        split = f"taking the given test split {cfg.test}"
-    else:
-        split = (f"splitting train/test {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} "
-                 f"by a seeded hash (seed {cfg.split_seed})")
+    split = split_phrase(cfg)
     if params.fit.early_stopping:
-        split += f" with {cfg.validation_fraction:.0%} of training held out for validation"
-    return f"de-duplicating, {split} and indexing the ratings ..."
+        split += f", {cfg.validation_fraction:.0%} of training held out for validation"
+    return f"de-duplicating, splitting ({split}) and indexing the ratings ..."
 
 
 def model_label(params: PMFParams) -> str:
-    """The model in a few words, for the log and the report ("pmf rank 30")."""
-    return f"{params.fit.model} rank {params.model.rank}"
+    """The models in a few words, for the log ("pmf rank 30 and ...")."""
+    comp = params.companion()
+    beside = f" and the {comp.fit.model} ranking model beside it" if comp else ""
+    return f"{params.fit.model} rank {params.model.rank}{beside}"
 
 
 def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData):
@@ -284,7 +288,7 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     train, test = load_inputs(spark, cfg)
     log.info("%s", _preparing_line(cfg, params))
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-                   on_duplicate=cfg.on_duplicate,
+                   on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
                    validation_fraction=cfg.validation_fraction
                    if params.fit.early_stopping else 0.0)
     log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "

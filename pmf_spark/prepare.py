@@ -1,10 +1,10 @@
 """From validated ratings to the indexed, split training data.
 
-Steps: drop duplicate (user, item) pairs (keep the latest by timestamp), split
-into train/test by a seeded hash of (user, item) -- deterministic whatever the
-partitioning, so recomputation can never move a rating across the split --,
-materialise the split, compute the training statistics (mean, std, range) and
-build the vocabularies.
+Steps: drop duplicate (user, item) pairs (keep the latest by timestamp), split into
+train/test (:mod:`pmf_spark.splits`: seeded and deterministic whatever the
+partitioning, so recomputation can never move a rating across the split), carve a
+validation share for early stopping, materialise the split, compute the training
+statistics (mean, std, range) and build the vocabularies.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from .indexing import build_vocabulary, index_ratings
 from .io import CleanRatings
 from .layout import TEST, VALIDATION
 from .sparkutil import first
+from .splits import HASH_BUCKETS as _HASH_BUCKETS
+from .splits import mark_test, split_column
 
 log = logging.getLogger("pmf_spark")
 
-_HASH_BUCKETS = 1 << 30
 _VALIDATION_SALT = 7919
+
+__all__ = ["PreparedData", "dedupe", "prepare", "split_column"]
 
 
 @dataclass
@@ -67,18 +70,13 @@ class PreparedData:
             "fingerprint")}
 
 
-def split_column(seed: int, fraction: float) -> F.Column:
-    """True for the ratings that go to the test split: a seeded hash of (user, item)."""
-    h = F.pmod(F.xxhash64(F.col("user"), F.col("item"), F.lit(int(seed))), F.lit(_HASH_BUCKETS))
-    return (h.cast("double") / float(_HASH_BUCKETS)) < F.lit(float(fraction))
-
-
 def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[DataFrame, int]:
     """Keep one rating per (user, item): the latest by timestamp, ties by the higher
     rating. Returns (persisted frame, number of rows dropped)."""
     order = F.struct(F.col("ts"), F.col("rating"))
     grouped = (clean.df.groupBy("user", "item")
-               .agg(F.count(F.lit(1)).alias("_n"), F.max_by("rating", order).alias("rating"))
+               .agg(F.count(F.lit(1)).alias("_n"), F.max_by("rating", order).alias("rating"),
+                    F.max("ts").alias("ts"))
                .persist(StorageLevel.MEMORY_AND_DISK))
     st = first(grouped.agg(F.sum(F.col("_n") - 1).alias("dropped"),
                            F.min(F.when(F.col("_n") > 1, F.struct("user", "item"))).alias("ex")))
@@ -100,14 +98,15 @@ def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[Dat
 
 
 def _combined(train: CleanRatings, test: CleanRatings | None, on_duplicate: str,
-              keep: F.Column | None, is_test: F.Column) -> tuple[DataFrame, list, int]:
-    """Deduplicated training (and test) ratings with ``is_test``; the intermediate
-    frames to unpersist once the result is cached; the duplicates dropped."""
+              keep: F.Column | None, mark) -> tuple[DataFrame, list, int]:
+    """Deduplicated training (and test) ratings with ``is_test`` (``mark`` adds it when
+    there is no given test split); the intermediate frames to unpersist once the
+    result is cached; the duplicates dropped."""
     tr, dropped = dedupe(train, on_duplicate, "ratings")
     if keep is not None:
         tr = tr.where(keep)
     if test is None:
-        return tr.withColumn("is_test", is_test), [tr], dropped
+        return mark(tr), [tr], dropped
     te, dropped_test = dedupe(test, on_duplicate, "test")
     combined = (tr.withColumn("is_test", F.lit(False))
                 .unionByName(te.withColumn("is_test", F.lit(True))))
@@ -156,20 +155,27 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
             validation_fraction: float = 0.0,
             keep: F.Column | None = None,
             holdout: F.Column | None = None,
-            require_test: bool = True) -> PreparedData:
+            require_test: bool = True,
+            split: str = "random", leave_last: int = 1) -> PreparedData:
     """Dedupe, split (or take the given test split), index and summarise.
 
-    With ``validation_fraction`` > 0 a share of the training ratings is held out
-    as a validation split (``kind`` 2) for early stopping, by another seeded hash.
+    ``split`` and ``leave_last`` choose how (:mod:`pmf_spark.splits`). With
+    ``validation_fraction`` > 0 a share of the training ratings is held out as a
+    validation split (``kind`` 2) for early stopping, by another seeded hash.
     ``keep`` drops ratings before anything else looks at them (tuning removes the
-    test split this way) and ``holdout`` replaces the random test split (the
-    rows it marks play the test role: a validation fold).
+    test split this way) and ``holdout`` replaces the test split (the rows it marks
+    play the test role: a validation fold).
     """
     if test is not None and test.id_type != train.id_type:
         raise InputDataError(f"test {test.path}: ids are {test.id_type}s but the training "
                              f"ratings' are {train.id_type}s")
-    is_test = holdout if holdout is not None else split_column(split_seed, test_fraction)
-    combined, parts, dropped = _combined(train, test, on_duplicate, keep, is_test)
+    def mark(df: DataFrame) -> DataFrame:
+        if holdout is not None:
+            return df.withColumn("is_test", holdout)
+        return mark_test(df, split, seed=split_seed, fraction=test_fraction, n_last=leave_last,
+                         has_timestamp=train.has_timestamp, path=train.path)
+
+    combined, parts, dropped = _combined(train, test, on_duplicate, keep, mark)
     is_val = F.lit(False)
     if validation_fraction > 0:
         is_val = ~F.col("is_test") & split_column(split_seed + _VALIDATION_SALT,

@@ -68,3 +68,88 @@ def als(R: np.ndarray, user: np.ndarray, item: np.ndarray, epochs: int, *, rank:
         user = half_step(R, item, lam=lam_u, **kw)
         item = half_step(R.T, user, lam=lam_v, **kw)
     return user, item
+
+
+def _cells(R: np.ndarray, fixed_trained: np.ndarray):
+    """Per row: the columns of its cells (every trained column) and which are observed."""
+    cols = np.flatnonzero(fixed_trained)
+    return cols, ~np.isnan(R[:, cols])
+
+
+def missing_data_half_step(R: np.ndarray, fixed: np.ndarray, *, rank: int, lam: float,
+                           lam_bias: float, biases: bool, mu: float, sigma: float,
+                           weight: float, missing_rating: float,
+                           fixed_trained: np.ndarray) -> np.ndarray:
+    """Missing-data PMF's half-step summed over every cell explicitly: each row with
+    training ratings is a weighted least-squares fit over all trained columns, weight 1
+    and target z on observed cells, weight w_m and target z_m on the others."""
+    cols, observed = _cells(R, fixed_trained)
+    k = rank + (1 if biases else 0)
+    reg = np.full(k, float(lam))
+    if biases:
+        reg[rank] = lam_bias
+    D = np.hstack([fixed[cols, :rank], np.ones((cols.size, 1))]) if biases else fixed[cols, :rank]
+    off = fixed[cols, rank] if biases else np.zeros(cols.size)
+    z_m = (missing_rating - mu) / sigma
+    out = np.zeros((R.shape[0], rank + 1))
+    for i in range(R.shape[0]):
+        if not observed[i].any():
+            continue
+        t = np.where(observed[i], (np.nan_to_num(R[i, cols]) - mu) / sigma, z_m) - off
+        w = np.where(observed[i], 1.0, weight)
+        out[i, :k] = np.linalg.solve(D.T @ (w[:, None] * D) + np.diag(reg), D.T @ (w * t))
+    return out
+
+
+def missing_data_objective(R, user, item, *, rank, lam_u, lam_v, lam_bias, biases, mu, sigma,
+                           weight, missing_rating) -> float:
+    """E of :mod:`pmf_spark.models.missing_data`, summed over every cell of the trained
+    users x trained items."""
+    users, items = ~np.isnan(R).all(1), ~np.isnan(R).all(0)
+    Rs = R[np.ix_(users, items)]
+    obs = ~np.isnan(Rs)
+    Z = predict_z(user[users], item[items], rank)
+    z = np.where(obs, (np.nan_to_num(Rs) - mu) / sigma, (missing_rating - mu) / sigma)
+    w = np.where(obs, 1.0, weight)
+    total = 0.5 * float((w * (z - Z) ** 2).sum())
+    for m, keep, lam in ((user, users, lam_u), (item, items, lam_v)):
+        total += 0.5 * lam * float((m[keep, :rank] ** 2).sum())
+        if biases:
+            total += 0.5 * lam_bias * float((m[keep, rank] ** 2).sum())
+    return total
+
+
+def implicit_half_step(R: np.ndarray, fixed: np.ndarray, *, rank: int, lam: float,
+                       alpha: float, confidence: str = "linear", epsilon: float = 1.0,
+                       fixed_trained: np.ndarray) -> np.ndarray:
+    """Implicit ALS's half-step summed over every cell: preference 1 (observed) or 0,
+    confidence 1 + alpha g(value) (observed) or 1."""
+    cols, observed = _cells(R, fixed_trained)
+    D = fixed[cols, :rank]
+    out = np.zeros((R.shape[0], rank + 1))
+    for i in range(R.shape[0]):
+        if not observed[i].any():
+            continue
+        v = np.nan_to_num(R[i, cols])
+        g = v if confidence == "linear" else np.log1p(v / epsilon)
+        c = np.where(observed[i], 1.0 + alpha * g, 1.0)
+        p = observed[i] * 1.0
+        out[i, :rank] = np.linalg.solve(D.T @ (c[:, None] * D) + lam * np.eye(rank),
+                                        D.T @ (c * p))
+    return out
+
+
+def implicit_objective(R, user, item, *, rank, lam_u, lam_v, alpha, confidence="linear",
+                       epsilon=1.0) -> float:
+    """E of :mod:`pmf_spark.models.implicit` over the trained users x trained items."""
+    users, items = ~np.isnan(R).all(1), ~np.isnan(R).all(0)
+    Rs = R[np.ix_(users, items)]
+    obs = ~np.isnan(Rs)
+    v = np.nan_to_num(Rs)
+    g = v if confidence == "linear" else np.log1p(v / epsilon)
+    c = np.where(obs, 1.0 + alpha * g, 1.0)
+    S = user[users, :rank] @ item[items, :rank].T
+    total = 0.5 * float((c * (obs - S) ** 2).sum())
+    total += 0.5 * lam_u * float((user[users, :rank] ** 2).sum())
+    total += 0.5 * lam_v * float((item[items, :rank] ** 2).sum())
+    return total

@@ -133,16 +133,30 @@ def _table(header, rows) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def split_phrase(cfg) -> str:
+    """How the test split is made, in words (the log and the report); ``cfg`` a
+    JobConfig or its dict (model.json's ``job``)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    if get("test") is not None:
+        return f"the given test file {get('test')}"
+    frac = float(get("test_fraction", 0.15))
+    share, seed = f"{1 - frac:.0%}/{frac:.0%}", get("split_seed", 0)
+    return {"random": f"train/test {share} by a seeded hash (seed {seed})",
+            "user-fraction": f"train/test {share} of each user's ratings (seed {seed})",
+            "temporal": f"train/test {share} by time (the latest ratings are the test)",
+            "leave-last-n": f"each user's last {get('leave_last', 1)} rating(s) as the test"
+            }.get(get("split", "random"), str(get("split")))
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 def _run_rows(meta: dict) -> list[list[str]]:
     """What was run: the input, when, the split, and where the time went."""
     job = meta.get("job", {})
     source = job.get("ratings") or f"built-in synthetic data {job.get('synthetic')!r}"
-    if job.get("test"):
-        split = f"given test file {job['test']}"
-    else:
-        frac = float(job.get("test_fraction", 0.0))
-        split = (f"seeded random {1 - frac:.0%} train / {frac:.0%} test "
-                 f"(seed {job.get('split_seed')})")
+    split = split_phrase(job)
     if meta.get("data", {}).get("n_val"):
         split += f"; {float(job.get('validation_fraction', 0.0)):.0%} of training for validation"
     sec = meta.get("seconds", {})
@@ -185,7 +199,7 @@ def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
                      f"{ranking['model']['users']} users with a relevant test rating.</p>"
                      + _table(["", *[f"{x}@{k}" if x != "coverage" else x for x in keys]],
                               rows)
-                     + (f"<p>{html.escape(meta['ranking_note'])}</p>"
+                     + (f"<p>{html.escape(_sentence(meta['ranking_note']))}</p>"
                         if meta.get("ranking_note") else ""))
     imgs = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,'

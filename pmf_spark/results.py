@@ -10,20 +10,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
-from .evaluate import diagnostics, ranking_metrics, rating_bins, relevance_threshold
+from .evaluate import diagnostics, rating_bins, relevance_threshold
 from .models.base import FactorModel
 from .params import JobConfig
+from .rankeval import EvalSpec, activity_edges, self_information, summarise
 from .recommend import (
+    RankedLists,
     TopK,
     item_neighbors,
     item_tiebreak,
     listed_items,
-    persisted_lists,
+    ranked_lists,
     user_tables,
 )
-from .sparkutil import describe
 from .topk import candidate_items
 
 log = logging.getLogger("pmf_spark")
@@ -31,26 +31,32 @@ log = logging.getLogger("pmf_spark")
 
 @dataclass
 class RunResults:
-    """``lists``: persisted (u, rank, i, predicted_rating, score, cold_start) frames of
-    the model ("model") and the baseline ("popular"); ``ranking``: their metrics;
-    ``neighbors``: (i, rank, j, similarity) or None; ``diagnostics``: the report's
-    aggregates or None; ``seconds``: what each step took."""
+    """``ranked``: every user's list (u, rank, i, predicted_rating, score, cold_start;
+    persisted) and the stats of it and of the popularity baseline; ``ranking``: their
+    metrics (``model``, ``popular``); ``neighbors``: (i, rank, j, similarity) or None;
+    ``diagnostics``: the report's aggregates or None; ``seconds``: what steps took."""
 
     model: FactorModel
-    lists: dict[str, DataFrame] = field(default_factory=dict)
+    ranker: FactorModel | None = None
+    rates: bool = True
+    ranked: RankedLists | None = None
     ranking: dict | None = None
     neighbors: DataFrame | None = None
     diagnostics: dict | None = None
     bins: np.ndarray | None = None
     #: item_users / user_neighbors frames (dense indices), when asked for
     user_tables: dict[str, DataFrame] = field(default_factory=dict)
-    n_recs: int = 0
+    #: the sentence on which model ordered the lists (for the report)
+    note: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def n_recs(self) -> int:
+        return self.ranked.n_rows if self.ranked is not None else 0
+
     def release(self) -> None:
-        for df in self.lists.values():
-            df.unpersist()
-        self.lists = {}
+        if self.ranked is not None:
+            self.ranked.release()
 
 
 def topk_settings(engine, cfg: JobConfig, tiebreak: np.ndarray) -> TopK:
@@ -64,45 +70,88 @@ def topk_settings(engine, cfg: JobConfig, tiebreak: np.ndarray) -> TopK:
                 tiebreak=tiebreak, popularity=counts)
 
 
-def _log_ranking(ranking: dict, k: int, threshold: float) -> None:
-    for name, label in (("model", "PMF"), ("popular", "most popular")):
+WHY = ("a model fitted to observed ratings alone ranks rarely rated items with a few high "
+       "ratings first, because ratings are missing not at random: people rate what they chose "
+       "to see")
+
+
+def _log_ranking(ranking: dict, k: int, ranked_by: str) -> None:
+    for name, label in (("model", ranked_by), ("popular", "most popular")):
         r = ranking[name]
         log.info("%-12s @%d (relevant >= %g, %d users): precision %.4f recall %.4f ndcg %.4f "
-                 "map %.4f hit rate %.4f coverage %.4f", label, k, threshold,
-                 r["users"], r["precision"], r["recall"], r["ndcg"], r["map"], r["hit_rate"],
-                 r["coverage"])
+                 "map %.4f mrr %.4f hit rate %.4f coverage %.4f novelty %.2f", label[:12], k,
+                 r["relevance_threshold"], r["users"], r["precision"], r["recall"], r["ndcg"],
+                 r["map"], r["mrr"], r["hit_rate"], r["coverage"], r["novelty"])
+    for name, label in (("model", ranked_by), ("popular", "most popular")):
+        act = ranking[name]["by_activity"]
+        log.info("%-12s by user activity (precision / ndcg @%d): %s", label[:12], k,
+                 "; ".join(f"{b} {a['precision']:.3f} / {a['ndcg']:.3f} ({a['users']} users)"
+                           for b, a in act.items()))
+    others = [kk for kk in ranking["model"]["at"] if int(kk) != k]
+    if others:
+        log.info("%-12s at other k: %s", ranked_by[:12], "; ".join(
+            f"@{kk} precision {ranking['model']['at'][kk]['precision']:.4f} ndcg "
+            f"{ranking['model']['at'][kk]['ndcg']:.4f}" for kk in others))
+
+
+def ranking_entry(summary: dict, k: int) -> dict:
+    """A list's metrics: those at the written k at the top level (precision, recall, ndcg,
+    map, hit_rate, mrr, coverage, novelty, by_activity), every k under ``at``."""
+    return {"k": k, "relevance_threshold": summary["relevance_threshold"],
+            "users": summary["users"], **summary["at"][str(k)], "at": summary["at"]}
+
+
+def eval_spec(engine, cfg: JobConfig, k: int) -> EvalSpec:
+    data, counts = engine.data, engine.counts
+    return EvalSpec(
+        ks=tuple(sorted(set(cfg.eval_ks) | {k})),
+        threshold=relevance_threshold(cfg.relevance_threshold, data.rating_lo, data.rating_hi),
+        activity_edges=activity_edges(counts["user"]),
+        info=self_information(counts["item"], int((counts["user"] > 0).sum())))
 
 
 def rank_lists(engine, model: FactorModel, cfg: JobConfig, res: RunResults,
-               tiebreak: np.ndarray) -> None:
-    """Every user's lists and their ranking metrics next to the baseline's."""
+               tiebreak: np.ndarray, ranked_by: str) -> None:
+    """Every user's lists and their ranking metrics next to the baseline's, in one job."""
     topk = topk_settings(engine, cfg, tiebreak)
-    res.lists, res.n_recs, res.seconds["top_k"] = persisted_lists(engine, model, topk,
-                                                                  cfg.cold_start)
-    data = engine.data
-    test = data.ratings.where(F.col("is_test")).select("u", "i", "rating")
-    describe(engine.spark, "ranking metrics")
-    threshold = relevance_threshold(cfg.relevance_threshold, data.rating_lo, data.rating_hi)
-    res.ranking = {name: ranking_metrics(df, test, k=topk.k, threshold=threshold,
-                                         n_catalogue=int(topk.candidates.sum()))
-                   for name, df in res.lists.items()}
-    describe(engine.spark, None)
-    _log_ranking(res.ranking, topk.k, threshold)
+    spec = eval_spec(engine, cfg, topk.k)
+    res.ranked = ranked_lists(engine, model, topk, spec, cfg.cold_start, res.ranker, res.rates)
+    res.seconds["top_k"] = res.ranked.seconds
+    n_cat = int(topk.candidates.sum())
+    res.ranking = {name: ranking_entry(summarise(st, spec, n_cat), topk.k)
+                   for name, st in res.ranked.stats.items()}
+    res.ranking["ranked_by"] = ranked_by
+    _log_ranking(res.ranking, topk.k, ranked_by)
+    res.note = ranking_note(ranked_by, res.ranker is not None)
+    log.info("%s", res.note)
 
 
-def compute_results(engine, model: FactorModel, cfg: JobConfig) -> RunResults:
-    """Everything the outputs need beyond the factors (see :class:`RunResults`)."""
-    res = RunResults(model=model)
+def ranking_note(ranked_by: str, beside: bool) -> str:
+    """The sentence the log and the report give: which model orders the lists, and why."""
+    if not beside:
+        return (f"the lists are ranked by the rating model's predictions; {WHY} (a ranking "
+                f"model beside it fixes that: --recommend-by missing-data)")
+    return (f"the lists are ranked by the {ranked_by} model trained beside the rating model "
+            f"(predicted_rating is the rating model's): {WHY}")
+
+
+def compute_results(engine, model: FactorModel, cfg: JobConfig,
+                    ranker: FactorModel | None = None, rates: bool = True,
+                    ranked_by: str = "pmf") -> RunResults:
+    """Everything the outputs need beyond the factors (see :class:`RunResults`):
+    ``ranker`` orders the lists when given (the ranking model, named ``ranked_by``),
+    ``rates``: ``model``'s predictions are ratings."""
+    res = RunResults(model=model, ranker=ranker, rates=rates)
     try:
         tiebreak = np.zeros(0, np.int64)
         if cfg.top_k > 0 or cfg.similar_items > 0:
             tiebreak = item_tiebreak(engine.data.items, engine.data.n_items)
         if cfg.top_k > 0:
-            rank_lists(engine, model, cfg, res, tiebreak)
+            rank_lists(engine, model, cfg, res, tiebreak, ranked_by)
         if cfg.similar_items > 0:
             res.neighbors = item_neighbors(engine, model, k=cfg.similar_items,
                                            tiebreak=tiebreak)
-        res.user_tables = user_tables(engine, model, cfg)
+        res.user_tables = user_tables(engine, model, cfg, res.ranker, res.rates)
         if cfg.report and engine.data.n_test > 0:
             res.bins = rating_bins(engine.data.rating_lo, engine.data.rating_hi)
             res.diagnostics = diagnostics(engine, model, res.bins)

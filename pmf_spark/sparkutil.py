@@ -12,9 +12,11 @@ def jvm(spark: SparkSession) -> Any:
     return spark.sparkContext._jvm
 
 
-def describe(spark: SparkSession, text: str | None) -> None:
-    """Name the following Spark jobs in the UI (None clears the name)."""
-    spark.sparkContext.setJobDescription(text)  # type: ignore[arg-type]
+def describe(spark: SparkSession | None, text: str | None) -> None:
+    """Name the following Spark jobs in the UI (None clears the name); nothing without
+    a session (the single-process engine)."""
+    if spark is not None:
+        spark.sparkContext.setJobDescription(text)  # type: ignore[arg-type]
 
 
 def first(df: DataFrame) -> Row:

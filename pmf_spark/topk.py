@@ -12,15 +12,22 @@ then by original item id.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 
 from .blocks import unwrap
 from .kernels import ReadOut, ridge_rows, row_dots, top_k
-from .layout import VALIDATION, iter_chunks, limit_blas_threads
+from .layout import TEST, VALIDATION, iter_chunks, limit_blas_threads
+from .rankeval import empty_stats, list_stats
 
 RECS_SCHEMA = "u int, rank int, i int, predicted_rating double, score double"
 RECS_COLUMNS = ["u", "rank", "i", "predicted_rating", "score"]
+#: what :func:`rank_block` returns: list rows (kind 0) and one stats row per chunk (kind 1)
+RANKED_SCHEMA = ("kind tinyint, u int, rank int, i int, predicted_rating double, "
+                 "score double, stats binary")
+RANKED_COLUMNS = [c.strip().split(" ")[0] for c in RANKED_SCHEMA.split(",")]
 NEIGHBORS_SCHEMA = "i int, rank int, j int, similarity double"
 #: scores held at once per task (32 MB of float64)
 BATCH_CELLS = 4_000_000
@@ -47,18 +54,30 @@ def score_users(U, user_bias, V, item_bias, ro: ReadOut) -> np.ndarray:
     return ro.mu + ro.sigma * (U @ V.T + user_bias[:, None] + item_bias[None, :])
 
 
+def predicted(rating, users, items) -> np.ndarray:
+    """``predicted_rating`` of (batch position, item) pairs from ``rating`` = (U rows of the
+    batch, their biases, V, item biases, read-out) of the rating model, or NaN without one."""
+    if rating is None:
+        return np.full(users.size, np.nan)
+    U, ub, V, ib, ro = rating
+    return ro.to_rating(row_dots(U[users], V[items]) + ub[users] + ib[items])
+
+
 def recommend_rows(U, user_bias, indptr, rated, V, item_bias, candidates, tiebreak, k,
-                   ro: ReadOut, popularity=None) -> pd.DataFrame:
-    """Top-k for a batch of users.
+                   ro: ReadOut, popularity=None, rating="self") -> pd.DataFrame:
+    """Top-k for a batch of users, ranked by one model.
 
     Args:
-        U, user_bias: float64 (n, rank) and (n,) the users' factors and biases.
+        U, user_bias: float64 (n, rank) and (n,) the ranking model's user rows and biases.
         indptr, rated: CSR (n + 1,), (nnz,) of each user's known items (excluded).
         V, item_bias: float64 (n_items, rank), (n_items,).
         candidates: bool (n_items,) items that may be recommended.
         tiebreak: int (n_items,) order among equal scores (original id order).
-        ro: the read-out of ``predicted_rating``.
+        ro: the ranking model's read-out: ``score`` is its unclipped prediction.
         popularity: when given, rank by it (the most-popular baseline) instead of the model.
+        rating: where ``predicted_rating`` comes from: "self" (the ranking model is the
+            rating model), None (no rating model: NaN), or (U rows of the batch, user
+            biases, V, item biases, read-out) of the rating model trained beside it.
 
     Returns:
         pandas frame with RECS_COLUMNS but ``u`` = position in the batch.
@@ -79,7 +98,8 @@ def recommend_rows(U, user_bias, indptr, rated, V, item_bias, candidates, tiebre
         S[rows, rated[a:b]] = -np.inf
         r, rank, items, vals = top_k(S, k, tiebreak)
         users = r + lo_row
-        pred = ro.to_rating(row_dots(U[users], V[items]) + user_bias[users] + item_bias[items])
+        pred = predicted((U, user_bias, V, item_bias, ro) if rating == "self" else rating,
+                         users, items)
         out.append(pd.DataFrame({"u": users.astype(np.int32), "rank": rank.astype(np.int32),
                                  "i": items.astype(np.int32), "predicted_rating": pred,
                                  "score": vals}))
@@ -88,88 +108,24 @@ def recommend_rows(U, user_bias, indptr, rated, V, item_bias, candidates, tiebre
     return pd.concat(out, ignore_index=True)
 
 
-def fold_in_rows(V, item_bias, indptr, items, ratings, *, lam: float, lam_bias: float,
-                 biases: bool, count_scaling: bool, ro: ReadOut):
-    """New users' (factors, bias) from their ratings against fixed item factors: the
-    same ridge solve a training half-step does, for every row of a CSR batch.
-
-    Args:
-        V, item_bias: float64 (n_items, rank), (n_items,) the model's item side.
-        indptr: int (n + 1,); items: int (nnz,) dense item indices, sorted within each
-            row; ratings: float64 (nnz,) in rating units.
-
-    Returns:
-        (factors float64 (n, rank), bias float64 (n,)); rows without ratings are 0.
-    """
+def fold_in(V, item_bias, items, ratings, *, lam: float, lam_bias: float, biases: bool,
+            count_scaling: bool, ro: ReadOut):
+    """A new user's (factors, bias) from their ratings against fixed item factors:
+    the same ridge solve a training half-step does for one row."""
     rank = V.shape[1]
-    items = np.asarray(items, dtype=np.int64)
     z = ro.to_z(ratings)
+    order = np.argsort(items, kind="stable")
+    items, z = np.asarray(items)[order], z[order]
     if biases:
         design = np.hstack([V, np.ones((V.shape[0], 1))])
         target = z - item_bias[items]
         reg = np.r_[np.full(rank, lam), lam_bias]
     else:
         design, target, reg = V, z, np.full(rank, lam)
-    indptr = np.asarray(indptr, dtype=np.int64)
-    scale = np.diff(indptr).astype(np.float64) if count_scaling else None
-    x = ridge_rows(indptr, items.astype(np.int32), target, design, reg, row_scale=scale).x
-    return x[:, :rank].copy(), (x[:, rank].copy() if biases else np.zeros(x.shape[0]))
-
-
-def fold_in(V, item_bias, items, ratings, *, lam: float, lam_bias: float, biases: bool,
-            count_scaling: bool, ro: ReadOut):
-    """One new user's (factors, bias) from their ratings (:func:`fold_in_rows`)."""
-    order = np.argsort(items, kind="stable")
-    items, ratings = np.asarray(items)[order], np.asarray(ratings, dtype=np.float64)[order]
-    f, b = fold_in_rows(V, item_bias, np.array([0, items.size]), items, ratings, lam=lam,
-                        lam_bias=lam_bias, biases=biases, count_scaling=count_scaling, ro=ro)
-    return f[0], float(b[0])
-
-
-def csr_of(rows: np.ndarray, cols: np.ndarray, n_rows: int, *values: np.ndarray):
-    """(indptr, cols, *values) of COO entries grouped by row, cols ascending within
-    each row: the layout the row kernels take."""
-    order = np.lexsort((cols, rows))
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return (indptr, cols[order], *(v[order] for v in values))
-
-
-def folded_users(user_ids, item_idx, ratings, V, item_bias, ro: ReadOut,
-                 **solve) -> pd.DataFrame:
-    """New users folded in from their ratings: one row per distinct user id (in order
-    of first appearance) with ``features`` (None when no rated item is known),
-    ``bias``, ``n_ratings`` (known items used) and ``rated`` (their dense indices).
-
-    Args:
-        user_ids: (nnz,) the users' ids; item_idx: int (nnz,) dense item indices, -1
-            for items the model does not know (ignored); ratings: (nnz,) rating units.
-        solve: lam, lam_bias, biases, count_scaling of :func:`fold_in_rows`.
-    """
-    users = pd.Index(pd.unique(np.asarray(user_ids)))
-    u = users.get_indexer(np.asarray(user_ids))
-    item_idx = np.asarray(item_idx, dtype=np.int64)
-    ok = item_idx >= 0
-    indptr, cols, vals = csr_of(u[ok], item_idx[ok], users.size,
-                                np.asarray(ratings, dtype=np.float64)[ok])
-    f, b = fold_in_rows(V, item_bias, indptr, cols, vals, ro=ro, **solve)
-    n = np.diff(indptr)
-    return pd.DataFrame({
-        "user_id": users.to_numpy(),
-        "features": [f[j] if n[j] else None for j in range(users.size)],
-        "bias": np.where(n > 0, b, 0.0), "n_ratings": n.astype(np.int32),
-        "rated": [cols[indptr[j]:indptr[j + 1]].astype(np.int32) for j in range(users.size)]})
-
-
-def fold_in_block(key, pdf, *, shared, **solve):
-    """:func:`folded_users` for the rows (user_id, idx (null: unknown item), rating)
-    of one block of new users. ``shared``: (V, item_bias, read-out)."""
-    limit_blas_threads()
-    V, ib, ro = unwrap(shared)
-    idx = pdf["idx"].fillna(-1).to_numpy(dtype=np.int64)
-    out = folded_users(pdf["user_id"].to_numpy(), idx, pdf["rating"].to_numpy(), V, ib, ro,
-                       **solve)
-    return out[["user_id", "features", "bias", "n_ratings", "rated"]]
+    indptr = np.array([0, items.size])
+    x = ridge_rows(indptr, items.astype(np.int32), target, design, reg,
+                   row_scale=np.array([float(items.size)]) if count_scaling else None).x[0]
+    return x[:rank], (float(x[rank]) if biases else 0.0)
 
 
 def unit_rows(M: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,13 +175,15 @@ def known_items(c) -> tuple[np.ndarray, np.ndarray]:
 
 def recommend_block(key, pdf, *, shared, k, val_dtype):
     """Top-k for every user of one packed user block (PACKED_SCHEMA rows). ``shared``:
-    (U, user_bias, V, item_bias, candidates, tiebreak, popularity or None, read-out[,
-    wanted]), ``wanted`` a bool mask of the rows to answer for (all when absent).
+    (ranker, rating, candidates, tiebreak, popularity or None[, wanted]): ``ranker`` the
+    FactorModel that orders the lists, ``rating`` the one whose predictions fill
+    ``predicted_rating`` ("self": the ranker; None: no rating model), ``wanted`` a bool
+    mask of the rows to answer for (all when absent).
 
-    With the sides swapped (the item layout, V as ``U`` and U as ``V``) the same
-    function gives the top users of every item, never one who rated it."""
+    With the sides swapped (the item layout, and models whose ``U`` is the item side)
+    the same function gives the top users of every item, never one who rated it."""
     limit_blas_threads()
-    U, ub, V, ib, candidates, tiebreak, popularity, ro, *rest = unwrap(shared)
+    m, rating, candidates, tiebreak, popularity, *rest = unwrap(shared)
     wanted = rest[0] if rest else None
     out = []
     for _, c in iter_chunks(pdf, val_dtype):
@@ -240,13 +198,60 @@ def recommend_block(key, pdf, *, shared, k, val_dtype):
             users = c.row_ids
         if users.size == 0:
             continue
-        recs = recommend_rows(U[users], ub[users], indptr, rated, V, ib, candidates,
-                              tiebreak, k, ro, popularity=popularity)
+        recs = recommend_rows(m.U[users], m.user_bias[users], indptr, rated, m.V, m.item_bias,
+                              candidates, tiebreak, k, m.readout, popularity=popularity,
+                              rating=_rating_rows(rating, users))
         recs["u"] = users[recs["u"].to_numpy()]
         out.append(recs)
     if not out:
         return pd.DataFrame({c: [] for c in RECS_COLUMNS})
     return pd.concat(out, ignore_index=True)[RECS_COLUMNS]
+
+
+def _rating_rows(rating, users):
+    if rating in (None, "self"):
+        return rating
+    return (rating.U[users], rating.user_bias[users], rating.V, rating.item_bias,
+            rating.readout)
+
+
+def rank_block(key, pdf, *, shared, k, val_dtype):
+    """Every user's top-k of one packed user block, and the ranking metrics of the
+    model's lists and of the most-popular lists against the users' test ratings.
+
+    ``shared``: (ranker, rating, candidates, tiebreak, popularity, spec): ``ranker`` the
+    FactorModel that orders the lists, ``rating`` the one whose predictions fill
+    ``predicted_rating`` ("self": the ranker; None: no rating model), ``spec`` an
+    :class:`~pmf_spark.rankeval.EvalSpec`. Lists are ``max(k, max(spec.ks))`` long;
+    rows with rank <= k come back (kind 0), and per chunk one row (kind 1) with the
+    pickled stats of both lists.
+    """
+    limit_blas_threads()
+    m, rating, candidates, tiebreak, popularity, spec = unwrap(shared)
+    depth = max(k, max(spec.ks))
+    out = []
+    for _, c in iter_chunks(pdf, val_dtype):
+        users = c.row_ids
+        indptr, rated = known_items(c)
+        rel = (c.test_kind == TEST) & (c.test_vals >= spec.threshold)
+        stats = {}
+        for name, pop in (("model", None), ("popular", popularity)):
+            recs = recommend_rows(m.U[users], m.user_bias[users], indptr, rated, m.V,
+                                  m.item_bias, candidates, tiebreak, depth, m.readout,
+                                  popularity=pop, rating=_rating_rows(rating, users))
+            st = empty_stats(spec, m.V.shape[0])
+            list_stats(st, spec, recs["u"].to_numpy(), recs["rank"].to_numpy(),
+                       recs["i"].to_numpy(), c.test_rows[rel], c.test_cols[rel], c.counts)
+            stats[name] = st
+            if pop is None:
+                keep = recs[recs["rank"] <= k].copy()
+                keep["u"] = users[keep["u"].to_numpy()]
+                keep["kind"] = 0
+                out.append(keep)
+        out.append(pd.DataFrame({"kind": [1], "stats": [pickle.dumps(stats, protocol=4)]}))
+    if not out:
+        return pd.DataFrame({c: [] for c in RANKED_COLUMNS})
+    return pd.concat(out, ignore_index=True).reindex(columns=RANKED_COLUMNS)
 
 
 def neighbors_block(key, pdf, *, shared, k):
@@ -257,12 +262,19 @@ def neighbors_block(key, pdf, *, shared, k):
     return neighbor_rows(Vn, valid, np.sort(pdf["i"].to_numpy(dtype=np.int64)), tiebreak, k)
 
 
+def _stack(col, n: int, rank: int) -> np.ndarray:
+    return np.stack([np.asarray(f, dtype=np.float64) for f in col]) if n else np.zeros((0, rank))
+
+
 def users_block(key, pdf, *, shared, k, rank):
-    """Top-k for rows (user_id, features, bias, n_ratings, rated) of one block; users
-    without factors get the popular list. ``shared``: (V, item_bias, candidates,
-    tiebreak, popularity, read-out)."""
+    """Top-k for rows (user_id, features, bias, n_ratings, rated[, rfeatures, rbias]) of
+    one block; users without factors get the popular list. ``shared``: (V, item_bias,
+    candidates, tiebreak, popularity, read-out, rates, ranker): ``rates``: the model
+    predicts ratings (else ``predicted_rating`` is NaN); ``ranker`` is None (the lists
+    are ranked by the model itself) or (V, item_bias, read-out, rank) of the ranking
+    model, whose user rows are the ``rfeatures``/``rbias`` columns."""
     limit_blas_threads()
-    V, ib, candidates, tiebreak, popularity, ro = unwrap(shared)
+    V, ib, candidates, tiebreak, popularity, ro, rates, ranker = unwrap(shared)
     pdf = pdf.reset_index(drop=True)
     n_ratings = pdf["n_ratings"].fillna(0).to_numpy()
     warm = (pdf["features"].notna() & (n_ratings > 0)).to_numpy()
@@ -273,15 +285,23 @@ def users_block(key, pdf, *, shared, k, rank):
             continue
         n = len(part)
         if is_warm:
-            U = np.stack([np.asarray(f, dtype=np.float64) for f in part["features"]])
+            U = _stack(part["features"], n, rank)
             ub = part["bias"].to_numpy(dtype=np.float64)
         else:
             U, ub = np.zeros((n, rank)), np.zeros(n)
         lists = [np.asarray(r if r is not None else [], dtype=np.int64) for r in part["rated"]]
         indptr = np.concatenate([[0], np.cumsum([x.size for x in lists])])
         rated = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-        recs = recommend_rows(U, ub, indptr, rated, V, ib, candidates, tiebreak, k, ro,
-                              popularity=None if is_warm else popularity)
+        if is_warm and ranker is not None:
+            rV, rib, rro, rrank = ranker
+            recs = recommend_rows(_stack(part["rfeatures"], n, rrank),
+                                  part["rbias"].to_numpy(dtype=np.float64), indptr, rated, rV,
+                                  rib, candidates, tiebreak, k, rro,
+                                  rating=(U, ub, V, ib, ro) if rates else None)
+        else:
+            recs = recommend_rows(U, ub, indptr, rated, V, ib, candidates, tiebreak, k, ro,
+                                  popularity=None if is_warm else popularity,
+                                  rating="self" if rates else None)
         recs.insert(0, "user_id", part["user_id"].to_numpy()[recs["u"].to_numpy()])
         recs["cold_start"] = not is_warm
         out.append(recs.drop(columns=["u"]))

@@ -41,10 +41,13 @@ def readout_of(data: PreparedData, params: PMFParams) -> ReadOut:
 
 
 class Trainer:
-    """Fits one model on prepared data. Nothing here creates a SparkSession.
+    """Fits one model -- and the ranking model beside it, when the parameters ask for one
+    (:meth:`~pmf_spark.params.PMFParams.companion`) -- on prepared data. Both models'
+    rows are solved in the same half-step jobs over the same packed blocks, so the
+    per-job cost is paid once. Nothing here creates a SparkSession.
 
     Args:
-        spark: the active session.
+        spark: the active session (None with a single-process engine).
         data: indexed ratings and statistics (:func:`pmf_spark.prepare.prepare`).
         params: the model's parameters.
         callback: called with each epoch's :class:`EpochMetrics` after logging;
@@ -53,79 +56,128 @@ class Trainer:
             by default a new one, packed at :meth:`setup`.
     """
 
-    def __init__(self, spark: SparkSession, data: PreparedData, params: PMFParams,
+    def __init__(self, spark: SparkSession | None, data, params: PMFParams,
                  callback: Callable[[EpochMetrics], object] | None = None,
-                 engine: Engine | None = None):
+                 engine=None):
         self.params = params
         self.callback = callback
-        self.engine = engine or Engine(spark, data, params.engine)
+        if engine is None:
+            assert spark is not None, "a Spark engine needs a session"
+            engine = Engine(spark, data, params.engine)
+        self.engine = engine
         self._strategy: Strategy | None = None
+        self._companion: Strategy | None = None
 
     @property
     def data(self) -> PreparedData:
         return self.engine.data
 
     @property
-    def strategy(self):
+    def strategy(self) -> Strategy:
         if self._strategy is None:
             self.setup()
+        assert self._strategy is not None
         return self._strategy
+
+    @property
+    def companion(self) -> Strategy | None:
+        """The ranking model's strategy, or None."""
+        if self._strategy is None:
+            self.setup()
+        return self._companion
 
     def with_params(self, params: PMFParams, callback=None) -> Trainer:
         """A trainer for other model/fit parameters sharing this one's packed layout."""
         return Trainer(self.engine.spark, self.data, params, callback, engine=self.engine)
 
+    def _context(self, params: PMFParams) -> TrainContext:
+        e = self.engine
+        return TrainContext(n_users=self.data.n_users, n_items=self.data.n_items,
+                            user_counts=e.counts["user"], item_counts=e.counts["item"],
+                            readout=readout_of(self.data, params),
+                            gram_dtype=params.engine.gram_dtype)
+
     def setup(self) -> None:
         if not self.engine.packed:
             self.engine.pack()
-        e = self.engine
-        ctx = TrainContext(n_users=self.data.n_users, n_items=self.data.n_items,
-                           user_counts=e.counts["user"], item_counts=e.counts["item"],
-                           readout=readout_of(self.data, self.params),
-                           gram_dtype=self.params.engine.gram_dtype)
-        self._strategy = strategy_for(self.params, ctx)
+        self._strategy = strategy_for(self.params, self._context(self.params))
+        comp = self.params.companion()
+        self._companion = strategy_for(comp, self._context(comp)) if comp else None
 
     @property
     def total_epochs(self) -> int:
-        return self.strategy.total_epochs()
+        c = self.companion
+        return max(self.strategy.total_epochs(), c.total_epochs() if c else 0)
 
     def initial_state(self) -> TrainState:
-        return self.strategy.init_state()
+        state = self.strategy.init_state()
+        if self.companion is not None:
+            state.companions = [self.companion.init_state()]
+        return state
 
     # ---------------------------------------------------------------- epochs
     def half_step(self, state: TrainState, solving: str, epoch: int = 1, rng=None,
                   metrics: bool = False) -> dict:
-        """Solve one side against the other; returns the first task's statistics."""
+        """Solve one side of this model (only) against the other; its statistics."""
         tasks = self.strategy.tasks(state, solving, epoch, rng)
         results = self.engine.half_step(solving, tasks, metrics=metrics)
         self.strategy.absorb(state, solving, results)
         return results[0].stats
 
+    def _parts(self, state: TrainState) -> list[tuple[Strategy, TrainState]]:
+        """The models that still have epochs to run, with their states."""
+        parts = [(self.strategy, state)]
+        if self.companion is not None and state.companions:
+            parts.append((self.companion, state.companions[0]))
+        return [(s, st) for s, st in parts if st.epoch < s.total_epochs()]
+
+    def _joint_half_step(self, parts, solving: str, epoch: int, rngs) -> list[dict]:
+        """One Spark job solving ``solving`` for every model in ``parts``."""
+        tasks = [s.tasks(st, solving, epoch, rng) for (s, st), rng in zip(parts, rngs)]
+        results = self.engine.half_step(solving, [t for ts in tasks for t in ts],
+                                        metrics=solving == "item")
+        sums, at = [], 0
+        for (s, st), ts in zip(parts, tasks):
+            s.absorb(st, solving, results[at:at + len(ts)])
+            sums.append(results[at].stats)
+            at += len(ts)
+        return sums
+
     def run_epoch(self, state: TrainState) -> EpochMetrics:
-        s = self.strategy
-        e = state.epoch + 1
         spark = self.engine.spark
         t0 = time.perf_counter()
-        rng = s.epoch_rng(e)
-        sums: dict = {}
+        parts = self._parts(state)
+        epochs = [st.epoch + 1 for _, st in parts]
+        rngs = [s.epoch_rng(e) for (s, _), e in zip(parts, epochs)]
+        sums: list[dict] = []
         for solving in SIDES:
-            describe(spark, f"epoch {e}/{self.total_epochs}: {solving} half-step")
-            sums = self.half_step(state, solving, e, rng, metrics=solving == "item")
+            describe(spark, f"epoch {epochs[0]}/{self.total_epochs}: {solving} half-step")
+            sums = self._joint_half_step(parts, solving, epochs[0], rngs)
         describe(spark, None)
+        out = []
+        for (s, st), e, rng, sm in zip(parts, epochs, rngs, sums):
+            out.append(self._finish_epoch(s, st, e, rng, sm, time.perf_counter() - t0))
+        return out[0]
+
+    def _finish_epoch(self, s: Strategy, state: TrainState, e: int, rng, sums: dict,
+                      seconds: float) -> EpochMetrics:
         if not (np.isfinite(state.user).all() and np.isfinite(state.item).all()):
+            which = "" if s is self._strategy else f" (the {s.name} ranking model)"
+            lam = "--lambda-u/--lambda-v" if not which else "--ranking-lambda"
             raise TrainingDiverged(
-                f"training diverged at epoch {e}: the factors became non-finite, most often "
-                f"because the priors are too weak for the data (raise --lambda-u/--lambda-v)")
+                f"training diverged at epoch {e}{which}: the factors became non-finite, most "
+                f"often because the priors are too weak for the data (raise {lam})")
         s.after_epoch(state, sums, e, rng)
-        rank = self.params.model.rank
+        rank = s.model.rank
         m = epoch_metrics(e, sums, objective=s.objective(state, sums["sse_z"]),
-                          seconds=time.perf_counter() - t0,
+                          seconds=seconds,
                           lambdas=(float(np.mean(state.reg_user[:rank])),
                                    float(np.mean(state.reg_item[:rank]))),
                           noise_var=state.noise_var)
         state.epoch = e
         state.history.append(m)
-        self._track_best(state, m)
+        if s is self._strategy:
+            self._track_best(state, m)
         return m
 
     def _track_best(self, state: TrainState, m: EpochMetrics) -> None:
@@ -146,7 +198,7 @@ class Trainer:
             self.setup()
         state = state or self.initial_state()
         patience = self.params.fit.early_stopping
-        while state.epoch < self.total_epochs:
+        while self._parts(state):
             m = self.run_epoch(state)
             stop = self.callback is not None and self.callback(m) is False
             if after_epoch is not None:
@@ -161,6 +213,12 @@ class Trainer:
         return state
 
     # ---------------------------------------------------------------- results
+    def ranking_model(self, state: TrainState) -> FactorModel | None:
+        """The ranking model trained beside this one, or None."""
+        if self.companion is None or not state.companions:
+            return None
+        return self.companion.factor_model(state.companions[0])
+
     def model(self, state: TrainState) -> FactorModel:
         """The trained model: the best epoch's with early stopping, else the last."""
         if self.params.fit.early_stopping and state.best is not None:

@@ -24,7 +24,9 @@ from pyspark.sql import functions as F
 
 from .errors import ConfigError
 from .params import PMFParams
-from .prepare import _HASH_BUCKETS, prepare, split_column
+from .prepare import prepare
+from .splits import HASH_BUCKETS as _HASH_BUCKETS
+from .splits import split_column
 from .train import Trainer
 from .validate import CleanRatings
 

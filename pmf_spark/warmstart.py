@@ -7,7 +7,9 @@ factor tables: every id present in both keeps its factors and bias; an id the
 previous model did not know (or knew without training ratings) starts at the prior
 mean, zero factors and zero bias, as the trainer leaves ids without ratings. If no
 trained id of a side persists, that side keeps the trainer's seeded initial draw
-(zero on both sides would be a fixed point of ALS).
+(zero on both sides would be a fixed point of ALS). A ranking model trained beside the
+rating model starts from the previous run's (``ranking_*_factors``) the same way when
+both runs train the same kind at the same rank.
 
 The factors live in z units of each run's own standardisation. With a linear
 read-out the previous model predicts :math:`r = \mu_0 + \sigma_0 z_0`; the new run
@@ -53,10 +55,10 @@ def previous_meta(spark: SparkSession, path: str, rank: int) -> dict:
     return meta
 
 
-def _factors(spark: SparkSession, path: str, side: str, vocab, rank: int):
+def _factors(spark: SparkSession, path: str, table: str, side: str, vocab, rank: int):
     """(dense indices, factors (n, rank), biases) of the previous model's trained ids
-    that are in ``vocab`` (the new run's id, idx)."""
-    prev = (spark.read.parquet(f"{path.rstrip('/')}/{side}_factors")
+    (in ``table``, e.g. ``user_factors``) that are in ``vocab`` (the new run's id, idx)."""
+    prev = (spark.read.parquet(f"{path.rstrip('/')}/{table}")
             .where(F.col("n_ratings") > 0)
             .select(F.col(f"{side}_id").alias("id"), "features", "bias"))
     tbl = prev.join(vocab.select("id", "idx"), "id").select("idx", "features", "bias") \
@@ -66,36 +68,60 @@ def _factors(spark: SparkSession, path: str, side: str, vocab, rank: int):
     return idx, feats.reshape(idx.size, rank), tbl.column("bias").to_numpy()
 
 
+def _fill(spark, path: str, prefix: str, state: TrainState, trainer, rank: int,
+          biases: bool, ratio: float, shift: float) -> dict[str, tuple[int, int]]:
+    """Overwrite ``state``'s rows of persisting trained ids with the previous model's
+    (tables ``{prefix}user_factors`` ...), rescaled; the other trained rows to the prior
+    mean, unless nothing of a side persists. Returns (persisting, trained) per side."""
+    data, counts = trainer.data, trainer.counts
+    found = {}
+    for side, vocab in (("user", data.users), ("item", data.items)):
+        idx, feats, bias = _factors(spark, path, f"{prefix}{side}_factors", side, vocab, rank)
+        ok = counts[side][idx] > 0
+        idx, feats, bias = idx[ok], feats[ok], bias[ok]
+        found[side] = (idx.size, int(np.count_nonzero(counts[side])))
+        if idx.size == 0:
+            log.info("warm start: no %s of %s persists; the %s factors start from the usual "
+                     "seeded draw", side, path, side)
+            continue
+        m = state.side(side)
+        m[counts[side] > 0] = 0.0
+        m[idx, :rank] = feats * math.sqrt(ratio)
+        if biases:
+            m[idx, rank] = bias * ratio + (shift if side == "item" else 0.0)
+    return found
+
+
+def _scaling(data, meta: dict, linear: bool) -> tuple[float, float]:
+    """(ratio, shift) taking the previous run's z units to this run's (see the module
+    docstring); (1, 0) for a read-out that does not depend on them."""
+    if not linear:
+        return 1.0, 0.0
+    return float(meta["sigma"]) / data.sigma, (float(meta["mu"]) - data.mu) / data.sigma
+
+
 def warm_start_state(spark: SparkSession, path: str, trainer) -> TrainState:
-    """The trainer's initial state with the persisting ids' factors from ``path``."""
+    """The trainer's initial state with the persisting ids' factors from ``path`` (and
+    the ranking model's, from its ``ranking_*`` tables, when both runs train the same
+    ranking model beside the rating model)."""
     params, data = trainer.params, trainer.data
     rank = params.model.rank
     meta = previous_meta(spark, path, rank)
     state = trainer.initial_state()
     linear = params.model.link == "linear" and meta.get("model", {}).get("link") == "linear"
-    ratio = float(meta["sigma"]) / data.sigma if linear else 1.0
-    shift = (float(meta["mu"]) - data.mu) / data.sigma if linear else 0.0
-    counts = trainer.counts
-    found = {}
-    for side, vocab in (("user", data.users), ("item", data.items)):
-        idx, feats, bias = _factors(spark, path, side, vocab, rank)
-        idx_ok = counts[side][idx] > 0
-        idx, feats, bias = idx[idx_ok], feats[idx_ok], bias[idx_ok]
-        trained = int(np.count_nonzero(counts[side]))
-        found[side] = (idx.size, trained)
-        if idx.size == 0:
-            continue
-        m = state.side(side)
-        m[counts[side] > 0] = 0.0
-        m[idx, :rank] = feats * math.sqrt(ratio)
-        if params.model.biases:
-            m[idx, rank] = bias * ratio + (shift if side == "item" else 0.0)
+    ratio, shift = _scaling(data, meta, linear)
+    found = _fill(spark, path, "", state, trainer, rank, params.model.biases, ratio, shift)
     (nu, tu), (ni, ti) = found["user"], found["item"]
     log.info("warm start from %s: %d of %d user(s) and %d of %d item(s) with training "
              "ratings start from its factors%s; the others from the prior mean", path, nu, tu,
              ni, ti, " (rescaled to this run's mean and spread)" if linear else "")
-    for side, (n, _) in found.items():
-        if n == 0:
-            log.info("warm start: no %s of %s persists; the %s factors start from the usual "
-                     "seeded draw", side, path, side)
+    comp, prev = params.companion(), meta.get("ranking_model") or {}
+    if comp is not None and state.companions and prev.get("fit", {}).get("model") == \
+            comp.fit.model and prev.get("model", {}).get("rank") == comp.model.rank and \
+            path_exists(spark, path.rstrip("/") + "/ranking_user_factors"):
+        lin = comp.fit.model != "implicit" and comp.model.link == "linear"
+        _fill(spark, path, "ranking_", state.companions[0], trainer, comp.model.rank,
+              comp.model.biases, *_scaling(data, meta, lin))
+        log.info("warm start: the %s ranking model starts from its factors too",
+                 comp.fit.model)
     return state

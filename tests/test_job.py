@@ -94,7 +94,7 @@ def test_model_json_and_metrics(small_run):
     cfg, params, result = small_run
     out = Path(cfg.output)
     meta = json.loads((out / "model.json").read_text())
-    assert PMFParams.from_dict({g: meta[g] for g in ("model", "fit", "engine")}) == params
+    assert PMFParams.from_dict({g: meta[g] for g in ("model", "fit", "engine", "ranker")}) == params
     assert JobConfig.from_dict(meta["job"]) == cfg
     assert meta["rank"] == params.model.rank and meta["epochs_run"] == 4
     assert meta["data"]["n_users"] == 1200 and meta["data"]["n_items"] == 600

@@ -194,12 +194,11 @@ def test_allow_list_and_user_tables_of_the_job(trained_dir):
         want = model.users_for_item(item, 6)
         assert got.user_id.tolist() == want.user_id.tolist()
         np.testing.assert_allclose(got.score, want.score, rtol=0, atol=1e-12)
-        # brute force: every user with training ratings, scored, raters removed
-        users = pd.read_parquet(out / "user_factors")
-        items = pd.read_parquet(out / "item_factors").set_index("item_id")
-        meta = json.loads((out / "model.json").read_text())
-        s = meta["mu"] + meta["sigma"] * (np.stack(users.features) @ items.features[item]
-                                          + users.bias + items.bias[item])
+        # brute force: every user with training ratings, scored by the model that orders
+        # the lists (the ranking model beside the rating model), raters removed
+        users = pd.read_parquet(out / "ranking_user_factors")
+        items = pd.read_parquet(out / "ranking_item_factors").set_index("item_id")
+        s = np.stack(users.features) @ items.features[item] + users.bias + items.bias[item]
         keep = (users.n_ratings > 0) & ~users.user_id.isin(train[train.item_id == item].user_id)
         best = users[keep].assign(s=s[keep]).sort_values(["s", "user_id"],
                                                          ascending=[False, True])
@@ -219,8 +218,9 @@ def test_allow_list_and_user_tables_of_the_job(trained_dir):
         json.loads((out / name).read_text(), parse_constant=refuse)
     assert json.loads((out / "metrics.json").read_text())["epochs"][0]["val_rmse"] is None
     report = (out / "report.html").read_text()
-    for words in (str(base / "ratings.csv"), "run at (UTC)", "seeded random 85% train",
-                  "phases", "recommendations/ holds the pmf rank 4 model"):
+    for words in (str(base / "ratings.csv"), "run at (UTC)",
+                  "train/test 85%/15% by a seeded hash (seed 0)", "phases",
+                  "The lists are ranked by the missing-data model trained beside the rating"):
         assert words in report, words
 
 

@@ -77,7 +77,7 @@ def test_report_is_self_contained_html_with_the_figures(job_output):
 def test_effective_config_round_trips_through_model_json(job_output, tmp_path):
     meta = json.loads((job_output / "model.json").read_text())
     job = JobConfig.from_dict(meta["job"])
-    model = PMFParams.from_dict({g: meta[g] for g in ("model", "fit", "engine")})
+    model = PMFParams.from_dict({g: meta[g] for g in ("model", "fit", "engine", "ranker")})
     path = tmp_path / "again.toml"
     path.write_text(to_toml(job, model))
     assert resolve(load_config_file(str(path)), None) == (job, model)

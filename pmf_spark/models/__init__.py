@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from .base import Strategy
 from .bpmf import GibbsBPMF
+from .implicit import ImplicitALS
+from .missing_data import MissingDataPMF
 from .pmf import MapPMF
 
 #: ``--model`` name -> strategy class (a class may pick a variant in ``create``)
 REGISTRY: dict[str, type[Strategy]] = {
     "pmf": MapPMF,
     "bpmf": GibbsBPMF,
+    "missing-data": MissingDataPMF,
+    "implicit": ImplicitALS,
 }
 
 

@@ -119,6 +119,8 @@ class TrainState:
     best: dict | None = None
     stale: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the states of models trained beside this one in the same jobs (the ranking model)
+    companions: list[TrainState] = field(default_factory=list)
 
     def side(self, name: str) -> np.ndarray:
         return self.user if name == "user" else self.item
@@ -188,6 +190,10 @@ class Strategy:
     supports_early_stopping: ClassVar[bool] = True
     #: the epoch's objective (MAP loss) is meaningful
     has_objective: ClassVar[bool] = True
+    #: a ranking model: may be trained beside the rating model to order the top-k lists
+    ranks: ClassVar[bool] = False
+    #: its predictions are ratings (a model of preferences, like implicit ALS, is not)
+    predicts_ratings: ClassVar[bool] = True
 
     def __init__(self, params, ctx: TrainContext):
         self.params = params
@@ -198,6 +204,11 @@ class Strategy:
     @classmethod
     def check(cls, fit) -> None:
         """Model-specific parameter checks (raise ConfigError naming the field)."""
+
+    @classmethod
+    def normalize_model(cls, model):
+        """The model parameters this model uses (e.g. without biases); by default as given."""
+        return model
 
     @classmethod
     def driver_copies(cls, fit) -> tuple[int, int]:
