@@ -36,7 +36,8 @@ def grown(spark, tmp_path_factory):
     full[~added].to_csv(base / "old.csv", index=False)
     cfg = JobConfig(ratings=str(base / "old.csv"), output=str(base / "previous"), top_k=0,
                     report=False)
-    res = pipeline.run_training(spark, cfg, PMFParams.of(rank=5, epochs=10, blocks=2))
+    res = pipeline.run_training(spark, cfg, PMFParams.of(rank=5, epochs=8, blocks=2,
+                                                         ranking_rank=4))
     res.trainer.release()
     res.data.release()
     return base, full, new_users, new_items
@@ -46,7 +47,8 @@ def test_persisting_ids_start_from_the_previous_predictions(spark, grown):
     base, full, new_users, new_items = grown
     data = prepare(clean_from_pandas(spark, full), None, test_fraction=0.15, split_seed=0,
                    on_duplicate="error")
-    trainer = Trainer(spark, data, PMFParams.of(rank=5, epochs=10, blocks=2))
+    trainer = Trainer(spark, data, PMFParams.of(rank=5, epochs=10, blocks=2,
+                                                recommend_by="rating"))
     try:
         state = warm_start_state(spark, str(base / "previous"), trainer)
         users = data.users.toPandas().set_index("id")
@@ -86,7 +88,8 @@ def test_warm_start_through_the_job_and_a_wrong_rank(spark, grown, tmp_path, cap
 
     def job(rank: int, warm) -> int:
         return train_pmf.main(["--ratings", str(base / "full.csv"), "--output", str(out),
-                               "--rank", str(rank), "--epochs", "2", "--top-k", "0",
+                               "--rank", str(rank), "--ranking-rank", "4", "--epochs", "2",
+                               "--top-k", "0",
                                "--no-report", "--blocks", "2", "--warm-start", str(warm)],
                               spark=spark)
 
@@ -97,6 +100,7 @@ def test_warm_start_through_the_job_and_a_wrong_rank(spark, grown, tmp_path, cap
     assert found, text
     kept_u, all_u, kept_i, all_i = map(int, found.groups())
     assert all_u - kept_u >= len(new_users) and 0 < kept_u and 0 < kept_i <= all_i - 3
+    assert "the missing-data ranking model starts from its factors too" in text
     meta = json.loads((out / "model.json").read_text())
     assert meta["job"]["warm_start"] == str(base / "previous")
     assert job(7, base / "previous") == 2
