@@ -66,15 +66,16 @@ def load_split(spark, data_dir: Path, split: str):
 
 def tune_ours(spark, train_clean, split: str, trials: int, seed: int):
     from pmf_spark.params import PMFParams
-    from pmf_spark.tuning import SearchSpace, run_search, sample_trials
+    from pmf_spark.tuning import SearchSpace, run_search, sample_trials, training_part
 
     space = SearchSpace(ranks=(30, 50, 100), lambda_range=(6.0, 25.0),
                         lambda_bias_range=(1.0, 10.0))
     cands = sample_trials(space, PMFParams(), trials, seed)
-    res = run_search(spark, train_clean, cands,
-                     test_fraction=0.15 if split == "random" else None, split_seed=0,
-                     on_duplicate="latest", folds=1, validation_fraction=0.15, parallel=1,
-                     blocks=2)
+    if split == "random":    # the job's test split is removed first
+        train_clean = training_part(train_clean, split="random", split_seed=0,
+                                    test_fraction=0.15, leave_last=1, on_duplicate="latest")
+    res = run_search(spark, train_clean, cands, split_seed=0, on_duplicate="latest", folds=1,
+                     validation_fraction=0.15, parallel=1, blocks=2)
     best = min(res, key=lambda r: r.mean)
     return best.params, best.mean
 

@@ -108,17 +108,32 @@ def fit(params, u, i, r, val, n_users, n_items, lo, hi):
     return trainer.model(state)
 
 
+def refine_grid(lo: float) -> dict:
+    """Around the coarse grid's best region (missing-data, lambda 12, r_m at the bottom of
+    the scale, w_m rising to 0.2 at the edge; implicit best with a strong lambda)."""
+    md = [dict(model="missing-data", rank=30, lambda_u=lam, lambda_v=lam, missing_weight=w,
+               missing_rating=lo) for w, lam in itertools.product((0.15, 0.2, 0.3, 0.45),
+                                                                  (8.0, 12.0, 18.0))]
+    md += [dict(model="missing-data", rank=rk, lambda_u=12.0, lambda_v=12.0, missing_weight=w,
+                missing_rating=lo) for rk, w in itertools.product((20, 50), (0.2, 0.3))]
+    imp = [dict(model="implicit", rank=30, lambda_u=lam, lambda_v=lam, alpha=a)
+           for lam, a in itertools.product((50.0, 100.0, 200.0), (2.0, 5.0, 10.0))]
+    return {"missing-data": md, "implicit": imp}
+
+
 def main(argv=None) -> int:
     from pmf_spark.params import PMFParams
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ml100k_dir() / "u.data"))
     ap.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
+    ap.add_argument("--grid", default="refine", choices=("wide", "refine"),
+                    help="wide: the first coarse grid; refine: around its best region")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     u, i, r, n_users, n_items, lo, hi = training_ratings(args.data)
     fold_masks = folds(u)
-    grids = {
+    grids = refine_grid(lo) if args.grid == "refine" and not args.quick else {
         "missing-data": [dict(model="missing-data", rank=rk, lambda_u=lam, lambda_v=lam,
                               missing_weight=w, missing_rating=rm)
                          for rk, lam, w, rm in itertools.product(

@@ -54,13 +54,13 @@ OPTION_GROUPS = {
                                                "users_per_item_items", "similar_users"]),
     "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
     "retraining": ("job", ["warm_start"]),
-    "spark and performance": ("params", ["blocks", "gram_dtype", "chunk_ratings",
+    "spark and performance": ("params", ["blocks", "gram_dtype", "kernel", "chunk_ratings",
                                         "resident_mb"]),
 }
 CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
            "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY),
-           "confidence": CONFIDENCES, "split": SPLITS,
+           "confidence": CONFIDENCES, "split": SPLITS, "kernel": ("auto", "numba", "numpy"),
            "recommend_by": ("rating",) + tuple(n for n, c in REGISTRY.items() if c.ranks)}
 
 

@@ -53,6 +53,15 @@ def build_parser():
     s.add_argument("--lambda-bias-range", default="1,100", help="log-uniform range of lambda_bias")
     s.add_argument("--priors", default="fixed", help="prior modes to draw from, e.g. "
                                                      "fixed,spherical,diagonal")
+    s.add_argument("--metric", default="rmse",
+                   help="what to optimise on validation: rmse (the rating model) or a ranking "
+                        "metric of the top-k lists, e.g. ndcg@10, precision@10, recall@20, "
+                        "map@10 (the ranking model that orders them)")
+    s.add_argument("--models", default="missing-data,implicit",
+                   help="ranking models to draw from (ranking metrics)")
+    s.add_argument("--missing-weight-range", default="0.01,0.5",
+                   help="log-uniform range of missing_weight (missing-data)")
+    s.add_argument("--alpha-range", default="0.5,50", help="log-uniform range of alpha (implicit)")
     s.add_argument("--epochs", type=int, help="epochs per trial (default: the base config's)")
     s.add_argument("--seed", type=int, default=0, help="seed of the search")
     s.add_argument("--parallel", type=int, default=0,
@@ -66,7 +75,7 @@ def build_parser():
 
 def settings(args):
     """(job, trials, space) from the flags and the --config file."""
-    from pmf_spark.tuning import SearchSpace, sample_trials
+    from pmf_spark.tuning import SearchSpace, parse_metric, sample_trials
 
     file_values = load_config_file(args.config) if args.config else None
     job_flags = {k: v for k, v in {
@@ -82,68 +91,81 @@ def settings(args):
     if not 0 < args.validation_fraction < 1:
         raise ConfigError(f"validation_fraction: must be in (0, 1), got "
                           f"{args.validation_fraction}")
-    lam = _floats(args.lambda_range)
-    lam_b = _floats(args.lambda_bias_range)
-    if len(lam) != 2 or len(lam_b) != 2:
-        raise ConfigError("--lambda-range and --lambda-bias-range take low,high")
-    space = SearchSpace(ranks=tuple(int(x) for x in _floats(args.ranks)), lambda_range=lam,
-                        lambda_bias_range=lam_b,
-                        priors=tuple(x.strip() for x in args.priors.split(",")))
-    return job, sample_trials(space, base, args.trials, args.seed), space
+    ranges = {}
+    for flag in ("lambda_range", "lambda_bias_range", "missing_weight_range", "alpha_range"):
+        ranges[flag] = _floats(getattr(args, flag))
+        if len(ranges[flag]) != 2:
+            raise ConfigError(f"--{flag.replace('_', '-')} takes low,high")
+    parse_metric(args.metric)
+    space = SearchSpace(ranks=tuple(int(x) for x in _floats(args.ranks)),
+                        priors=tuple(x.strip() for x in args.priors.split(",")),
+                        ranking_models=tuple(x.strip() for x in args.models.split(",")),
+                        **ranges)
+    return job, base, sample_trials(space, base, args.trials, args.seed, args.metric), space
 
 
-def best_toml(job, best) -> str:
-    """The best trial's model settings ([model], [fit], [engine]) as TOML: data and
-    output stay on the command line, so training with it never overwrites another
+def best_toml(job, params, quality: str) -> str:
+    """The best trial's model settings ([model], [fit], [engine], [ranker]) as TOML: data
+    and output stay on the command line, so training with it never overwrites another
     run's output or records the wrong input."""
     source = job.ratings or f"the built-in synthetic data {job.synthetic!r}"
-    return ("# the best trial of jobs/tune.py on " + source
-            + f" (validation rmse {best.mean:.4f} +- {best.sd:.4f}); model settings only:\n"
-            "# give the data and the output on the command line, e.g.\n"
+    return ("# the best trial of jobs/tune.py on " + source + f" ({quality}); model settings "
+            "only:\n# give the data and the output on the command line, e.g.\n"
             "#   ./spark-submit.sh jobs/train_pmf.py --config best.toml --ratings FILE "
-            "--output DIR\n" + to_toml(None, best.params.replace(blocks=0)))
+            "--output DIR\n" + to_toml(None, params.replace(blocks=0)))
 
 
-def write_results(spark, args, job, space, results) -> None:
+def write_results(spark, args, job, base, space, results) -> None:
     """results.parquet, results.json and best.toml, committed atomically."""
     import pandas as pd
 
     from pmf_spark.fs import AtomicOutput
+    from pmf_spark.tuning import best_params, higher_is_better
 
-    rows = sorted((r.row() for r in results), key=lambda r: r["val_rmse"])
-    best = min(results, key=lambda r: r.mean)
+    sign = -1.0 if higher_is_better(args.metric) else 1.0
+    rows = sorted((r.row() for r in results), key=lambda r: sign * r["val_score"])
+    best = min(results, key=lambda r: sign * r.mean)
     out = AtomicOutput(spark, args.output)
     try:
         spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
             out.path("results.parquet"))
-        out.write_json("results.json", {"folds": args.folds, "trials": rows,
-                                        "search": space.__dict__, "best_trial": best.trial})
-        out.write_text("best.toml", best_toml(job, best))
+        out.write_json("results.json", {"folds": args.folds, "metric": args.metric,
+                                        "trials": rows, "search": space.__dict__,
+                                        "best_trial": best.trial})
+        out.write_text("best.toml", best_toml(
+            job, best_params(base, best.params, args.metric),
+            f"validation {args.metric} {best.mean:.4f} +- {best.sd:.4f}"))
         out.commit({"tables": {"results.parquet": len(rows)}})
     except BaseException:
         out.abort()
         raise
     m, f = best.params.model, best.params.fit
-    log.info("best: trial %d  rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
-             "priors %s  validation rmse %.4f +- %.4f  ->  %s/best.toml", best.trial,
-             m.rank, f.lambda_u, f.lambda_v, f.lambda_bias, f.priors, best.mean, best.sd,
-             args.output)
+    log.info("best: trial %d  %s rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
+             "priors %s  w_m %.3f  alpha %.2f  validation %s %.4f +- %.4f  ->  %s/best.toml",
+             best.trial, f.model, m.rank, f.lambda_u, f.lambda_v, f.lambda_bias, f.priors,
+             f.missing_weight, f.alpha, args.metric, best.mean, best.sd, args.output)
 
 
-def run(spark, args, job, trials, space) -> None:
+def run(spark, args, job, base, trials, space) -> None:
     from pmf_spark.pipeline import check_output_path, load_inputs
-    from pmf_spark.tuning import run_search
+    from pmf_spark.tuning import run_search, training_part
 
     check_output_path(spark, job.replace(output=args.output))
     train, _ = load_inputs(spark, job.replace(test=None))
+    if not job.test:
+        # the training job's test split is removed before anything else reads the data
+        train = training_part(train, split=job.split, split_seed=job.split_seed,
+                              test_fraction=job.test_fraction, leave_last=job.leave_last,
+                              on_duplicate=job.on_duplicate)
     cores = spark.sparkContext.defaultParallelism
     blocks = args.blocks or max(1, cores)
     parallel = args.parallel or max(1, cores // blocks)
     results = run_search(
-        spark, train, trials, test_fraction=None if job.test else job.test_fraction,
-        split_seed=job.split_seed, on_duplicate=job.on_duplicate, folds=args.folds,
-        validation_fraction=args.validation_fraction, parallel=parallel, blocks=blocks)
-    write_results(spark, args, job, space, results)
+        spark, train, trials, split_seed=job.split_seed, on_duplicate=job.on_duplicate,
+        folds=args.folds, validation_fraction=args.validation_fraction, parallel=parallel,
+        blocks=blocks, metric=args.metric, relevance_threshold=job.relevance_threshold,
+        min_item_ratings=job.min_item_ratings)
+    write_results(spark, args, job, base, space, results)
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
@@ -154,9 +176,9 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     setup_logging(args.verbose)
     own = spark is None
     try:
-        job, trials, space = settings(args)
+        job, base, trials, space = settings(args)
         spark = spark or session("pmf-spark tune", args.verbose)
-        run(spark, args, job, trials, space)
+        run(spark, args, job, base, trials, space)
         return 0
     except PMFError as exc:
         return report_error(exc)

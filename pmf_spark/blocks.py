@@ -13,14 +13,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .kernels import ReadOut, row_dots
+from .kernels import ReadOut, kernel_backend, kernel_compile_seconds, row_dots
 from .layout import TEST, VALIDATION, decode_chunk, iter_chunks, limit_blas_threads, to_bytes
 
 SOLVED_SCHEMA = (
     "block int, chunk int, task int, row_ids binary, factors binary, variances binary, "
     "n_train long, sse double, sae double, sse_z double, n_test long, test_sse double, "
     "test_sae double, n_val long, val_sse double, val_sae double, esse double, "
-    "missing boolean")
+    "missing boolean, backend string, compile_s double")
 SOLVED_COLUMNS = [c.strip().split(" ")[0] for c in SOLVED_SCHEMA.split(",")]
 #: the summed statistics of a half-step
 SUMS = ("n_train", "sse", "sae", "sse_z", "n_test", "test_sse", "test_sae", "n_val",
@@ -49,7 +49,8 @@ def error_sums(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 def _record(key, row, task: int) -> dict:
     rec: dict = {name: 0.0 for name in SUMS}
     rec.update(block=int(key[0]), chunk=int(row["chunk"]), task=task, row_ids=b"",
-               factors=b"", variances=b"", n_train=0, n_test=0, n_val=0, missing=False)
+               factors=b"", variances=b"", n_train=0, n_test=0, n_val=0, missing=False,
+               backend="", compile_s=0.0)
     return rec
 
 
@@ -98,7 +99,8 @@ def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dt
             full = np.zeros((n, widths[t]))
             full[:, :sol.x.shape[1]] = sol.x
             rec.update(row_ids=to_bytes(c.row_ids), factors=to_bytes(full),
-                       n_train=int(c.cols.size), esse=sol.esse)
+                       n_train=int(c.cols.size), esse=sol.esse, backend=kernel_backend(),
+                       compile_s=kernel_compile_seconds())
             if variances[t]:
                 var = np.zeros((n, widths[t]))
                 var[:, :sol.var.shape[1]] = sol.var

@@ -44,13 +44,35 @@ log = logging.getLogger("pmf_spark")
 RESIDENT_MIN_BLOCK_MB = 32.0
 
 
-def block_labels(spark: SparkSession, blocks: int) -> list[int]:
-    """For each partition p of ``repartition(blocks, int_col)``, the smallest int
-    label that Spark's hash partitioner sends to p: one block per partition."""
-    cand = spark.range(0, 64 * blocks).select(F.col("id").cast("int").alias("k"))
-    rows = (cand.select("k", F.pmod(F.hash("k"), F.lit(blocks)).alias("p"))
-            .groupBy("p").agg(F.min("k").alias("k")).collect())
-    by_p = {r["p"]: r["k"] for r in rows}
+_M32 = 0xFFFFFFFF
+
+
+def spark_hash_int(k: int, seed: int = 42) -> int:
+    """Spark's ``hash()`` of an int column (Murmur3 x86 32-bit, seed 42), in Python: what
+    ``repartition(n, col)`` places rows by (``pmod(hash, n)``)."""
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & _M32
+
+    k1 = rotl((k & _M32) * 0xCC9E2D51 & _M32, 15) * 0x1B873593 & _M32
+    h1 = (rotl(seed ^ k1, 13) * 5 + 0xE6546B64) & _M32
+    h1 ^= 4
+    h1 ^= h1 >> 16
+    h1 = h1 * 0x85EBCA6B & _M32
+    h1 ^= h1 >> 13
+    h1 = h1 * 0xC2B2AE35 & _M32
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
+
+
+def block_labels(spark: SparkSession | None, blocks: int) -> list[int]:
+    """For each partition p of ``repartition(blocks, int_col)``, the smallest int label
+    that Spark's hash partitioner sends to p: one block per partition. Computed on the
+    driver with Spark's own hash (no Spark job)."""
+    by_p: dict[int, int] = {}
+    k = 0
+    while len(by_p) < blocks:
+        by_p.setdefault(spark_hash_int(k) % blocks, k)
+        k += 1
     return [by_p[p] for p in range(blocks)]
 
 
@@ -127,6 +149,7 @@ class Engine:
         self.block_mb = {"user": 0.0, "item": 0.0}
         self.resident = _ResidentProtocol(params.resident_mb)
         self.setup_seconds = 0.0
+        self.backends: set[str] = set()
 
     # ---------------------------------------------------------------- setup
     @property
@@ -198,6 +221,21 @@ class Engine:
         finally:
             bc.destroy(blocking=False)
 
+    def _note_kernels(self, tbl: pa.Table) -> None:
+        """Log, once, which kernels the workers ran and what compiling them cost."""
+        names = {b for b in tbl.column("backend").to_pylist() if b} - self.backends
+        compile_s = float(np.max(tbl.column("compile_s").to_numpy())) if tbl.num_rows else 0.0
+        for name in sorted(names):
+            if name == "numba":
+                log.info("row kernels: compiled (numba) in the Python workers")
+            elif name.startswith("numpy (") and self.params.kernel == "auto":
+                log.warning("numba could not be loaded in the Python workers %s: the numpy "
+                            "kernels run instead (2-6x slower per epoch)", name[6:])
+        if compile_s > 0.5:
+            log.info("the workers compiled the numba kernels in %.1fs (cached for later runs "
+                     "in the temporary directory)", compile_s)
+        self.backends |= names
+
     def half_step(self, solving: str, tasks: list[KernelTask],
                   metrics: bool = False) -> list[HalfResult]:
         """Solve every row of ``solving`` for each task; one Spark job (two when a warm
@@ -206,6 +244,7 @@ class Engine:
         if not (resident and self.resident.warm[solving]):
             tbl = self._run(solving, tasks, metrics)
             self.resident.warm[solving] = resident
+            self._note_kernels(tbl)
             return collect_solved(tbl, tasks, self.sizes[solving])
         tbl = self._run(solving, tasks, metrics, light=True)
         missing = pc.filter(tbl.column("block"), tbl.column("missing")).to_pylist()

@@ -58,7 +58,7 @@ def fold_in_rows(params: PMFParams, V: np.ndarray, item_bias: np.ndarray,
     ctx = TrainContext(n_users=n, n_items=V.shape[0],
                        user_counts=np.diff(np.asarray(indptr, np.int64)),
                        item_counts=np.asarray(item_counts, np.int64), readout=readout,
-                       gram_dtype="float64")
+                       gram_dtype="float64", kernel="numpy")
     strategy = strategy_for(params, ctx)
     item = np.zeros((V.shape[0], rank + 1))
     item[:, :rank] = V

@@ -30,11 +30,76 @@ Array conventions: ``indptr`` int (n_rows + 1,), ``cols`` int (nnz,) indices int
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 #: Entries gathered per chunk of rows (bounds the memory of the gathered rows).
 CHUNK_ENTRIES = 1 << 16
+#: ``kernel`` settings: 'auto' compiles with numba when it can be loaded, else numpy
+BACKENDS = ("auto", "numba", "numpy")
+
+
+class _Compiled:
+    """This process's compiled kernels (:mod:`pmf_spark.compiled`), loaded on first use:
+    the module, or None with the reason numba could not be loaded, and the seconds the
+    first compilation (or load from the disk cache) took."""
+
+    module: Any = None
+    error: str | None = None
+    seconds = 0.0
+    tried = False
+    last_backend = "numpy"
+
+
+def compiled(backend: str = "auto"):
+    """The compiled kernels for ``backend``: the module, or None for numpy. 'numba'
+    raises RuntimeError when they cannot be loaded; 'auto' falls back to numpy."""
+    if backend == "numpy":
+        return None
+    if not _Compiled.tried:
+        _Compiled.tried = True
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            from . import compiled as module
+
+            module.warm_up()
+            _Compiled.module = module
+        except Exception as exc:  # numba missing, or it cannot compile on this machine
+            _Compiled.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        _Compiled.seconds = time.perf_counter() - t0
+    if _Compiled.module is None and backend == "numba":
+        raise RuntimeError(f"the numba kernels cannot be loaded here ({_Compiled.error}); "
+                           f"install numba or run with --kernel numpy")
+    return _Compiled.module
+
+
+def kernel_backend() -> str:
+    """What the last row kernel of this process ran on ('numba' or 'numpy', with the
+    reason numba could not be loaded when it fell back)."""
+    if _Compiled.last_backend == "numpy" and _Compiled.error:
+        return f"numpy ({_Compiled.error})"
+    return _Compiled.last_backend
+
+
+def kernel_compile_seconds() -> float:
+    """Seconds this process spent compiling (or loading) the compiled kernels, once:
+    reported by the first call after it, 0 afterwards."""
+    s, _Compiled.seconds = _Compiled.seconds, 0.0
+    return s
+
+
+_PADDED: list = [None, None, None]      # (design, dtype, padded): one per process
+
+
+def _padded(C, design: np.ndarray, gdt) -> np.ndarray:
+    """The compiled kernels' padded copy of a fixed side, made once per broadcast value
+    (the same design arrives for every chunk of a block)."""
+    if _PADDED[0] is not design or _PADDED[1] != gdt:
+        _PADDED[:] = [design, gdt, C.padded(design, gdt)]
+    return _PADDED[2]
 
 
 @dataclass(frozen=True)
@@ -114,7 +179,8 @@ def solve_stack(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 class _Block:
     """A CSR block prepared for :func:`_accumulate` (arrays cast once)."""
 
-    def __init__(self, indptr, cols, targets, design, gram_dtype, weights=None):
+    def __init__(self, indptr, cols, targets, design, gram_dtype, weights=None,
+                 backend: str = "auto"):
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.cols = np.asarray(cols)
         self.targets = np.asarray(targets, dtype=np.float64)
@@ -127,6 +193,16 @@ class _Block:
         self.n_rows = self.indptr.size - 1
         self.k = self.design.shape[1]
         self.counts = np.diff(self.indptr)
+        self.C = compiled(backend)
+        _Compiled.last_backend = "numba" if self.C is not None else "numpy"
+
+    def compiled_args(self):
+        """(targets, sqrt weights, padded design) in the Gram dtype, for the compiled
+        kernels."""
+        C = self.C
+        w = (np.zeros(0, self.gdt) if self.root_w is None
+             else self.root_w.astype(self.gdt, copy=False))
+        return self.targets.astype(self.gdt, copy=False), w, _padded(C, self.design, self.gdt)
 
     def chunks(self):
         """(rows, gram, rhs) per chunk of rows; gram/rhs are views of reused buffers
@@ -139,10 +215,15 @@ class _Block:
 
 
 def _accumulate(b: _Block, rows: np.ndarray, gram: np.ndarray, rhs: np.ndarray,
-                keep: bool) -> list[np.ndarray]:
-    """The shared Gram step: ``gram[j] = X^T X`` and ``rhs[j] = X^T t`` for each row
+                keep: bool) -> list[np.ndarray] | None:
+    """The shared Gram step: ``gram[j] = X^T W X`` and ``rhs[j] = X^T t`` for each row
     ``rows[j]``, X its gathered design rows (in ``gram_dtype``). Returns the gathered
-    X per row when ``keep`` (to compute fitted values without gathering again)."""
+    X per row when ``keep`` (to compute fitted values without gathering again); None
+    from the compiled kernels (fitted values are then computed afresh)."""
+    if b.C is not None:
+        t, w, X = b.compiled_args()
+        b.C.gram_rows(b.indptr, b.cols, t, w, X, np.asarray(rows, np.int64), gram, rhs)
+        return None
     gathered = []
     for j, r in enumerate(rows):
         a, e = b.indptr[r], b.indptr[r + 1]
@@ -159,6 +240,11 @@ def _accumulate(b: _Block, rows: np.ndarray, gram: np.ndarray, rhs: np.ndarray,
 
 
 def _fit_values(b: _Block, rows, gathered, sol, fitted) -> None:
+    if gathered is None:                   # the compiled Gram step kept nothing
+        span = slice(b.indptr[rows[0]], b.indptr[rows[-1] + 1])
+        owner = np.repeat(np.arange(rows.size), b.counts[rows])
+        fitted[span] = row_dots(b.design_g[b.cols[span]], sol.astype(b.gdt)[owner])
+        return
     sol_g = sol.astype(b.gdt, copy=False)
     for j, r in enumerate(rows):
         fitted[b.indptr[r]:b.indptr[r + 1]] = gathered[j] @ sol_g[j]
@@ -183,7 +269,7 @@ def _check_prior(prior: np.ndarray, k: int) -> np.ndarray:
 
 def ridge_rows(indptr, cols, targets, design, reg, *, row_scale=None, with_fitted=False,
                gram_dtype=np.float64, weights=None, gram_scale: float = 1.0,
-               base_gram=None, base_rhs=None) -> RowSolution:
+               base_gram=None, base_rhs=None, backend: str = "auto") -> RowSolution:
     r"""Every row's regularised least squares
 
     .. math::
@@ -204,10 +290,13 @@ def ridge_rows(indptr, cols, targets, design, reg, *, row_scale=None, with_fitte
         weights: float64 (nnz,) per-entry weights W of the data Gram (None: 1).
         gram_scale: c, a weight of the whole data Gram.
         base_gram, base_rhs: B and b above (None: 0).
+        backend: 'auto' (compiled when numba loads), 'numba' or 'numpy' (the oracle).
     """
-    b = _Block(indptr, cols, targets, design, gram_dtype, weights)
+    b = _Block(indptr, cols, targets, design, gram_dtype, weights, backend)
     reg = _check_prior(reg, b.k)
     scale = np.ones(b.n_rows) if row_scale is None else np.asarray(row_scale, np.float64)
+    if b.C is not None and reg.ndim == 1:
+        return _ridge_compiled(b, reg, scale, with_fitted, gram_scale, base_gram, base_rhs)
     x = np.zeros((b.n_rows, b.k))
     fitted = np.zeros(b.cols.size) if with_fitted else None
     for rows, gram, rhs in b.chunks():
@@ -226,8 +315,33 @@ def ridge_rows(indptr, cols, targets, design, reg, *, row_scale=None, with_fitte
     return RowSolution(x, fitted)
 
 
+def _ridge_compiled(b: _Block, reg, scale, with_fitted, gram_scale, base_gram,
+                    base_rhs) -> RowSolution:
+    """:func:`ridge_rows` by the fused compiled kernel; rows whose system is singular
+    (only with a zero prior weight) are solved again by numpy's least squares."""
+    t, w, X = b.compiled_args()
+    x = np.zeros((b.n_rows, b.k))
+    fitted = np.zeros(b.cols.size) if with_fitted else np.zeros(0)
+    failed = np.empty(b.n_rows, np.int64)
+    bg = np.zeros((0, 0)) if base_gram is None else np.asarray(base_gram, np.float64)
+    br = np.zeros(0) if base_rhs is None else np.asarray(base_rhs, np.float64)
+    n_failed = b.C.ridge_rows_fused(b.indptr, b.cols, t, w, X, b.k, reg, scale, bg, br,
+                                    float(gram_scale), x, fitted, failed)
+    for r in failed[:n_failed]:
+        a, e = b.indptr[r], b.indptr[r + 1]
+        one = ridge_rows(np.array([0, e - a]), b.cols[a:e], b.targets[a:e], b.design, reg,
+                         row_scale=scale[r:r + 1], with_fitted=with_fitted,
+                         gram_dtype=b.gdt, weights=None if b.root_w is None
+                         else b.root_w[a:e] ** 2, gram_scale=gram_scale, base_gram=base_gram,
+                         base_rhs=base_rhs, backend="numpy")
+        x[r] = one.x[0]
+        if with_fitted:
+            fitted[a:e] = one.fitted
+    return RowSolution(x, fitted if with_fitted else None)
+
+
 def vb_rows(indptr, cols, targets, design, reg, fixed_var, *, with_fitted=False,
-            gram_dtype=np.float64) -> RowSolution:
+            gram_dtype=np.float64, backend: str = "auto") -> RowSolution:
     """Mean-field variational rows: ``A_i = F_I^T F_I + diag(sum_{j in I} var_j) +
     diag(reg)``, ``x_i = A_i^{-1} F_I^T t_i``; also diag(A_i^{-1}), diag(F_I^T F_I) and
     the summed fixed-side variances, which the posterior variances and the expected
@@ -236,7 +350,7 @@ def vb_rows(indptr, cols, targets, design, reg, fixed_var, *, with_fitted=False,
     Args:
         fixed_var: float64 (n_fixed, k) posterior variances of the fixed design columns.
     """
-    b = _Block(indptr, cols, targets, design, gram_dtype)
+    b = _Block(indptr, cols, targets, design, gram_dtype, backend=backend)
     reg = _check_prior(reg, b.k)
     scale = np.ones(b.n_rows)
     k = b.k
@@ -264,7 +378,8 @@ def vb_rows(indptr, cols, targets, design, reg, fixed_var, *, with_fitted=False,
 
 
 def gibbs_rows(indptr, cols, targets, design, prior_precision, prior_shift, alpha, noise, *,
-               row_scale=None, with_fitted=False, gram_dtype=np.float64) -> RowSolution:
+               row_scale=None, with_fitted=False, gram_dtype=np.float64,
+               backend: str = "auto") -> RowSolution:
     """A draw of every row from its Gaussian conditional ``N(A_i^{-1} b_i, A_i^{-1})``,
     ``A_i = alpha F_I^T F_I + s_i Lambda``, ``b_i = alpha F_I^T t_i + Lambda mu``:
     ``x_i = A_i^{-1} b_i + L_i^{-T} noise_i`` with ``A_i = L_i L_i^T``.
@@ -273,7 +388,7 @@ def gibbs_rows(indptr, cols, targets, design, prior_precision, prior_shift, alph
         prior_precision: float64 (k, k) Lambda; ``prior_shift``: (k,) Lambda mu.
         alpha: the noise precision. ``noise``: float64 (n_rows, k) standard normal draws.
     """
-    b = _Block(indptr, cols, targets, design, gram_dtype)
+    b = _Block(indptr, cols, targets, design, gram_dtype, backend=backend)
     prior = _check_prior(prior_precision, b.k)
     scale = np.ones(b.n_rows) if row_scale is None else np.asarray(row_scale, np.float64)
     x = np.zeros((b.n_rows, b.k))

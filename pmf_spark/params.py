@@ -28,7 +28,7 @@ from typing import Any
 from .errors import ConfigError
 
 FORMATS = ("auto", "movielens-100k", "movielens-dat", "movielens-csv", "csv", "parquet")
-SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m")
+SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m", "30m", "netflix")
 LINKS = ("linear", "sigmoid")
 REG_SCALINGS = ("none", "count")
 GRAM_DTYPES = ("float64", "float32")
@@ -154,7 +154,7 @@ class FitParams(_Params):
     burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
     thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
     missing_weight: float = _doc("missing-data PMF: weight w_m of every unobserved cell",
-                                 default=0.1)
+                                 default=0.2)
     missing_rating: float | None = _doc("missing-data PMF: the rating r_m imputed to "
                                         "unobserved cells; default the scale's lowest",
                                         default=None)
@@ -205,9 +205,14 @@ class EngineParams(_Params):
                               default=1_000_000)
     resident_mb: int = _doc("MB of decoded blocks each Python worker keeps between epochs, so "
                             "later epochs skip re-sending them; 0 = off", default=1024)
+    kernel: str = _doc("row kernels: 'auto' (compiled with numba where it loads, else numpy), "
+                       "'numba' (stop if it cannot load) or 'numpy'", default="auto")
 
     def __post_init__(self):
+        from .kernels import BACKENDS
+
         _check_int("blocks", self.blocks, 0, 100_000)
+        _check_choice("kernel", self.kernel, BACKENDS)
         _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
         _check_int("chunk_ratings", self.chunk_ratings, 1000)
         _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
@@ -341,7 +346,7 @@ class JobConfig(_Params):
     on_duplicate: str = _doc("duplicate (user, item) pairs: 'latest' keeps the newest by "
                              "timestamp, 'error' refuses", default="latest")
     synthetic: str = _doc("shape of the built-in data when no ratings are given: small, "
-                          "ml-1m, ml-10m", default="small")
+                          "ml-1m, ml-10m, 30m, netflix (100 M ratings)", default="small")
     split: str = _doc("how the test split is made: 'random' (a seeded hash of user and item), "
                       "'user-fraction' (the test fraction of each user's ratings), "
                       "'temporal' (the latest test fraction of all ratings) or "

@@ -148,10 +148,6 @@ def split_phrase(cfg) -> str:
             }.get(get("split", "random"), str(get("split")))
 
 
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
-
-
 def _run_rows(meta: dict) -> list[list[str]]:
     """What was run: the input, when, the split, and where the time went."""
     job = meta.get("job", {})
@@ -168,6 +164,41 @@ def _run_rows(meta: dict) -> list[list[str]]:
     if job.get("warm_start"):
         rows.append(["warm start from", str(job["warm_start"])])
     return rows + ([["phases", phases]] if phases else [])
+
+
+RANKING_KEYS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "novelty")
+
+
+def _ranking_html(ranking: dict | None) -> str:
+    """The lists' metrics next to the popularity baseline's, at every k, by activity,
+    and why a rating model alone ranks poorly."""
+    if not ranking:
+        return "<p>Top-k was not computed (<code>--top-k 0</code>).</p>"
+    m = ranking["model"]
+    k = m["k"]
+    by = ranking.get("ranked_by", "model")
+    lists = ((by, "model"), ("most popular", "popular"))
+    rows = [[name] + [f"{ranking[src][key]:.4f}" for key in RANKING_KEYS]
+            for name, src in lists]
+    head = ["", *[f"{x}@{k}" if x not in ("coverage", "novelty") else x for x in RANKING_KEYS]]
+    at = _table(["", *[f"precision@{kk} / ndcg@{kk}" for kk in m["at"]]],
+                [[name] + [f"{a['precision']:.4f} / {a['ndcg']:.4f}"
+                           for a in ranking[src]["at"].values()] for name, src in lists])
+    act = _table(["", *[f"{b} ({a['users']} users)" for b, a in m["by_activity"].items()]],
+                 [[name] + [f"{a['precision']:.4f} / {a['ndcg']:.4f}"
+                            for a in ranking[src]["by_activity"].values()]
+                  for name, src in lists])
+    return (f"<p>The lists are ranked by the <b>{html.escape(by)}</b> model. At k = {k}; "
+            f"relevant = test rating &ge; {m['relevance_threshold']}; over {m['users']} users "
+            f"with a relevant test rating.</p>" + _table(head, rows)
+            + "<h3>At every k</h3>" + at
+            + f"<h3>By user activity (precision@{k} / ndcg@{k}; light, medium, heavy = "
+              "terciles of training ratings)</h3>" + act
+            + "<p>Why a second model ranks the lists: a model fitted to observed ratings alone "
+              "ranks rarely rated items with a few high ratings first, because ratings are "
+              "missing not at random (people rate what they chose to see), so on its own it "
+              "loses to the most-popular list. The ranking model also learns which items "
+              "people choose; the predicted ratings still come from the rating model.</p>")
 
 
 def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
@@ -188,19 +219,6 @@ def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
                              f"{f.get('train_mae', float('nan')):.4f}"],
         ["predicting the training mean", f"{meta.get('baseline_rmse', float('nan')):.4f}"],
     ])
-    rank_html = "<p>Top-k was not computed (<code>--top-k 0</code>).</p>"
-    if ranking:
-        keys = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
-        k = ranking["model"]["k"]
-        rows = [[name] + [f"{ranking[src][key]:.4f}" for key in keys]
-                for name, src in (("PMF", "model"), ("most popular", "popular"))]
-        rank_html = (f"<p>At k = {k}; relevant = test rating &ge; "
-                     f"{ranking['model']['relevance_threshold']}; over "
-                     f"{ranking['model']['users']} users with a relevant test rating.</p>"
-                     + _table(["", *[f"{x}@{k}" if x != "coverage" else x for x in keys]],
-                              rows)
-                     + (f"<p>{html.escape(_sentence(meta['ranking_note']))}</p>"
-                        if meta.get("ranking_note") else ""))
     imgs = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode(figs[name]).decode()}"/></figure>' for name in FIGURES)
@@ -212,7 +230,7 @@ text-align:left}}figure{{display:inline-block;margin:0.5em}}img{{max-width:460px
 </head><body><h1>pmf-spark training report</h1>
 <h2>Run</h2>{summary}
 <h2>Figures</h2>{imgs}
-<h2>Ranking on the test split</h2>{rank_html}
+<h2>Ranking on the test split</h2>{_ranking_html(ranking)}
 <p>Errors are in rating units. The popularity baseline recommends the items with the most
 training ratings, excluding what each user already rated.</p>
 </body></html>

@@ -57,6 +57,10 @@ SHAPES = {
     "small": Shape("small", 1_200, 600, 120_000),
     "ml-1m": Shape("ml-1m", 6_040, 3_706, 1_000_209),
     "ml-10m": Shape("ml-10m", 69_878, 10_677, 10_000_054),
+    # between MovieLens 10M and Netflix, for the scaling table
+    "30m": Shape("30m", 200_000, 15_000, 30_000_000),
+    # the Netflix Prize training set's size
+    "netflix": Shape("netflix", 480_189, 17_770, 100_480_507),
 }
 
 
@@ -68,8 +72,10 @@ def get_shape(name: str) -> Shape:
                           f"(choose from {', '.join(SHAPES)})") from None
 
 
+@functools.lru_cache(maxsize=4)
 def user_counts(shape: Shape, seed: int) -> np.ndarray:
-    """Ratings per user: int64 (n_users,), each >= min_per_user, summing to n_ratings."""
+    """Ratings per user: int64 (n_users,), each >= min_per_user, summing to n_ratings
+    (computed once per process: every generating task needs it)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     n, lo = shape.n_users, shape.min_per_user
     cap = max(lo, int(shape.max_user_fraction * shape.n_items))
@@ -94,6 +100,7 @@ def user_counts(shape: Shape, seed: int) -> np.ndarray:
     return counts
 
 
+@functools.lru_cache(maxsize=4)
 def item_model(shape: Shape, seed: int):
     """Planted item side: (log_popularity (n_items,), item_effect (n_items,), V (n_items, r))."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))

@@ -95,7 +95,8 @@ class Trainer:
         return TrainContext(n_users=self.data.n_users, n_items=self.data.n_items,
                             user_counts=e.counts["user"], item_counts=e.counts["item"],
                             readout=readout_of(self.data, params),
-                            gram_dtype=params.engine.gram_dtype)
+                            gram_dtype=params.engine.gram_dtype,
+                            kernel=params.engine.kernel)
 
     def setup(self) -> None:
         if not self.engine.packed:

@@ -18,7 +18,8 @@ def ridge(design, offset, reg, *, count_scaling=False, mu=3.0, sigma=1.0, lo=0.5
     """The block-function keywords of one MAP-PMF task."""
     payload = RidgePayload(design=design, offset=offset,
                            readout=ReadOut(mu=mu, sigma=sigma, lo=lo, hi=hi, link=link, clip=clip),
-                           gram_dtype=gram_dtype, reg=np.asarray(reg, dtype=np.float64),
+                           gram_dtype=gram_dtype, kernel="auto",
+                           reg=np.asarray(reg, dtype=np.float64),
                            count_scaling=count_scaling)
     return dict(shared=(payload,), kernels=(ridge_kernel,), widths=(design.shape[1] + 1,),
                 variances=(False,))

@@ -162,3 +162,71 @@ def test_to_rating_links():
     assert raw[0] == -7.0
     sig = ReadOut(mu=3.0, sigma=1.0, lo=1.0, hi=5.0, link="sigmoid").to_rating(z)
     assert sig[1] == pytest.approx(3.0) and 1.0 < sig[0] < 1.001 and 4.999 < sig[3] < 5.0
+
+
+# ----------------------------------------------------------------------- compiled kernels
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 30), n_fixed=st.integers(1, 50),
+       k=st.integers(1, 13), max_per_row=st.integers(0, 60), weighted=st.booleans(),
+       base=st.booleans(), scaled=st.booleans())
+def test_compiled_ridge_rows_equal_the_numpy_oracle(seed, n_rows, n_fixed, k, max_per_row,
+                                                    weighted, base, scaled):
+    rng = np.random.default_rng(seed)
+    indptr, cols, t = random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.2)
+    design = rng.normal(size=(n_fixed, k))
+    reg = rng.uniform(0.05, 3.0, k)
+    kw = dict(row_scale=np.diff(indptr).astype(float) if scaled else None, with_fitted=True,
+              weights=rng.uniform(0, 4, cols.size) if weighted else None,
+              gram_scale=0.6 if base else 1.0,
+              base_gram=(lambda B: B @ B.T)(rng.normal(size=(k, k))) if base else None,
+              base_rhs=rng.normal(size=k) if base else None)
+    got = ridge_rows(indptr, cols, t, design, reg, backend="numba", **kw)
+    want = ridge_rows(indptr, cols, t, design, reg, backend="numpy", **kw)
+    np.testing.assert_allclose(got.x, want.x, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.fitted, want.fitted, rtol=0, atol=1e-10)
+
+
+def test_compiled_variational_and_gibbs_rows_equal_the_numpy_oracle():
+    from pmf_spark.kernels import gibbs_rows
+
+    rng = np.random.default_rng(9)
+    indptr, cols, t = random_csr(rng, 200, 120, 50, empty_fraction=0.1)
+    design = rng.normal(size=(120, 7))
+    fixed_var = rng.uniform(0, 0.3, size=(120, 7))
+    a = vb_rows(indptr, cols, t, design, np.full(7, 1.5), fixed_var, with_fitted=True,
+                backend="numba")
+    b = vb_rows(indptr, cols, t, design, np.full(7, 1.5), fixed_var, with_fitted=True,
+                backend="numpy")
+    for x, y in ((a.x, b.x), (a.fitted, b.fitted), (a.inv_diag, b.inv_diag),
+                 (a.gram_diag, b.gram_diag)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-10)
+    L = rng.normal(size=(7, 7))
+    P = L @ L.T + np.eye(7)
+    noise = rng.standard_normal((200, 7))
+    c = gibbs_rows(indptr, cols, t, design, P, rng.normal(size=7), 1.7, noise, backend="numba")
+    d = gibbs_rows(indptr, cols, t, design, P, P @ np.ones(7) * 0, 1.7, noise, backend="numpy")
+    e = gibbs_rows(indptr, cols, t, design, P, np.zeros(7), 1.7, noise, backend="numba")
+    np.testing.assert_allclose(e.x, d.x, rtol=0, atol=1e-10)
+    assert np.abs(c.x - e.x).max() > 0            # the shift matters
+
+
+def test_kernel_backends_say_which_ran_and_auto_falls_back(monkeypatch):
+    import pmf_spark.kernels as kernels
+
+    rng = np.random.default_rng(2)
+    indptr, cols, t = random_csr(rng, 20, 30, 10)
+    design = rng.normal(size=(30, 4))
+    ridge_rows(indptr, cols, t, design, np.ones(4), backend="numba")
+    assert kernels.kernel_backend() == "numba"
+    want = ridge_rows(indptr, cols, t, design, np.ones(4), backend="numpy").x
+    assert kernels.kernel_backend() == "numpy"
+    # numba that cannot be loaded: 'auto' runs the numpy kernels and says why,
+    # 'numba' refuses
+    monkeypatch.setattr(kernels._Compiled, "module", None)
+    monkeypatch.setattr(kernels._Compiled, "error", "ModuleNotFoundError: No module named 'numba'")
+    got = ridge_rows(indptr, cols, t, design, np.ones(4), backend="auto").x
+    np.testing.assert_array_equal(got, want)
+    assert kernels.kernel_backend() == "numpy (ModuleNotFoundError: No module named 'numba')"
+    with pytest.raises(RuntimeError, match="the numba kernels cannot be loaded"):
+        ridge_rows(indptr, cols, t, design, np.ones(4), backend="numba")

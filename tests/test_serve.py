@@ -220,7 +220,7 @@ def test_allow_list_and_user_tables_of_the_job(trained_dir):
     report = (out / "report.html").read_text()
     for words in (str(base / "ratings.csv"), "run at (UTC)",
                   "train/test 85%/15% by a seeded hash (seed 0)", "phases",
-                  "The lists are ranked by the missing-data model trained beside the rating"):
+                  "The lists are ranked by the <b>missing-data</b> model"):
         assert words in report, words
 
 

@@ -275,3 +275,11 @@ def _resident_checks(spark, small):
         np.testing.assert_allclose(st.user, want, atol=1e-8)
     finally:
         trainer.release()
+
+
+def test_block_labels_use_sparks_own_hash(spark):
+    from pmf_spark.engine import spark_hash_int
+
+    got = spark.range(-300, 3000).select(F.col("id").cast("int").alias("k"),
+                                         F.hash(F.col("id").cast("int")).alias("h")).collect()
+    assert all(spark_hash_int(r["k"]) == r["h"] for r in got)

@@ -60,7 +60,7 @@ class VariationalPayload(HalfPayload):
 def variational_kernel(c: Chunk, p: VariationalPayload, want_fitted: bool) -> BlockSolve:
     """Posterior means and variances of a chunk's rows, and its E[SSE] excess."""
     sol = vb_rows(c.indptr, c.cols, p.targets(c), p.design, p.reg, p.design_var,
-                  with_fitted=want_fitted, gram_dtype=p.gram_dtype)
+                  with_fitted=want_fitted, gram_dtype=p.gram_dtype, backend=p.kernel)
     assert sol.inv_diag is not None and sol.gram_diag is not None and sol.var_sum is not None
     var = p.noise_var * sol.inv_diag
     esse = float((var * (sol.gram_diag + sol.var_sum)).sum()
@@ -100,7 +100,8 @@ class AdaptivePriorPMF(MapPMF):
         design_var, offset_var = self._design_var(state.extra[f"{fixed}_var"])
         payload = VariationalPayload(
             design=design, offset=offset, readout=self.ctx.readout,
-            gram_dtype=self.ctx.gram_dtype, reg=np.asarray(state.reg(solving), np.float64),
+            gram_dtype=self.ctx.gram_dtype, kernel=self.ctx.kernel,
+            reg=np.asarray(state.reg(solving), np.float64),
             design_var=design_var, offset_var=offset_var, noise_var=state.noise_var)
         return [KernelTask(variational_kernel, payload, self.model.rank + 1, variances=True)]
 

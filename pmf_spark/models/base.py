@@ -35,12 +35,14 @@ class HalfPayload:
         offset: float64 (n_fixed,) the fixed side's biases, or None without biases.
         readout: z units <-> ratings, for the targets and the metrics.
         gram_dtype: dtype name of the Gram accumulation.
+        kernel: 'auto', 'numba' or 'numpy' (:data:`pmf_spark.kernels.BACKENDS`).
     """
 
     design: np.ndarray
     offset: np.ndarray | None
     readout: ReadOut
     gram_dtype: str
+    kernel: str
 
     def fitted_z(self, c: Chunk, fitted: np.ndarray) -> np.ndarray:
         """Predictions (z units) of the chunk's training entries from the kernel's
@@ -158,7 +160,7 @@ class FactorModel:
 @dataclass(frozen=True)
 class TrainContext:
     """What a strategy knows about the data: sizes, training counts per row (int64
-    (n,)), the read-out and the Gram dtype."""
+    (n,)), the read-out, the Gram dtype and the kernel backend."""
 
     n_users: int
     n_items: int
@@ -166,6 +168,7 @@ class TrainContext:
     item_counts: np.ndarray
     readout: ReadOut
     gram_dtype: str
+    kernel: str = "auto"
 
     def counts(self, side: str) -> np.ndarray:
         return self.user_counts if side == "user" else self.item_counts

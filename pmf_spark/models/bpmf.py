@@ -64,7 +64,7 @@ def gibbs_kernel(c: Chunk, p: GibbsPayload, want_fitted: bool) -> BlockSolve:
     scale = c.counts.astype(np.float64) if p.count_scaling else None
     sol = gibbs_rows(c.indptr, c.cols, p.targets(c), p.design, p.prior_precision,
                      p.prior_shift, p.alpha, p.noise[c.row_ids], row_scale=scale,
-                     with_fitted=want_fitted, gram_dtype=p.gram_dtype)
+                     with_fitted=want_fitted, gram_dtype=p.gram_dtype, backend=p.kernel)
     return BlockSolve(sol.x, sol.fitted)
 
 
@@ -109,7 +109,8 @@ class GibbsBPMF(Strategy):
         noise = rng.standard_normal((side.shape[0], k))
         design, offset = self.design(state.side(other(solving)))
         payload = GibbsPayload(design=design, offset=offset, readout=self.ctx.readout,
-                               gram_dtype=self.ctx.gram_dtype, prior_precision=lam,
+                               gram_dtype=self.ctx.gram_dtype, kernel=self.ctx.kernel,
+                               prior_precision=lam,
                                prior_shift=lam @ mu, alpha=float(state.extra["alpha"]),
                                noise=noise, count_scaling=self.fit.reg_scaling == "count")
         return [KernelTask(gibbs_kernel, payload, self.model.rank + 1)]

@@ -89,7 +89,7 @@ def implicit_kernel(c: Chunk, p: ImplicitPayload, want_fitted: bool) -> BlockSol
     """Solve every row of chunk ``c``: preference 1 with confidence 1 + α g(value)."""
     w = confidence_weight(c.vals, p.alpha, p.confidence, p.epsilon)
     sol = ridge_rows(c.indptr, c.cols, 1.0 + w, p.design, p.reg, with_fitted=want_fitted,
-                     gram_dtype=p.gram_dtype, weights=w, base_gram=p.base_gram)
+                     gram_dtype=p.gram_dtype, backend=p.kernel, weights=w, base_gram=p.base_gram)
     extra = 0.0
     if sol.fitted is not None:
         # observed cells' part of E: c (1 - s)^2 - s^2 (the s^2 of every cell is added
@@ -130,7 +130,7 @@ class ImplicitALS(Strategy):
         design, _ = self.design(state.side(fixed))
         trained = design[self.ctx.counts(fixed) > 0]
         payload = ImplicitPayload(design=design, offset=None, readout=self.ctx.readout,
-                                  gram_dtype=self.ctx.gram_dtype,
+                                  gram_dtype=self.ctx.gram_dtype, kernel=self.ctx.kernel,
                                   reg=np.asarray(state.reg(solving), dtype=np.float64),
                                   alpha=self.fit.alpha, confidence=self.fit.confidence,
                                   epsilon=self.fit.epsilon, base_gram=trained.T @ trained)

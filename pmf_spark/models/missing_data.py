@@ -74,7 +74,7 @@ def missing_data_kernel(c: Chunk, p: MissingDataPayload, want_fitted: bool) -> B
     z = p.readout.to_z(c.vals)
     targets = (z - off) - p.weight * (p.z_missing - off)
     sol = ridge_rows(c.indptr, c.cols, targets, p.design, p.reg, with_fitted=want_fitted,
-                     gram_dtype=p.gram_dtype, gram_scale=1.0 - p.weight,
+                     gram_dtype=p.gram_dtype, backend=p.kernel, gram_scale=1.0 - p.weight,
                      base_gram=p.base_gram, base_rhs=p.base_rhs)
     extra = 0.0
     if sol.fitted is not None:
@@ -116,7 +116,7 @@ class MissingDataPMF(Strategy):
         w, zm = self.fit.missing_weight, self.z_missing()
         G, h, _ = all_cells_terms(design, offset, zm, self.ctx.counts(fixed) > 0)
         payload = MissingDataPayload(design=design, offset=offset, readout=self.ctx.readout,
-                                     gram_dtype=self.ctx.gram_dtype,
+                                     gram_dtype=self.ctx.gram_dtype, kernel=self.ctx.kernel,
                                      reg=np.asarray(state.reg(solving), dtype=np.float64),
                                      weight=w, z_missing=zm, base_gram=w * G, base_rhs=w * h)
         return [KernelTask(missing_data_kernel, payload, self.model.rank + 1)]

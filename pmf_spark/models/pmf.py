@@ -73,7 +73,7 @@ def ridge_kernel(c: Chunk, p: RidgePayload, want_fitted: bool) -> BlockSolve:
     """Solve every row of chunk ``c`` against the broadcast fixed side."""
     scale = c.counts.astype(np.float64) if p.count_scaling else None
     sol = ridge_rows(c.indptr, c.cols, p.targets(c), p.design, p.reg, row_scale=scale,
-                     with_fitted=want_fitted, gram_dtype=p.gram_dtype)
+                     with_fitted=want_fitted, gram_dtype=p.gram_dtype, backend=p.kernel)
     return BlockSolve(sol.x, sol.fitted)
 
 
@@ -98,7 +98,7 @@ class MapPMF(Strategy):
     def tasks(self, state: TrainState, solving: str, epoch: int, rng) -> list[KernelTask]:
         design, offset = self.design(state.side("item" if solving == "user" else "user"))
         payload = RidgePayload(design=design, offset=offset, readout=self.ctx.readout,
-                               gram_dtype=self.ctx.gram_dtype,
+                               gram_dtype=self.ctx.gram_dtype, kernel=self.ctx.kernel,
                                reg=np.asarray(state.reg(solving), dtype=np.float64),
                                count_scaling=self.fit.reg_scaling == "count")
         return [KernelTask(ridge_kernel, payload, self.model.rank + 1)]
