@@ -274,9 +274,10 @@ def answer_neighbours(model, args, k, titles) -> None:
         top = model.users_for_item(args.users_for_item, k)
         iid = model.parse_id(args.users_for_item, "item")
         title = titles([iid]).get(str(iid), ("",))[0]
+        by = model.ranking_params.fit.model if model.ranker is not None else "rating"
         _print_items(top, "user_id", ["predicted_rating", "score"], {},
-                     f"Users with the highest predicted rating for item {iid}"
-                     f"{f' ({title})' if title else ''}, never one who rated it:")
+                     f"Users to show item {iid}{f' ({title})' if title else ''} to, first by "
+                     f"the {by} model's score, never one who rated it:")
 
 
 # ----------------------------------------------------------------------- many users

@@ -376,8 +376,9 @@ class JobConfig(_Params):
                            "popular items (flagged), 'drop' leaves them out", default="popular")
     similar_items: int = _doc("k nearest items by cosine written to item_neighbors/; 0 = none",
                               default=0)
-    users_per_item: int = _doc("top users per item (highest predicted rating, never one who "
-                               "rated it) written to item_users/; 0 = none", default=0)
+    users_per_item: int = _doc("top users per item (first by the model that orders the "
+                               "lists, never one who rated it) written to item_users/; 0 = none",
+                               default=0)
     users_per_item_items: str | None = _doc("file of item ids: item_users/ for these items "
                                             "only (default: every trained item)", default=None)
     similar_users: int = _doc("k nearest users by cosine written to user_neighbors/; 0 = none",
