@@ -97,14 +97,21 @@ def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple
     state, a design copy for the broadcast and its pickle, the collected half-step, and
     what the model keeps on top (its :meth:`~pmf_spark.models.base.Strategy.driver_copies`),
     plus the best epoch's copy with early stopping. The JVM holds one side's broadcast and
-    one collected side at a time, and the final factor tables while writing them.
+    one collected side at a time, and the final factor tables while writing them. The
+    ranking model trained beside the rating model adds its own copies at its rank.
     """
-    w = (params.model.rank + 1) * 8
     rows = n_users + n_items
-    python_copies, jvm_copies = REGISTRY[params.fit.model].driver_copies(params.fit)
-    if params.fit.early_stopping:
-        python_copies += 2
-    return jvm_copies * max(n_users, n_items) * w + (256 << 20), python_copies * rows * w
+    jvm, python = 256 << 20, 0
+    for p in (params, params.companion()):
+        if p is None:
+            continue
+        w = (p.model.rank + 1) * 8
+        python_copies, jvm_copies = REGISTRY[p.fit.model].driver_copies(p.fit)
+        if p.fit.early_stopping:
+            python_copies += 2
+        jvm += jvm_copies * max(n_users, n_items) * w
+        python += python_copies * rows * w
+    return jvm, python
 
 
 def _available_memory() -> int | None:
