@@ -140,6 +140,12 @@ PYZIP
   fi
 fi
 
+app=""
+for a in "$@"; do
+  if [[ "$a" == *.py ]]; then app="$a"; break; fi
+done
+# the JVM starts before any of the job's Python runs: say so, the first lines take a while
+echo "spark-submit.sh: starting Spark for ${app:-the application} (${master:-local[*]}); the job's own progress lines follow once the JVM is up" >&2
 # Ctrl-C: the JVM (and the Python workers it starts) inherit SIGINT ignored; the Python
 # driver takes it (pmf_spark.cli.announce_driver) and writes its pid here, so SIGTERM to
 # this script can be passed on to it.

@@ -56,9 +56,12 @@ OPTION_GROUPS = {
         "missing_rating", "alpha", "confidence", "epsilon"]),
     "output": ("job", ["output", "output_files", "report"]),
     "recommendations and evaluation": ("job", ["top_k", "eval_k", "min_item_ratings",
-                                               "exclude_items", "relevance_threshold",
-                                               "cold_start", "similar_items"]),
+                                               "exclude_items", "candidates",
+                                               "relevance_threshold", "cold_start",
+                                               "similar_items", "users_per_item",
+                                               "users_per_item_items", "similar_users"]),
     "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
+    "retraining": ("job", ["warm_start"]),
     "spark and performance": ("params", ["blocks", "gram_dtype", "kernel", "chunk_ratings",
                                         "resident_mb"]),
 }
@@ -197,11 +200,20 @@ def main(argv: list[str] | None = None, spark=None) -> int:
 
 def session(app: str, verbose: bool):
     """The job's SparkSession (its settings come from spark-submit and conf/)."""
+    import logging
+    import time
+
     from pyspark.sql import SparkSession
 
+    log = logging.getLogger("pmf_spark")
+    t0 = time.perf_counter()
+    log.info("starting the Spark session ...")
     spark = SparkSession.builder.appName(app).getOrCreate()
     if not verbose:
         spark.sparkContext.setLogLevel("ERROR")
+    sc = spark.sparkContext
+    log.info("Spark %s ready in %.1fs: master %s, %d core(s)", spark.version,
+             time.perf_counter() - t0, sc.master, sc.defaultParallelism)
     return spark
 
 

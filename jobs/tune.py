@@ -1,14 +1,16 @@
 """spark-submit entry point: search PMF hyperparameters on validation data.
 
-    ./spark-submit.sh jobs/tune.py --ratings ml-100k/u.data --trials 30 --folds 3 \\
+    ./spark-submit.sh jobs/tune.py --ratings ratings.csv --trials 30 --folds 3 \\
         --output out/tune
-    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml
+    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml --ratings ratings.csv \\
+        --output out/tuned
 
 The test split (the training job's seeded random split with the same --split-seed
 and --test-fraction, or a --test file, which is never read) takes no part:
 validation data is carved from the training ratings only. Writes results.parquet,
-results.json and best.toml (a job configuration the training job accepts) to
---output, atomically. Exit codes: 0 success, 2 bad input or configuration.
+results.json and best.toml (the best model settings, [model]/[fit]/[engine], for the
+training job's --config; data and output come from its command line) to --output,
+atomically. Exit codes: 0 success, 2 bad input or configuration.
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ def settings(args):
     return job, base, sample_trials(space, base, args.trials, args.seed, args.metric), space
 
 
+def best_toml(job, params, quality: str) -> str:
+    """The best trial's model settings ([model], [fit], [engine], [ranker]) as TOML: data
+    and output stay on the command line, so training with it never overwrites another
+    run's output or records the wrong input."""
+    source = job.ratings or f"the built-in synthetic data {job.synthetic!r}"
+    return ("# the best trial of jobs/tune.py on " + source + f" ({quality}); model settings "
+            "only:\n# give the data and the output on the command line, e.g.\n"
+            "#   ./spark-submit.sh jobs/train_pmf.py --config best.toml --ratings FILE "
+            "--output DIR\n" + to_toml(None, params.replace(blocks=0)))
+
+
 def write_results(spark, args, job, base, space, results, out) -> None:
     """results.parquet, results.json and best.toml, committed atomically into ``out``
     (opened before the search)."""
@@ -126,10 +139,9 @@ def write_results(spark, args, job, base, space, results, out) -> None:
     out.write_json("results.json", {"folds": args.folds, "metric": args.metric,
                                     "trials": rows, "search": space.__dict__,
                                     "best_trial": best.trial})
-    out.write_text("best.toml", "# the best trial of jobs/tune.py "
-                   f"(validation {args.metric} {best.mean:.4f} +- {best.sd:.4f})\n"
-                   + to_toml(job, best_params(base, best.params, args.metric)
-                             .replace(blocks=0)))
+    out.write_text("best.toml", best_toml(
+        job, best_params(base, best.params, args.metric),
+        f"validation {args.metric} {best.mean:.4f} +- {best.sd:.4f}"))
     out.commit({"tables": {"results.parquet": len(rows)}})
     m, f = best.params.model, best.params.fit
     log.info("best: trial %d  %s rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "

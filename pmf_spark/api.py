@@ -119,25 +119,66 @@ class PMFModel:
                 pred = F.least(F.greatest(pred, F.lit(lo)), F.lit(hi))
         return joined.withColumn(outputCol, pred).drop("_u", "_uf", "_ub", "_i", "_vf", "_ib")
 
-    def recommend_for_all_users(self, k: int = 10, min_item_ratings: int = 1) -> DataFrame:
-        """Top-k for every known user, never an item they rated in training."""
+    def recommend_for_all_users(self, k: int = 10, min_item_ratings: int = 1,
+                                candidates=None, exclude=None) -> DataFrame:
+        """Top-k for every known user, never an item they rated in training;
+        ``candidates``: item ids to recommend from (an allow-list), ``exclude``: item ids
+        never to recommend."""
         from .outputs import RECS_COLUMNS, ids_frame
         from .recommend import TopK, all_lists, item_tiebreak
-        from .topk import candidate_items
 
         if self._trainer is not None:
             tr, data = self._trainer, self._trainer.data
             counts = tr.counts["item"]
-            topk = TopK(k=k, candidates=candidate_items(counts, min_item_ratings),
-                        tiebreak=item_tiebreak(data.items, data.n_items), popularity=counts)
+            cand = self._answers().candidates(min_item_ratings, exclude, candidates)
+            topk = TopK(k=k, candidates=cand, tiebreak=item_tiebreak(data.items, data.n_items),
+                        popularity=counts)
             recs = all_lists(tr.engine, tr.model(self._state), topk, "popular", popular=False,
                              ranker=tr.ranking_model(self._state),
                              rates=tr.strategy.predicts_ratings)
             return ids_frame(recs, data).select(*RECS_COLUMNS)
         saved = self._saved
-        cand = candidate_items(saved.item_counts, min_item_ratings)
+        cand = saved.candidates(min_item_ratings, exclude, candidates)
         ids = saved.users.select(F.col("user_id").alias("id"))
         return saved.recommend_users(ids, k, cand, self.spark.sparkContext.defaultParallelism)
+
+    def fold_in_users(self, ratings: DataFrame, k: int = 10, userCol: str = "user",
+                      itemCol: str = "item", ratingCol: str = "rating", candidates=None,
+                      exclude=None) -> tuple[DataFrame, DataFrame]:
+        """Users the model was not trained on, folded in from their ``ratings`` against
+        the fixed item factors (one ridge solve each, blockwise on Spark; items the
+        model does not know are ignored): ``(factors, recommendations)`` -- factors
+        (user_id, features, bias, n_ratings = ratings used), and their top-k (items
+        they rated excluded; users with no known item get the most popular ones)."""
+        answers = self._answers()
+        blocks = self.spark.sparkContext.defaultParallelism
+        df = ratings.select(F.col(userCol).alias("user_id"), F.col(itemCol).alias("item_id"),
+                            F.col(ratingCol).cast("double").alias("rating"))
+        folded = answers.fold_in_users_frame(df, blocks)
+        cand = answers.candidates(None, exclude, candidates)
+        recs = answers.recommend_folded_frame(folded, k, cand, blocks)
+        return folded.select("user_id", "features", "bias", "n_ratings"), recs
+
+    def _answers(self):
+        """The model's item side on the driver (:class:`~pmf_spark.saved.SavedModel`)."""
+        if self._saved is not None:
+            return self._saved
+        if getattr(self, "_in_memory", None) is None:
+            from .outputs import factor_frame
+            from .saved import SavedModel
+
+            tr = self._trainer
+            items = tr.data.items.select(F.col("id").alias("item_id"), "idx")
+            meta = {**self.meta, "job": {"min_item_ratings": 1}}
+            ranker, ranking_items = tr.ranking_model(self._state), None
+            if ranker is not None:
+                comp = tr.params.companion()
+                meta["ranking_model"] = comp.to_dict() if comp else None
+                ranking_items = factor_frame(self.spark, ranker.V, ranker.item_bias,
+                                             tr.data.items, "item_id")
+            self._in_memory = SavedModel.from_frames(self.spark, meta, self.item_factors, items,
+                                                     ranking_items)
+        return self._in_memory
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str, top_k: int = 10) -> str:

@@ -88,9 +88,14 @@ def _norm(name: str) -> str:
 
 # --------------------------------------------------------------------------- reading
 
-def guess_format(path: str) -> str:
-    """The format a file name implies (a compression suffix aside)."""
+def guess_format(path: str, listing: list[str] | None = None) -> str:
+    """The format a file name implies (a compression suffix aside: ``ratings.dat.gz``
+    reads as ``ratings.dat``); for a directory, ``listing`` (its file names) decides:
+    all CSV/TSV files make it csv."""
     base = strip_compression(posixpath.basename(path.rstrip("/")))
+    names = [strip_compression(n) for n in listing or [] if not n.startswith((".", "_"))]
+    if names and all(n.endswith((".csv", ".tsv")) for n in names):
+        return "csv"
     if base == "u.data" or re.fullmatch(r"u[a-z0-9]*\.(base|test)", base):
         return "movielens-100k"
     if base.endswith(".dat"):

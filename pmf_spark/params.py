@@ -314,6 +314,8 @@ class JobConfig(Params):
                        "as long as the largest; --top-k of them are written)", default="5,10,20")
     exclude_items: str | None = doc("file of item ids (one per line) never to recommend",
                                      default=None)
+    candidates: str | None = doc("file of item ids (one per line): recommend only these "
+                                  "(an allow-list, on top of the exclusions)", default=None)
     relevance_threshold: float | None = doc(
         "a test rating at or above this is relevant (ranking metrics); default: 3/4 of the "
         "way up the rating scale (4 on 1-5, 8 on 2-10)", default=None)
@@ -321,6 +323,15 @@ class JobConfig(Params):
                            "popular items (flagged), 'drop' leaves them out", default="popular")
     similar_items: int = doc("k nearest items by cosine written to item_neighbors/; 0 = none",
                               default=0)
+    users_per_item: int = doc("top users per item (first by the model that orders the "
+                               "lists, never one who rated it) written to item_users/; 0 = none",
+                               default=0)
+    users_per_item_items: str | None = doc("file of item ids: item_users/ for these items "
+                                            "only (default: every trained item)", default=None)
+    similar_users: int = doc("k nearest users by cosine written to user_neighbors/; 0 = none",
+                              default=0)
+    warm_start: str | None = doc("a previous model directory: ids in both start from its "
+                                  "factors, new ids from the prior mean", default=None)
     report: bool = doc("write report.html with learning curves, error plots and ranking "
                         "metrics", default=True)
     checkpoint_dir: str | None = doc("write checkpoints of the training state here", default=None)
@@ -349,6 +360,8 @@ class JobConfig(Params):
         if not all(1 <= k <= 10_000 for k in self.eval_ks):
             raise ConfigError(f"eval_k: each k must be in 1..10000, got {self.eval_k!r}")
         check_int("similar_items", self.similar_items, 0, 10_000)
+        check_int("users_per_item", self.users_per_item, 0, 100_000)
+        check_int("similar_users", self.similar_users, 0, 10_000)
         check_int("checkpoint_every", self.checkpoint_every, 1)
         check_bool("resume", self.resume)
         check_bool("report", self.report)
@@ -363,12 +376,15 @@ class JobConfig(Params):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
         for name in ("ratings", "test", "user_col", "item_col", "rating_col", "timestamp_col",
-                     "sep", "exclude_items", "checkpoint_dir"):
+                     "sep", "exclude_items", "candidates", "users_per_item_items",
+                     "warm_start", "checkpoint_dir"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):
                 raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")
         if not isinstance(self.output, str) or not self.output:
             raise ConfigError(f"output: expected a directory path, got {self.output!r}")
+        if self.users_per_item_items is not None and self.users_per_item == 0:
+            raise ConfigError("users_per_item_items: needs --users-per-item K as well")
         if self.test is not None and self.ratings is None:
             raise ConfigError("test: a given test split needs --ratings as well")
 

@@ -30,11 +30,13 @@ from .preflight import (
     open_output,
 )
 from .prepare import PreparedData, prepare
+from .report import split_phrase
 from .results import RunResults, compute_results
 from .sparkutil import jvm
 from .synthetic import get_shape, synthetic_ratings
 from .train import Trainer
 from .validate import CleanRatings, check_disjoint
+from .warmstart import previous_meta, warm_start_state
 
 log = logging.getLogger("pmf_spark")
 
@@ -197,6 +199,10 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
         w.recommendations(res.ranked.lists, res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
+    if "item_users" in res.user_tables:
+        w.item_users(res.user_tables["item_users"])
+    if "user_neighbors" in res.user_tables:
+        w.user_neighbors(res.user_tables["user_neighbors"])
     seconds = {**seconds, **res.seconds}
     final_d = final.to_dict()
     w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
@@ -210,6 +216,8 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
                       blocks=trainer.engine.blocks,
                       baseline_rmse=res.diagnostics["baseline_rmse"] if res.diagnostics else None,
                       ranking=res.ranking, seconds=seconds)
+    if res.note:
+        meta["ranking_note"] = res.note
     w.json("model.json", meta)
     if res.diagnostics is not None and res.bins is not None:
         from .report import figures, render_html
@@ -217,6 +225,27 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out)
         figs = figures(state.history, res.diagnostics, res.bins, trainer.counts["user"])
         w.text("report.html", render_html(meta, figs, res.ranking))
     return w.commit()
+
+
+def _reading_line(cfg: JobConfig) -> str:
+    if cfg.ratings is None:
+        return (f"generating the built-in synthetic data {cfg.synthetic!r} (no --ratings "
+                f"given) ...")
+    return f"reading and validating {cfg.ratings} (one pass over the file) ..."
+
+
+def _preparing_line(cfg: JobConfig, params: PMFParams) -> str:
+    split = split_phrase(cfg)
+    if params.fit.early_stopping:
+        split += f", {cfg.validation_fraction:.0%} of training held out for validation"
+    return f"de-duplicating, splitting ({split}) and indexing the ratings ..."
+
+
+def model_label(params: PMFParams) -> str:
+    """The models in a few words, for the log ("pmf rank 30 and ...")."""
+    comp = params.companion()
+    beside = f" and the {comp.fit.model} ranking model beside it" if comp else ""
+    return f"{params.fit.model} rank {params.model.rank}{beside}"
 
 
 def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData,
@@ -242,6 +271,7 @@ def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData,
 
 def _prepared(spark: SparkSession, cfg: JobConfig, params: PMFParams) -> PreparedData:
     train, test = load_inputs(spark, cfg)
+    log.info("%s", _preparing_line(cfg, params))
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
                    on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
                    validation_fraction=cfg.validation_fraction
@@ -267,12 +297,16 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
 def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
          out: AtomicOutput) -> TrainResult:
     t0 = time.perf_counter()
+    if cfg.warm_start:
+        previous_meta(spark, cfg.warm_start, params.model.rank)
+    log.info("%s", _reading_line(cfg))
     data = _prepared(spark, cfg, params)
     params = blocks_cap(params, data, spark.sparkContext.defaultParallelism)
     check_driver_memory(spark, data, params)
     check_prepared(spark, out, cfg, data, params)
     t_prep = time.perf_counter()
     trainer = Trainer(spark, data, params)
+    log.info("packing the training ratings into blocks for %s ...", model_label(params))
     trainer.setup()
     check_worker_memory(spark, trainer.counts, params, trainer.engine.blocks)
     log_epoch = epoch_logger(trainer.total_epochs)
@@ -286,6 +320,8 @@ def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
 
     trainer.callback = on_epoch
     state, after_epoch = _checkpointing(spark, cfg, params, data, trainer.total_epochs)
+    if state is None and cfg.warm_start:
+        state = warm_start_state(spark, cfg.warm_start, trainer)
     state = trainer.fit(state, after_epoch=after_epoch)
     final = trainer.final_metrics(state)
     if trainer.strategy.reports_averaged_model(state):
