@@ -15,6 +15,11 @@
 #   every node already).
 # - Local runs bind to 127.0.0.1 (SPARK_LOCAL_IP) unless it is set already.
 # - BLAS is capped at one thread in the driver and the Python workers.
+# - The job's own arguments are checked in plain Python first (its check_args: a bad
+#   flag, a bad value, --help, --print-config), so a typo costs a second, not a JVM start.
+# - Ctrl-C reaches the Python driver only (the JVM and the Python workers ignore it), so
+#   the job can cancel its Spark jobs, leave the output as it was, print one line and
+#   exit 130; SIGTERM to this script is passed on to the driver the same way.
 # Every argument is passed through to spark-submit unchanged.
 set -euo pipefail
 
@@ -47,20 +52,32 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 
 # Which master, and did the caller bring their own properties / driver java options /
-# py-files?
-master=""; own_props=0; own_jopts=0; own_pyfiles=""
+# py-files? Where is the application (the rest are its own arguments)?
+master=""; own_props=0; own_jopts=0; own_pyfiles=""; app_index=-1
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
-    --master) master="${args[$((i + 1))]:-}" ;;
+    --master) master="${args[$((i + 1))]:-}"; i=$((i + 1)) ;;
     --master=*) master="${args[$i]#--master=}" ;;
-    --properties-file|--properties-file=*) own_props=1 ;;
-    --driver-java-options|--driver-java-options=*) own_jopts=1 ;;
-    --py-files) own_pyfiles="${args[$((i + 1))]:-}" ;;
+    --properties-file) own_props=1; i=$((i + 1)) ;;
+    --properties-file=*) own_props=1 ;;
+    --driver-java-options) own_jopts=1; i=$((i + 1)) ;;
+    --driver-java-options=*) own_jopts=1 ;;
+    --py-files) own_pyfiles="${args[$((i + 1))]:-}"; i=$((i + 1)) ;;
     --py-files=*) own_pyfiles="${args[$i]#--py-files=}" ;;
-    *.py) break ;;  # the application: the rest are its own arguments
+    --verbose|-v|--supervise|--help|-h|--version|--*=*) ;;
+    --*) i=$((i + 1)) ;;  # a spark-submit option and its value
+    *) app_index=$i; break ;;  # the application: the rest are its own arguments
   esac
 done
+
+# the job's arguments, checked before the JVM starts (exit 10: handled, e.g. --help)
+if [[ $app_index -ge 0 && "${PMF_SPARK_CHECK_ARGS:-1}" != "0" ]]; then
+  rc=0
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$DRIVER_PY" -m pmf_spark.cli check \
+    "${args[$app_index]}" "${args[@]:$((app_index + 1))}" || rc=$?
+  if [[ $rc -eq 10 ]]; then exit 0; elif [[ $rc -ne 0 ]]; then exit "$rc"; fi
+fi
 
 local_master=0
 if [[ -z "$master" || "$master" == local* ]]; then
@@ -123,4 +140,40 @@ PYZIP
   fi
 fi
 
-exec "$SPARK_HOME/bin/spark-submit" "${extra[@]}" "$@"
+app=""
+for a in "$@"; do
+  if [[ "$a" == *.py ]]; then app="$a"; break; fi
+done
+# the JVM starts before any of the job's Python runs: say so, the first lines take a while
+echo "spark-submit.sh: starting Spark for ${app:-the application} (${master:-local[*]}); the job's own progress lines follow once the JVM is up" >&2
+# Ctrl-C: the JVM (and the Python workers it starts) inherit SIGINT ignored; the Python
+# driver takes it (pmf_spark.cli.announce_driver) and writes its pid here, so SIGTERM to
+# this script can be passed on to it.
+pidfile="$(mktemp "${TMPDIR:-/tmp}/pmf-spark-driver.XXXXXX")"
+export PMF_SPARK_DRIVER_PIDFILE="$pidfile"
+( trap '' INT; exec "$SPARK_HOME/bin/spark-submit" "${extra[@]}" "$@" ) &
+child=$!
+interrupted=0
+on_signal() {
+  interrupted=1
+  local pid; pid="$(cat "$pidfile" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    if [[ "$1" == TERM ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
+  else
+    kill -TERM "$child" 2>/dev/null || true   # the driver has not started: nothing written
+  fi
+  return 0
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+rc=0
+while :; do
+  wait "$child" && rc=0 || rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+if [[ $interrupted -eq 1 && ! -s "$pidfile" ]]; then
+  echo "error: interrupted before the job started; nothing was written" >&2
+  rc=130
+fi
+rm -f "$pidfile"
+exit "$rc"

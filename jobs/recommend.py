@@ -1,43 +1,69 @@
-"""spark-submit entry point: answer for users from a trained model's Parquet.
+"""Answers from a trained model: one user's top-k, a new user's, similar items and users,
+the users to target with an item -- in about a second, without Spark -- and lists for
+many users or many new users on Spark.
 
-    # what did user 18 like, and what do we recommend (titles from u.item)
-    ./spark-submit.sh jobs/recommend.py --model out/ml100k --user 18 --items ml-100k/u.item
+    # plain Python, no JVM (also installed as the command pmf-recommend)
+    .venv/bin/python jobs/recommend.py --model out/ml100k --user 18 --items u.item
+    .venv/bin/python jobs/recommend.py --model out/ml100k --ratings-for-new-user mine.csv
+    .venv/bin/python jobs/recommend.py --model out/ml100k --similar-items 50
+    .venv/bin/python jobs/recommend.py --model out/ml100k --users-for-item 50
+    .venv/bin/python jobs/recommend.py --model out/ml100k --similar-users 18
 
-    # top-k for a list of users, to Parquet
+    # many users, to Parquet: Spark for large files, chosen by size (--engine forces one)
     ./spark-submit.sh jobs/recommend.py --model out/ml100k --users ids.txt --output out/recs
-
-    # a new user, folded in against the fixed item factors (no retraining)
-    ./spark-submit.sh jobs/recommend.py --model out/ml100k --ratings-for-new-user mine.csv
+    ./spark-submit.sh jobs/recommend.py --model out/ml100k --new-users ratings.csv \\
+        --output out/new
 
 Only the model directory is read (model.json, factor tables, the rating splits);
-nothing is retrained. Exit codes: 0 success, 2 bad input (one line on stderr).
+nothing is retrained. Both engines give the same answers (the numpy is shared,
+:mod:`pmf_spark.serve`). Exit codes: 0 success, 2 bad input, 4 an output could not be
+written (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 
-import numpy as np
-import pandas as pd
-
-from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark import interrupt
+from pmf_spark.cli import (
+    OneLineErrorParser,
+    announce_driver,
+    report_error,
+    run_guarded,
+    setup_logging,
+)
 from pmf_spark.errors import InputDataError, PMFError, PMFUserError
 
 log = logging.getLogger("pmf_spark")
 
+#: files of ids or ratings up to this many lines are answered without Spark
+LOCAL_MAX_LINES = 10_000
+QUESTIONS = ("user", "users", "ratings_for_new_user", "new_users", "similar_items",
+             "users_for_item", "similar_users")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="recommend.py",
-                           description="Recommendations from a trained pmf-spark model.")
+                           description="Answers from a trained pmf-spark model.")
     p.add_argument("--model", required=True, metavar="DIR", help="the training job's --output")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="ID", help="print what this user liked and the top-k")
+    who.add_argument("--user", metavar="ID", help="what this user liked, and their top-k")
     who.add_argument("--users", metavar="PATH",
                      help="file of user ids, one per line: top-k for each, to --output (Parquet)")
     who.add_argument("--ratings-for-new-user", metavar="PATH",
-                     help="CSV of item_id,rating (header optional): fold the user in, print top-k")
+                     help="file of item_id,rating (header optional): fold the user in, top-k")
+    who.add_argument("--new-users", metavar="PATH",
+                     help="file of user_id,item_id,rating for users the model does not know: "
+                          "fold each in, to --output (their factors and top-k)")
+    who.add_argument("--similar-items", metavar="ITEM", help="the items most like this one")
+    who.add_argument("--users-for-item", metavar="ITEM",
+                     help="the users with the highest predicted rating for this item, never "
+                          "one who rated it")
+    who.add_argument("--similar-users", metavar="USER", help="the users most like this one")
     p.add_argument("--items", metavar="FILE",
                    help="titles and genres: u.item, movies.dat or movies.csv")
     p.add_argument("--items-encoding", metavar="ENC",
@@ -47,194 +73,430 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recommend only items with this many training ratings "
                         "(default: the model's setting)")
     p.add_argument("--exclude-items", metavar="PATH", help="item ids never to recommend")
+    p.add_argument("--candidates", metavar="PATH",
+                   help="item ids to recommend from (an allow-list, on top of the exclusions)")
     p.add_argument("--relevance-threshold", type=float, default=None,
                    help="'highly rated' means at least this (default: the model's; 3/4 "
                         "up its rating scale, 4 on 1-5)")
-    p.add_argument("--output", metavar="DIR", help="output directory for --users")
-    p.add_argument("--blocks", type=int, default=0, help="user blocks for --users (0 = cores)")
+    p.add_argument("--output", metavar="DIR", help="output directory for --users / --new-users")
+    p.add_argument("--engine", choices=("auto", "local", "spark"), default="auto",
+                   help="auto (default): without Spark, unless a file of ids or ratings has "
+                        f"more than {LOCAL_MAX_LINES:,} lines or is not a local file; local: "
+                        "always without Spark; spark: always on Spark")
+    p.add_argument("--blocks", type=int, default=0, help="user blocks on Spark (0 = cores)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own log messages")
     return p
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+# ----------------------------------------------------------------------- choosing an engine
+
+def _local_file(path: str) -> str | None:
+    if path.startswith("file:"):
+        path = path[len("file://"):] if path.startswith("file://") else path[len("file:"):]
+    elif "://" in path:
+        return None
+    return path if os.path.isfile(path) else None
+
+
+def _lines_at_most(path: str, limit: int) -> bool:
+    with open(path, "rb") as fh:
+        for n, _ in enumerate(fh, 1):
+            if n > limit:
+                return False
+    return True
+
+
+def choose_engine(args) -> str:
+    """'local' or 'spark' for these arguments (see --engine)."""
+    if args.engine != "auto":
+        return args.engine
+    if "://" in args.model and not args.model.startswith("file:"):
+        return "spark"
+    path = args.users or args.new_users
+    for extra in (path, args.candidates, args.exclude_items):
+        if extra is not None and _local_file(extra) is None:
+            return "spark"
+    if path is not None and not _lines_at_most(path, LOCAL_MAX_LINES):
+        return "spark"
+    return "local"
+
+
+# ----------------------------------------------------------------------- printing
+
+def _table(rows: list[list[str]], header: list[str], right: int = 2) -> str:
+    """Aligned columns, the first ``right`` of them right-aligned (numbers)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = "  ".join(f"{{:>{w}}}" if i < 2 else f"{{:<{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:>{w}}}" if i < right else f"{{:<{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows]
     return "\n".join("  " + ln.rstrip() for ln in lines)
 
 
-def _titles(spark, args, ids) -> dict:
-    if not args.items or len(ids) == 0:
-        return {}
-    from pmf_spark.titles import read_item_titles
+class Titles:
+    """Titles and genres from --items, read with Spark or in plain Python."""
 
-    t = read_item_titles(spark, args.items, ids, args.items_encoding)
-    return {str(r.item_id): (r.title, r.genres or "") for r in t.itertuples(index=False)}
+    def __init__(self, args, spark=None):
+        self.args, self.spark = args, spark
+
+    def __call__(self, ids) -> dict:
+        ids = list(ids)
+        if not self.args.items or not ids:
+            return {}
+        if self.spark is None:
+            from pmf_spark.titles import read_titles_local
+
+            return read_titles_local(self.args.items, ids, self.args.items_encoding)
+        from pmf_spark.titles import read_item_titles
+
+        t = read_item_titles(self.spark, self.args.items, ids, self.args.items_encoding)
+        return {str(r.item_id): (r.title, r.genres or "") for r in t.itertuples(index=False)}
 
 
-def _print_recs(recs: pd.DataFrame, titles: dict, heading: str) -> None:
+def _print_recs(recs, titles: dict, heading: str, named: bool) -> None:
     print(heading)
     rows = []
     for r in recs.itertuples(index=False):
-        title, genres = titles.get(str(r.item_id), ("", ""))
-        rows.append([r.rank, f"{r.predicted_rating:.2f}", r.item_id, title, genres])
-    print(_table(rows, ["rank", "predicted", "item", "title", "genres"]) if rows else "  (none)")
+        names = list(titles.get(str(r.item_id), ("", ""))) if named else []
+        rows.append([r.rank, f"{r.predicted_rating:.2f}", r.item_id, *names])
+    header = ["rank", "predicted", "item"] + (["title", "genres"] if named else [])
+    print(_table(rows, header) if rows else "  (none)")
 
 
-def _candidates(spark, model, args):
-    from pmf_spark.io import read_id_list
-    from pmf_spark.topk import candidate_items
+def _print_items(df, key: str, values: list[str], titles: dict, heading: str) -> None:
+    """A ranked list of items or users: rank, the values, the id (and titles)."""
+    print(heading)
+    rows = []
+    for n in range(len(df)):
+        ident = df[key].iloc[n]
+        rows.append([int(df["rank"].iloc[n]), *(f"{float(df[v].iloc[n]):.3f}" for v in values),
+                     ident, *(titles.get(str(ident), ("", "")) if titles else ())])
+    header = ["rank", *[v.replace("predicted_rating", "predicted") for v in values],
+              key.replace("neighbor_id", "id").replace("_id", "")]
+    table = _table(rows, header + (["title", "genres"] if titles else []), 1 + len(values))
+    print(table if rows else "  (none)")
 
-    job = model.meta.get("job", {})
-    min_r = args.min_item_ratings if args.min_item_ratings is not None \
-        else int(job.get("min_item_ratings", 1))
-    excluded = None
-    if args.exclude_items:
-        ids = read_id_list(spark, args.exclude_items, model.id_type, "exclude-items")
-        idx = model.item_idx([r[0] for r in ids.collect()])
-        excluded = idx[idx >= 0]
-    return candidate_items(model.item_counts, min_r, excluded)
+
+# ----------------------------------------------------------------------- questions
+
+def _rules(model, args):
+    """(k, candidate mask) from the flags and the model's settings."""
+    from pmf_spark.localio import read_id_file
+
+    def listed(path, role):
+        if path is None:
+            return None
+        if model.spark_session is not None:
+            from pmf_spark.io import read_id_list
+
+            return [r[0] for r in read_id_list(model.spark_session, path, model.id_type,
+                                               role).collect()]
+        return read_id_file(path, model.id_type, role)
+
+    k = args.top_k or model.default_k
+    cand = model.candidates(args.min_item_ratings, listed(args.exclude_items, "exclude-items"),
+                            listed(args.candidates, "candidates"))
+    return k, cand
 
 
-def answer_user(spark, model, args, k, candidates, threshold) -> None:
+def answer_user(model, args, k, cand, titles) -> None:
+    from pmf_spark.serve import relevance_threshold
+
     uid = model.parse_id(args.user)
-    row = model.users.where(model.users.user_id == uid).select("features", "bias",
-                                                              "n_ratings").first()
-    train = [r[0] for r in model.train.where(model.train.user_id == uid)
-             .select("item_id").collect()]
-    test = (model.test.where((model.test.user_id == uid) & (model.test.rating >= threshold))
-            .orderBy(model.test.rating.desc(), "item_id").toPandas())
-    if row is None or row["n_ratings"] == 0:
+    threshold = relevance_threshold(
+        args.relevance_threshold if args.relevance_threshold is not None
+        else model.meta.get("job", {}).get("relevance_threshold"), model.lo, model.hi)
+    row = model.user_row(uid)
+    if row is None or row[2] == 0:
         why = "is not in the model" if row is None else "has no training ratings"
         print(f"User {uid} {why}: recommending the most popular items.")
-        recs = model.recommend_one(None, 0.0, train, k, candidates)
+        factors, bias = None, 0.0
     else:
-        print(f"User {uid}: {row['n_ratings']} training ratings.")
-        ranking = None
-        if model.ranker is not None:
-            r = model.ranking_users.where(model.ranking_users.user_id == uid) \
-                .select("features", "bias").first()
-            ranking = (r["features"], r["bias"]) if r is not None else None
-        recs = model.recommend_one(row["features"], row["bias"], train, k, candidates,
-                                   ranking=ranking)
-    titles = _titles(spark, args, list(test["item_id"]) + list(recs["item_id"]))
+        print(f"User {uid}: {row[2]} training ratings.")
+        factors, bias = row[0], row[1]
+    ranking = model.ranking_row(uid) if model.ranker is not None and factors is not None \
+        else None
+    recs = model.recommend_one(factors, bias, model.rated_items(uid), k, cand, ranking)
+    test = model.test_ratings(uid, threshold)
+    names = titles(list(test["item_id"]) + list(recs["item_id"]))
     print(f"\nHighly rated in the test split (rating >= {threshold:g}):")
-    rows = [[f"{r.rating:g}", r.item_id, *titles.get(str(r.item_id), ("", ""))]
+    named = bool(args.items)
+    rows = [[f"{r.rating:g}", r.item_id,
+             *(names.get(str(r.item_id), ("", "")) if named else ())]
             for r in test.itertuples(index=False)]
-    print(_table(rows, ["rating", "item", "title", "genres"]) if rows else "  (none)")
+    header = ["rating", "item"] + (["title", "genres"] if named else [])
+    print(_table(rows, header) if rows else "  (none)")
     print()
-    _print_recs(recs, titles, f"Top {k} recommendations (items rated in training excluded):")
+    _print_recs(recs, names, f"Top {k} recommendations (items rated in training excluded):",
+                named)
 
 
-def answer_new_user(spark, model, args, k, candidates) -> None:
-    path = args.ratings_for_new_user
-    from pmf_spark.fs import path_exists
-
-    if not path_exists(spark, path):
-        raise InputDataError(f"ratings-for-new-user {path}: no such file")
-    lines = spark.read.text(path).collect()
-    items, ratings = [], []
-    for n, line in enumerate(r[0] for r in lines):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        parts = [p.strip() for p in text.replace("\t", ",").split(",")]
-        if len(parts) != 2:
-            raise InputDataError(f"ratings-for-new-user {path}: line {n + 1} {text!r} is not "
-                                 f"'item_id,rating'")
-        try:
-            value = float(parts[1])
-        except ValueError:
-            if n == 0:
-                continue  # a header
-            raise InputDataError(f"ratings-for-new-user {path}: line {n + 1}: non-numeric "
-                                 f"rating {parts[1]!r}") from None
-        if not np.isfinite(value) or not (model.lo <= value <= model.hi):
-            raise InputDataError(f"ratings-for-new-user {path}: line {n + 1}: rating {parts[1]} "
-                                 f"is outside [{model.lo:g}, {model.hi:g}]")
-        items.append(model.parse_id(parts[0]) if model.id_type == "long" else parts[0])
-        ratings.append(value)
-    if not items:
-        raise InputDataError(f"ratings-for-new-user {path}: no ratings")
+def answer_new_user(model, args, k, cand, titles) -> None:
+    frame = _read_ratings(model, args.ratings_for_new_user, ("item_id", "rating"),
+                          "ratings-for-new-user")
+    items, ratings = frame["item_id"].to_numpy(), frame["rating"].to_numpy()
     factors, bias, used = model.fold_in(items, ratings)
     if factors is None:
         print(f"None of the {len(items)} rated items is in the model: recommending the most "
               f"popular items.")
     else:
-        print(f"Folded in a new user from {used} of {len(items)} ratings "
-              f"(bias {bias:+.3f}).")
-    recs = model.recommend_one(factors, bias, items, k, candidates,
+        print(f"Folded in a new user from {used} of {len(items)} ratings (bias {bias:+.3f}).")
+    recs = model.recommend_one(factors, bias, items, k, cand,
                                ranking=model.fold_in_ranking(items, ratings))
-    titles = _titles(spark, args, list(recs["item_id"]))
-    _print_recs(recs, titles, f"\nTop {k} recommendations for the new user:")
+    _print_recs(recs, titles(recs["item_id"]), f"\nTop {k} recommendations for the new user:",
+                bool(args.items))
 
 
-def answer_users(spark, model, args, k, candidates) -> None:
-    from pmf_spark.fs import AtomicOutput
+def _read_ratings(model, path, layout, role):
+    """A ratings file as a pandas frame, parsed the same way by both engines."""
+    from pmf_spark.localio import check_ratings, parse_rating_lines, read_rating_file
+
+    if model.spark_session is None:
+        return read_rating_file(path, layout, model.id_type, model.lo, model.hi, role)
+    from pmf_spark.fs import path_exists
+
+    if not path_exists(model.spark_session, path):
+        raise InputDataError(f"{role} {path}: no such file")
+    lines = [r[0] for r in model.spark_session.read.text(path).collect()]
+    frame, problem = parse_rating_lines(lines, layout, model.id_type, model.lo, model.hi)
+    if problem:
+        raise InputDataError(f"{role} {path}: {problem}")
+    check_ratings(frame, layout, path, role)
+    return frame
+
+
+def answer_neighbours(model, args, k, titles) -> None:
+    if args.similar_items is not None:
+        nb = model.similar_items(args.similar_items, k)
+        iid = nb["item_id"].iloc[0] if len(nb) else model.parse_id(args.similar_items, "item")
+        names = titles([iid, *nb["neighbor_id"]])
+        title = names.get(str(iid), ("",))[0]
+        _print_items(nb, "neighbor_id", ["similarity"], names if args.items else {},
+                     f"Items most like item {iid}{f' ({title})' if title else ''} "
+                     f"(cosine of the item factors):")
+    elif args.similar_users is not None:
+        nb = model.similar_users(args.similar_users, k)
+        _print_items(nb, "neighbor_id", ["similarity"], {},
+                     f"Users most like user {model.parse_id(args.similar_users)} (cosine of "
+                     f"the user factors):")
+    else:
+        top = model.users_for_item(args.users_for_item, k)
+        iid = model.parse_id(args.users_for_item, "item")
+        title = titles([iid]).get(str(iid), ("",))[0]
+        by = model.ranking_params.fit.model if model.ranker is not None else "rating"
+        _print_items(top, "user_id", ["predicted_rating", "score"], {},
+                     f"Users to show item {iid}{f' ({title})' if title else ''} to, first by "
+                     f"the {by} model's score, never one who rated it:")
+
+
+# ----------------------------------------------------------------------- many users
+
+def _check_output(args, exists, is_ours) -> None:
+    if not args.output:
+        what = "--users" if args.users else "--new-users"
+        raise PMFUserError(f"{what} needs --output DIR for the Parquet result")
+    if exists(args.output) and not is_ours(args.output):
+        raise PMFUserError(f"output {args.output}: exists and is not an answer written by "
+                           f"recommend.py; refusing to replace it (choose another --output)")
+
+
+def answer_many_local(model, args, k, cand) -> None:
+    from pmf_spark.localio import (
+        factors_table,
+        is_answer_output,
+        read_id_file,
+        recs_table,
+        write_local_output,
+    )
+
+    _check_output(args, os.path.exists, is_answer_output)
+    tables = {}
+    if args.users:
+        recs = model.recommend_users(read_id_file(args.users, model.id_type, "users"), k, cand)
+    else:
+        ratings = _read_ratings(model, args.new_users, ("user_id", "item_id", "rating"),
+                                "new-users")
+        folded = model.fold_in_users(ratings)
+        recs = model.recommend_folded(folded, k, cand)
+        tables["user_factors"] = factors_table(folded, model.id_type, model.rank)
+    tables["recommendations"] = recs_table(recs, model.id_type)
+    write_local_output(args.output, tables, {"model": model.path})
+    _log_written(k, recs["user_id"].nunique(), int(recs.loc[recs.cold_start, "user_id"]
+                                                   .nunique()), args.output)
+
+
+def _log_written(k, users, cold, output) -> None:
+    log.info("wrote top-%d for %d user(s) (%d without known ratings: most popular items) to %s",
+             k, users, cold, output)
+
+
+def answer_many_spark(spark, model, args, k, cand) -> None:
+    from pmf_spark.commit import AtomicOutput
     from pmf_spark.io import read_id_list
 
     if not args.output:
-        raise InputDataError("--users needs --output DIR for the Parquet result")
-    ids = read_id_list(spark, args.users, model.id_type, "users")
-    blocks = args.blocks or spark.sparkContext.defaultParallelism
-    recs = model.recommend_users(ids, k, candidates, blocks)
-    out = AtomicOutput(spark, args.output)
-    try:
-        (recs.repartitionByRange(max(1, blocks), "user_id")
-         .sortWithinPartitions("user_id", "rank").write.parquet(out.path("recommendations")))
+        what = "--users" if args.users else "--new-users"
+        raise PMFUserError(f"{what} needs --output DIR for the Parquet result")
+    # the output is checked (ours or absent), locked and staged before any work
+    with AtomicOutput(spark, args.output, job="pmf-spark recommend") as out:
+        blocks = args.blocks or spark.sparkContext.defaultParallelism
+        frames = {}
+        if args.users:
+            ids = read_id_list(spark, args.users, model.id_type, "users")
+            frames["recommendations"] = model.recommend_users(ids, k, cand, blocks)
+        else:
+            folded = model.fold_in_users_frame(_spark_ratings(spark, model, args.new_users),
+                                               blocks).cache()
+            frames["user_factors"] = folded.select("user_id", "features", "bias", "n_ratings")
+            frames["recommendations"] = model.recommend_folded_frame(folded, k, cand, blocks)
+        counts = {}
+        for name, df in frames.items():
+            keys = ("user_id", "rank") if name == "recommendations" else ("user_id",)
+            (df.repartitionByRange(max(1, blocks), "user_id").sortWithinPartitions(*keys)
+             .write.parquet(out.path(name)))
+            counts[name] = spark.read.parquet(out.path(name)).count()
         written = spark.read.parquet(out.path("recommendations"))
-        n = written.count()
         users = written.select("user_id").distinct().count()
         cold = written.where("cold_start").select("user_id").distinct().count()
-        out.commit({"tables": {"recommendations": n}, "model": model.path})
-    except BaseException:
-        out.abort()
-        raise
-    log.info("wrote top-%d for %d user(s) (%d cold start) to %s", k, users, cold, args.output)
+        out.commit({"tables": counts, "model": model.path})
+    _log_written(k, users, cold, args.output)
 
 
-def answer(spark, args) -> None:
-    from pmf_spark.evaluate import relevance_threshold
+def _is_empty_dir(spark, path) -> bool:
+    from pmf_spark.fs import jvm_fs
+
+    fs, jpath = jvm_fs(spark, path)
+    return fs.getFileStatus(jpath).isDirectory() and len(fs.listStatus(jpath)) == 0
+
+
+def _spark_ratings(spark, model, path):
+    """New users' rating lines parsed per partition by the plain-Python parser."""
+    import functools
+
+    from pyspark.sql import functions as F
+
+    from pmf_spark.fs import path_exists
+    from pmf_spark.localio import parse_partition
+
+    if not path_exists(spark, path):
+        raise InputDataError(f"new-users {path}: no such file or directory")
+    id_type = "bigint" if model.id_type == "long" else "string"
+    fn = functools.partial(parse_partition, id_type=model.id_type, lo=model.lo, hi=model.hi)
+    parsed = spark.read.text(path).mapInPandas(
+        fn, f"user_id {id_type}, item_id {id_type}, rating double, problem string").cache()
+    bad = parsed.where(F.col("problem").isNotNull()).select("problem").first()
+    if bad is not None:
+        raise InputDataError(f"new-users {path}: {bad[0]}")
+    ratings = parsed.where(F.col("problem").isNull()).drop("problem")
+    dup = ratings.groupBy("user_id", "item_id").count().where("count > 1").first()
+    if dup is not None:
+        raise InputDataError(f"new-users {path}: user_id {dup[0]} item_id {dup[1]} is rated "
+                             f"more than once")
+    if ratings.first() is None:
+        raise InputDataError(f"new-users {path}: no ratings")
+    return ratings
+
+
+# ----------------------------------------------------------------------- main
+
+def answer(model, args, titles) -> None:
+    k, cand = _rules(model, args)
+    if args.user is not None:
+        answer_user(model, args, k, cand, titles)
+    elif args.ratings_for_new_user is not None:
+        answer_new_user(model, args, k, cand, titles)
+    elif args.users is not None or args.new_users is not None:
+        spark = model.spark_session
+        if spark is None:
+            answer_many_local(model, args, k, cand)
+        else:
+            answer_many_spark(spark, model, args, k, cand)
+    else:
+        answer_neighbours(model, args, k, titles)
+
+
+def run_local(args) -> None:
+    from pmf_spark.serve import LocalModel
+
+    t0 = time.perf_counter()
+    model = LocalModel(args.model)
+    log.debug("read %s in %.2fs without Spark", args.model, time.perf_counter() - t0)
+    answer(model, args, Titles(args))
+
+
+def run_spark(spark, args) -> None:
     from pmf_spark.saved import SavedModel
 
     model = SavedModel(spark, args.model)
-    job = model.meta.get("job", {})
-    k = args.top_k or int(job.get("top_k") or 10)
-    threshold = relevance_threshold(
-        args.relevance_threshold if args.relevance_threshold is not None
-        else job.get("relevance_threshold"), model.lo, model.hi)
-    candidates = _candidates(spark, model, args)
-    if args.user is not None:
-        answer_user(spark, model, args, k, candidates, threshold)
-    elif args.users is not None:
-        answer_users(spark, model, args, k, candidates)
-    else:
-        answer_new_user(spark, model, args, k, candidates)
+    answer(model, args, Titles(args, spark))
+
+
+def _check(args) -> None:
+    if args.top_k is not None and args.top_k < 1:
+        raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
+    if (args.users is not None or args.new_users is not None) and not args.output:
+        what = "--users" if args.users is not None else "--new-users"
+        raise InputDataError(f"{what} needs --output DIR for the Parquet result")
+
+
+def check_args(argv: list[str] | None) -> int | None:
+    """The argument checks that need no Spark (spark-submit.sh runs them before the
+    JVM starts): None to go on, else the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        _check(args)
+    except PMFError as exc:
+        return report_error(exc)
+    return None
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
+    """Answer; returns the exit code. ``spark``: a session to use for the Spark engine
+    (and leave running); by default one is created only when the Spark engine is chosen."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    announce_driver()
     own = spark is None
-    try:
-        if args.top_k is not None and args.top_k < 1:
-            raise PMFUserError(f"top_k: must be >= 1, got {args.top_k}")
-        spark = spark or session("pmf-spark recommend", args.verbose)
-        answer(spark, args)
+    state: dict = {"spark": spark}
+
+    def body() -> int:
+        _check(args)
+        engine = choose_engine(args) if spark is None or args.engine != "auto" else "spark"
+        if engine == "local":
+            if "PYSPARK_GATEWAY_PORT" in os.environ:        # started by spark-submit
+                log.info("this question needs no Spark: `.venv/bin/python jobs/recommend.py "
+                         "...` (or pmf-recommend) answers it without starting a JVM")
+            run_local(args)
+            return 0
+        if state["spark"] is None:
+            log.info("answering on Spark (a file of many ids or ratings, or --engine spark); "
+                     "starting the Spark session ...")
+            state["spark"] = session("pmf-spark recommend", args.verbose)
+        restore = interrupt.watch(state["spark"])
+        try:
+            run_spark(state["spark"], args)
+        finally:
+            restore()
         return 0
-    except PMFError as exc:
-        return report_error(exc)
+
+    try:
+        return run_guarded(body, lambda: args.output if args.users or args.new_users else None)
     finally:
-        if own and spark is not None:
-            spark.stop()
+        if own and state.get("spark") is not None:
+            state["spark"].stop()
 
 
 def session(app: str, verbose: bool):
-    """The job's SparkSession (its settings come from spark-submit and conf/)."""
+    """The job's SparkSession (its settings come from spark-submit and conf/). Run
+    with plain Python, the Python workers use this interpreter unless PYSPARK_PYTHON
+    names another (this one has numpy and pandas)."""
     from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     spark = SparkSession.builder.appName(app).getOrCreate()
     if not verbose:

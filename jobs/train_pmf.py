@@ -14,7 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark import interrupt
+from pmf_spark.cli import (
+    OneLineErrorParser,
+    announce_driver,
+    report_error,
+    run_guarded,
+    setup_logging,
+)
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import PMFError
 from pmf_spark.models import REGISTRY
@@ -25,6 +32,7 @@ from pmf_spark.params import (
     FORMATS,
     GRAM_DTYPES,
     GROUPS,
+    ID_TYPES,
     LINKS,
     PRIORS,
     REG_SCALINGS,
@@ -35,10 +43,10 @@ from pmf_spark.params import (
 )
 
 OPTION_GROUPS = {
-    "input": ("job", ["ratings", "ratings_table", "format", "test", "user_col", "item_col",
-                      "rating_col", "timestamp_col", "sep", "rating_min", "rating_max",
-                      "on_duplicate", "synthetic", "split", "leave_last", "test_fraction",
-                      "split_seed",
+    "input": ("job", ["ratings", "ratings_table", "format", "id_type", "test", "user_col",
+                      "item_col", "rating_col", "timestamp_col", "sep", "rating_min",
+                      "rating_max", "on_duplicate", "synthetic", "split", "leave_last",
+                      "test_fraction", "split_seed",
                       "validation_fraction"]),
     "model": ("params", ["model", "rank", "epochs", "lambda_u", "lambda_v", "biases",
                         "lambda_bias", "reg_scaling", "priors", "prior_update_every",
@@ -50,13 +58,17 @@ OPTION_GROUPS = {
     "output": ("job", ["output", "output_files", "output_partitions", "output_table_prefix",
                        "report"]),
     "recommendations and evaluation": ("job", ["top_k", "eval_k", "min_item_ratings",
-                                               "exclude_items", "relevance_threshold",
-                                               "cold_start", "similar_items"]),
+                                               "exclude_items", "candidates",
+                                               "relevance_threshold", "cold_start",
+                                               "similar_items", "users_per_item",
+                                               "users_per_item_items", "similar_users"]),
     "fault tolerance": ("job", ["checkpoint_dir", "checkpoint_every", "resume"]),
+    "retraining": ("job", ["warm_start"]),
     "spark and performance": ("params", ["blocks", "gram_dtype", "kernel", "chunk_ratings",
                                         "resident_mb"]),
 }
-CHOICES = {"format": FORMATS, "synthetic": SYNTHETIC_SHAPES, "on_duplicate": DUPLICATE_POLICIES,
+CHOICES = {"format": FORMATS, "id_type": ID_TYPES, "synthetic": SYNTHETIC_SHAPES,
+           "on_duplicate": DUPLICATE_POLICIES,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
            "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY),
            "confidence": CONFIDENCES, "split": SPLITS, "kernel": ("auto", "numba", "numpy"),
@@ -129,6 +141,30 @@ def flags_to_sections(ns: argparse.Namespace) -> dict:
     return out
 
 
+def settings(args: argparse.Namespace):
+    """(job, params) from the --config file and the flags, validated."""
+    file_values = load_config_file(args.config) if args.config else None
+    return resolve(file_values, flags_to_sections(args))
+
+
+def check_args(argv: list[str] | None) -> int | None:
+    """Everything about the arguments that needs no Spark: None to go on, else the
+    exit code (0 after --help or --print-config). spark-submit.sh runs this before
+    starting the JVM."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
+    try:
+        job, params = settings(args)
+    except PMFError as exc:
+        return report_error(exc)
+    if args.print_config:
+        print(to_toml(job, params), end="")
+        return 0
+    return None
+
+
 def main(argv: list[str] | None = None, spark=None) -> int:
     """Run the job; returns the exit code. ``spark``: an existing session to use
     (and leave running), for embedding; by default one is created and stopped."""
@@ -137,32 +173,49 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    announce_driver()
     own = spark is None
-    try:
-        file_values = load_config_file(args.config) if args.config else None
-        job, params = resolve(file_values, flags_to_sections(args))
+    state: dict = {}
+
+    def body() -> int:
+        job, params = settings(args)
         if args.print_config:
             print(to_toml(job, params), end="")
             return 0
         from pmf_spark.pipeline import run_training
 
-        spark = spark or session("pmf-spark train", args.verbose)
-        run_training(spark, job, params)
+        state["output"] = job.output
+        state["spark"] = spark or session("pmf-spark train", args.verbose)
+        restore = interrupt.watch(state["spark"])
+        try:
+            run_training(state["spark"], job, params)
+        finally:
+            restore()
         return 0
-    except PMFError as exc:
-        return report_error(exc)
+
+    try:
+        return run_guarded(body, lambda: state.get("output"))
     finally:
-        if own and spark is not None:
-            spark.stop()
+        if own and state.get("spark") is not None:
+            state["spark"].stop()
 
 
 def session(app: str, verbose: bool):
     """The job's SparkSession (its settings come from spark-submit and conf/)."""
+    import logging
+    import time
+
     from pyspark.sql import SparkSession
 
+    log = logging.getLogger("pmf_spark")
+    t0 = time.perf_counter()
+    log.info("starting the Spark session ...")
     spark = SparkSession.builder.appName(app).getOrCreate()
     if not verbose:
         spark.sparkContext.setLogLevel("ERROR")
+    sc = spark.sparkContext
+    log.info("Spark %s ready in %.1fs: master %s, %d core(s)", spark.version,
+             time.perf_counter() - t0, sc.master, sc.defaultParallelism)
     return spark
 
 

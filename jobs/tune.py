@@ -1,14 +1,16 @@
 """spark-submit entry point: search PMF hyperparameters on validation data.
 
-    ./spark-submit.sh jobs/tune.py --ratings ml-100k/u.data --trials 30 --folds 3 \\
+    ./spark-submit.sh jobs/tune.py --ratings ratings.csv --trials 30 --folds 3 \\
         --output out/tune
-    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml
+    ./spark-submit.sh jobs/train_pmf.py --config out/tune/best.toml --ratings ratings.csv \\
+        --output out/tuned
 
 The test split (the training job's seeded random split with the same --split-seed
 and --test-fraction, or a --test file, which is never read) takes no part:
 validation data is carved from the training ratings only. Writes results.parquet,
-results.json and best.toml (a job configuration the training job accepts) to
---output, atomically. Exit codes: 0 success, 2 bad input or configuration.
+results.json and best.toml (the best model settings, [model]/[fit]/[engine], for the
+training job's --config; data and output come from its command line) to --output,
+atomically. Exit codes: 0 success, 2 bad input or configuration.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from pmf_spark.cli import OneLineErrorParser, report_error, setup_logging
+from pmf_spark import interrupt
+from pmf_spark.cli import (
+    OneLineErrorParser,
+    announce_driver,
+    report_error,
+    run_guarded,
+    setup_logging,
+)
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import ConfigError, PMFError
 
@@ -37,6 +46,7 @@ def build_parser():
     for flag in ("ratings", "format", "test", "user-col", "item-col", "rating-col",
                  "timestamp-col", "sep"):
         g.add_argument(f"--{flag}")
+    g.add_argument("--id-type", choices=("auto", "string", "integer"))
     g.add_argument("--synthetic")
     g.add_argument("--test-fraction", type=float)
     g.add_argument("--split-seed", type=int)
@@ -78,6 +88,7 @@ def settings(args):
     file_values = load_config_file(args.config) if args.config else None
     job_flags = {k: v for k, v in {
         "ratings": args.ratings, "format": args.format, "test": args.test,
+        "id_type": args.id_type,
         "user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
         "timestamp_col": args.timestamp_col, "sep": args.sep, "synthetic": args.synthetic,
         "test_fraction": args.test_fraction, "split_seed": args.split_seed}.items()
@@ -102,31 +113,36 @@ def settings(args):
     return job, base, sample_trials(space, base, args.trials, args.seed, args.metric), space
 
 
-def write_results(spark, args, job, base, space, results) -> None:
-    """results.parquet, results.json and best.toml, committed atomically."""
+def best_toml(job, params, quality: str) -> str:
+    """The best trial's model settings ([model], [fit], [engine], [ranker]) as TOML: data
+    and output stay on the command line, so training with it never overwrites another
+    run's output or records the wrong input."""
+    source = job.ratings or f"the built-in synthetic data {job.synthetic!r}"
+    return ("# the best trial of jobs/tune.py on " + source + f" ({quality}); model settings "
+            "only:\n# give the data and the output on the command line, e.g.\n"
+            "#   ./spark-submit.sh jobs/train_pmf.py --config best.toml --ratings FILE "
+            "--output DIR\n" + to_toml(None, params.replace(blocks=0)))
+
+
+def write_results(spark, args, job, base, space, results, out) -> None:
+    """results.parquet, results.json and best.toml, committed atomically into ``out``
+    (opened before the search)."""
     import pandas as pd
 
-    from pmf_spark.fs import AtomicOutput
     from pmf_spark.tuning import best_params, higher_is_better
 
     sign = -1.0 if higher_is_better(args.metric) else 1.0
     rows = sorted((r.row() for r in results), key=lambda r: sign * r["val_score"])
     best = min(results, key=lambda r: sign * r.mean)
-    out = AtomicOutput(spark, args.output)
-    try:
-        spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
-            out.path("results.parquet"))
-        out.write_json("results.json", {"folds": args.folds, "metric": args.metric,
-                                        "trials": rows, "search": space.__dict__,
-                                        "best_trial": best.trial})
-        out.write_text("best.toml", "# the best trial of jobs/tune.py "
-                       f"(validation {args.metric} {best.mean:.4f} +- {best.sd:.4f})\n"
-                       + to_toml(job, best_params(base, best.params, args.metric)
-                                 .replace(blocks=0)))
-        out.commit({"tables": {"results.parquet": len(rows)}})
-    except BaseException:
-        out.abort()
-        raise
+    spark.createDataFrame(pd.DataFrame(rows)).coalesce(1).write.parquet(
+        out.path("results.parquet"))
+    out.write_json("results.json", {"folds": args.folds, "metric": args.metric,
+                                    "trials": rows, "search": space.__dict__,
+                                    "best_trial": best.trial})
+    out.write_text("best.toml", best_toml(
+        job, best_params(base, best.params, args.metric),
+        f"validation {args.metric} {best.mean:.4f} +- {best.sd:.4f}"))
+    out.commit({"tables": {"results.parquet": len(rows)}})
     m, f = best.params.model, best.params.fit
     log.info("best: trial %d  %s rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
              "priors %s  w_m %.3f  alpha %.2f  validation %s %.4f +- %.4f  ->  %s/best.toml",
@@ -135,25 +151,41 @@ def write_results(spark, args, job, base, space, results) -> None:
 
 
 def run(spark, args, job, base, trials, space) -> None:
-    from pmf_spark.pipeline import check_output_path, load_inputs
+    from pmf_spark.pipeline import load_inputs
+    from pmf_spark.preflight import open_output
     from pmf_spark.tuning import run_search, training_part
 
-    check_output_path(spark, job.replace(output=args.output))
-    train, _ = load_inputs(spark, job.replace(test=None))
-    if not job.test:
-        # the training job's test split is removed before anything else reads the data
-        train = training_part(train, split=job.split, split_seed=job.split_seed,
-                              test_fraction=job.test_fraction, leave_last=job.leave_last,
-                              on_duplicate=job.on_duplicate)
-    cores = spark.sparkContext.defaultParallelism
-    blocks = args.blocks or max(1, cores)
-    parallel = args.parallel or max(1, cores // blocks)
-    results = run_search(
-        spark, train, trials, split_seed=job.split_seed, on_duplicate=job.on_duplicate,
-        folds=args.folds, validation_fraction=args.validation_fraction, parallel=parallel,
-        blocks=blocks, metric=args.metric, relevance_threshold=job.relevance_threshold,
-        min_item_ratings=job.min_item_ratings)
-    write_results(spark, args, job, base, space, results)
+    with open_output(spark, job.replace(checkpoint_dir=None, resume=False), "pmf-spark tune",
+                     output=args.output) as out:
+        train, _ = load_inputs(spark, job.replace(test=None))
+        if not job.test:
+            # the training job's test split is removed before anything else reads the data
+            train = training_part(train, split=job.split, split_seed=job.split_seed,
+                                  test_fraction=job.test_fraction, leave_last=job.leave_last,
+                                  on_duplicate=job.on_duplicate)
+        cores = spark.sparkContext.defaultParallelism
+        blocks = args.blocks or max(1, cores)
+        parallel = args.parallel or max(1, cores // blocks)
+        results = run_search(
+            spark, train, trials, split_seed=job.split_seed, on_duplicate=job.on_duplicate,
+            folds=args.folds, validation_fraction=args.validation_fraction, parallel=parallel,
+            blocks=blocks, metric=args.metric, relevance_threshold=job.relevance_threshold,
+            min_item_ratings=job.min_item_ratings)
+        write_results(spark, args, job, base, space, results, out)
+
+
+def check_args(argv: list[str] | None) -> int | None:
+    """The argument checks that need no Spark (spark-submit.sh runs them before the
+    JVM starts): None to go on, else the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        settings(args)
+    except PMFError as exc:
+        return report_error(exc)
+    return None
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
@@ -162,17 +194,25 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose)
+    announce_driver()
     own = spark is None
-    try:
+    state: dict = {}
+
+    def body() -> int:
         job, base, trials, space = settings(args)
-        spark = spark or session("pmf-spark tune", args.verbose)
-        run(spark, args, job, base, trials, space)
+        state["spark"] = spark or session("pmf-spark tune", args.verbose)
+        restore = interrupt.watch(state["spark"])
+        try:
+            run(state["spark"], args, job, base, trials, space)
+        finally:
+            restore()
         return 0
-    except PMFError as exc:
-        return report_error(exc)
+
+    try:
+        return run_guarded(body, lambda: args.output)
     finally:
-        if own and spark is not None:
-            spark.stop()
+        if own and state.get("spark") is not None:
+            state["spark"].stop()
 
 
 def session(app: str, verbose: bool):

@@ -7,14 +7,21 @@ import logging
 
 from pyspark.sql import SparkSession
 
-from .outputs import FACTOR_TABLES, NEIGHBORS_TABLE, RECS_TABLE, VOCAB_TABLES
+from .outputs import (
+    FACTOR_TABLES,
+    ITEM_USERS_TABLE,
+    NEIGHBORS_TABLE,
+    RECS_TABLE,
+    USER_NEIGHBORS_TABLE,
+    VOCAB_TABLES,
+)
 
 log = logging.getLogger("pmf_spark")
 
 TABLE_PROPERTY = "pmf_spark.output"
 #: every table a run can write (a previous run's tables this run does not write are dropped)
 ALL_TABLES = (*FACTOR_TABLES.values(), *VOCAB_TABLES.values(), "train_ratings",
-              "test_ratings", RECS_TABLE, NEIGHBORS_TABLE,
+              "test_ratings", RECS_TABLE, NEIGHBORS_TABLE, ITEM_USERS_TABLE, USER_NEIGHBORS_TABLE,
               *(f"ranking_{t}" for t in FACTOR_TABLES.values()))
 
 
@@ -69,12 +76,13 @@ class CatalogTables:
                 raise ConfigError(f"output-table-prefix {self.prefix}: table {name} exists and "
                                   f"was not written by pmf-spark; refusing to replace it")
 
-    def stage(self, directory: str, tables: dict[str, int], partitions: dict) -> None:
-        """Copy each table of the (staging) output directory into a staging table."""
+    def stage(self, path_of, tables: dict[str, int], partitions: dict) -> None:
+        """Copy each table of the (staging) output directory -- ``path_of(table)`` is
+        where it is -- into a staging table."""
         try:
             for t in tables:
                 staged = self.name(t, f"__staging_{self.token}")
-                w = self.spark.read.parquet(f"{directory}/{t}").write.mode("errorifexists")
+                w = self.spark.read.parquet(path_of(t)).write.mode("errorifexists")
                 if t in partitions:
                     w = w.partitionBy(partitions[t]["column"])
                     self.partitioned[self.name(t)] = partitions[t]["column"]

@@ -10,11 +10,13 @@ written under ``--checkpoint-dir``::
 
 A checkpoint directory is written completely, then ``LATEST`` is replaced by an
 atomic rename: a run killed at any moment leaves the previous checkpoint intact.
-``state.json`` carries a fingerprint of the parameters and of the input, and a
-SHA-256 of every array; resuming with different parameters is refused, and so is a
-checkpoint whose files are unreadable or do not match their checksums (never loaded
-half-written). All random draws depend only on (seed, epoch), so
-a resumed run repeats exactly what the uninterrupted run would have done.
+``state.json`` carries a fingerprint of the parameters and of the input, a SHA-256
+of every array and one of itself; resuming with different parameters is refused, and
+so is a checkpoint with a file that is missing, truncated, edited or does not match
+its checksum (named in the one-line error; never loaded into uninitialised memory).
+``--resume`` with fewer ``--epochs`` than the checkpoint holds is refused too. All
+random draws depend only on (seed, epoch), so a resumed run repeats exactly what the
+uninterrupted run would have done.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from pyspark.sql import SparkSession
 
 from .errors import ConfigError, InputDataError, OutputError
 from .evaluate import EpochMetrics
-from .fs import delete_path, dumps, jvm_fs, path_exists, qualify, read_text, short, write_text
+from .fs import delete_path, dumps, jvm_fs, qualify, read_text, short, write_text
 from .models.base import TrainState
 
 log = logging.getLogger("pmf_spark")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _KEEP = 2
+_NAME = re.compile(r"epoch-[0-9]{6}")
 
 
 def fingerprint(params, job, data) -> dict:
@@ -48,8 +51,9 @@ def fingerprint(params, job, data) -> dict:
     ranking = {k: v for k, v in params.ranker.to_dict().items() if k != "ranking_epochs"}
     model = {**params.model.to_dict(), **fit, **ranking}
     inputs = {k: getattr(job, k) for k in (
-        "ratings", "format", "test", "user_col", "item_col", "rating_col", "timestamp_col",
-        "sep", "rating_min", "rating_max", "on_duplicate", "synthetic", "split", "leave_last",
+        "ratings", "format", "id_type", "test", "user_col", "item_col", "rating_col",
+        "timestamp_col", "sep", "rating_min", "rating_max", "on_duplicate", "synthetic",
+        "split", "leave_last",
         "test_fraction", "split_seed", "validation_fraction")}
     if job.ratings_table is not None:     # only when set: older checkpoints stay resumable
         inputs["ratings_table"] = job.ratings_table
@@ -67,10 +71,18 @@ def _matrix_frame(spark: SparkSession, m: np.ndarray):
 
 
 def _read_matrix(spark: SparkSession, path: str, n: int, w: int) -> np.ndarray:
+    """The (n, w) matrix in ``path``; ValueError unless every row 0..n-1 is there once
+    with w values."""
     tbl = spark.read.parquet(path).toArrow()
-    out = np.empty((n, w))
     idx = tbl.column("idx").to_numpy()
-    out[idx] = tbl.column("values").combine_chunks().flatten().to_numpy().reshape(-1, w)
+    values = tbl.column("values").combine_chunks()
+    if tbl.num_rows != n or len(np.unique(idx)) != n or (n and (idx.min() < 0 or idx.max() >= n)):
+        raise ValueError(f"{tbl.num_rows} row(s), expected {n}")
+    flat = values.flatten().to_numpy()
+    if flat.size != n * w or values.null_count:
+        raise ValueError(f"{flat.size} value(s), expected {n * w}")
+    out = np.zeros((n, w))
+    out[idx] = flat.reshape(n, w)
     return out
 
 
@@ -129,6 +141,24 @@ def _rebuild(arrays: dict[str, np.ndarray], rec: dict, prefix: str = "") -> Trai
                                  for n, sub in enumerate(rec["companions"])])
 
 
+def _self_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "sha256_state"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def check_resumable(ck: Checkpointer, state: TrainState, total_epochs: int) -> None:
+    """Refuse a checkpoint that holds more epochs than the run is asked for."""
+    if state.epoch > total_epochs:
+        raise ConfigError(f"checkpoint {short(ck.dir)}: holds {state.epoch} epoch(s) but this "
+                          f"run is asked for {total_epochs}; raise --epochs to at least "
+                          f"{state.epoch}, or start afresh without --resume")
+    if state.epoch == total_epochs:
+        log.info("the checkpoint in %s already holds all %d epoch(s): nothing left to train, "
+                 "writing the outputs", short(ck.dir), total_epochs)
+    else:
+        log.info("resuming from the checkpoint of epoch %d in %s", state.epoch, short(ck.dir))
+
+
 def _metrics(d: dict) -> EpochMetrics:
     values: dict = {k: (float("nan") if v is None else v) for k, v in d.items()}
     return EpochMetrics(**values)
@@ -145,6 +175,9 @@ class Checkpointer:
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.dir, *parts)
+
+    def _jpath(self, *parts: str):
+        return jvm_fs(self.spark, self._path(*parts))[1]
 
     def _rename(self, src: str, dst: str) -> None:
         fs, jdst = jvm_fs(self.spark, dst)
@@ -177,6 +210,7 @@ class Checkpointer:
                               "default_rng([seed, epoch]) for each epoch that draws",
                     "seed": self.fp["model"]["seed"], "next_epoch": state.epoch + 1},
         }
+        meta["sha256_state"] = _self_digest(json.loads(dumps(meta)))
         write_text(self.spark, posixpath.join(staging, "state.json"), dumps(meta))
         self._rename(staging, final)
         # LATEST is replaced by a rename, so it always names a complete checkpoint
@@ -190,27 +224,47 @@ class Checkpointer:
     def _prune(self, keep: str) -> None:
         fs, jdir = jvm_fs(self.spark, self.dir)
         names = sorted(str(s.getPath().getName()) for s in fs.listStatus(jdir)
-                       if str(s.getPath().getName()).startswith("epoch-"))
+                       if _NAME.fullmatch(str(s.getPath().getName())) and s.isDirectory()
+                       and fs.exists(self._jpath(str(s.getPath().getName()), "state.json")))
         for old in names[:-_KEEP]:
             if old != keep:
                 delete_path(self.spark, self._path(old))
 
+    def _read(self, *parts: str) -> str:
+        path = self._path(*parts)
+        try:
+            return read_text(self.spark, path)
+        except InputDataError:
+            raise ConfigError(f"checkpoint {short(path)}: missing (partly written or removed); "
+                              f"start afresh without --resume") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"checkpoint {short(path)}: not text (edited or corrupt); start "
+                              f"afresh without --resume") from None
+        except Exception as exc:  # a directory, unreadable
+            raise ConfigError(f"checkpoint {short(path)}: unreadable "
+                              f"({str(exc).splitlines()[0][:120]})") from None
+
     def _meta(self) -> tuple[str, dict] | None:
-        if not path_exists(self.spark, self._path("LATEST")):
+        fs, latest = jvm_fs(self.spark, self._path("LATEST"))
+        if not fs.exists(latest):
             return None
-        name = read_text(self.spark, self._path("LATEST")).strip()
-        if not re.fullmatch(r"epoch-[0-9]{6}", name):
+        name = self._read("LATEST").strip()
+        if not _NAME.fullmatch(name):
             raise ConfigError(f"checkpoint {short(self._path('LATEST'))}: names {name[:80]!r}, "
                               f"not a checkpoint of this directory")
         where = short(self._path(name, "state.json"))
         try:
-            meta = json.loads(read_text(self.spark, self._path(name, "state.json")))
-        except (ValueError, InputDataError) as exc:
-            raise ConfigError(f"checkpoint {where}: unreadable ({str(exc)[:120]})") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"checkpoint {where}: format {meta.get('format_version')!r}, "
-                              f"this version reads {FORMAT_VERSION}; start afresh without "
-                              f"--resume")
+            meta = json.loads(self._read(name, "state.json"))
+        except ValueError as exc:
+            raise ConfigError(f"checkpoint {where}: not valid JSON ({str(exc)[:120]}); start "
+                              f"afresh without --resume") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            found = meta.get("format_version") if isinstance(meta, dict) else None
+            raise ConfigError(f"checkpoint {where}: format {found!r}, this version reads "
+                              f"{FORMAT_VERSION}; start afresh without --resume")
+        if meta.get("sha256_state") != _self_digest(meta):
+            raise ConfigError(f"checkpoint {where}: contents do not match its checksum (edited "
+                              f"or partly written); start afresh without --resume")
         diffs = _differences(meta["fingerprint"], self.fp)
         if diffs:
             raise ConfigError(f"checkpoint {short(self.dir)} was written for other parameters "
@@ -222,9 +276,10 @@ class Checkpointer:
         path = self._path(name, f"{key}.parquet")
         try:
             m = _read_matrix(self.spark, path, shape[0], int(np.prod(shape[1:], dtype=int)))
-        except Exception as exc:  # a truncated or missing file
-            raise ConfigError(f"checkpoint {short(path)}: unreadable "
-                              f"({str(exc).splitlines()[0][:120]})") from None
+        except Exception as exc:  # a truncated, partial or missing file
+            raise ConfigError(f"checkpoint {short(path)}: unreadable or incomplete "
+                              f"({str(exc).splitlines()[0][:120]}); start afresh without "
+                              f"--resume") from None
         m = m.reshape(shape)
         if _digest(m) != digest:
             raise ConfigError(f"checkpoint {short(path)}: contents do not match its checksum "
@@ -241,9 +296,14 @@ class Checkpointer:
         if found is None:
             return None
         name, meta = found
-        arrays = {k: self._array(name, k, shape, meta["sha256"][k])
-                  for k, shape in meta["shapes"].items()}
-        return _rebuild(arrays, meta["state"])
+        try:
+            arrays = {k: self._array(name, k, shape, meta["sha256"][k])
+                      for k, shape in meta["shapes"].items()}
+            return _rebuild(arrays, meta["state"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"checkpoint {short(self._path(name, 'state.json'))}: does not "
+                              f"describe a complete checkpoint (missing {exc}); start afresh "
+                              f"without --resume") from None
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,20 +1,58 @@
 """Small pieces the spark-submit entry points in ``jobs/`` share: one-line usage
-errors, the log format, and one line per error kind with its exit code. (The jobs
-parse their own arguments and build their own SparkSession.)"""
+errors with a "did you mean" and no silent abbreviations, the log format, one line
+per error kind with its exit code, Ctrl-C and SIGTERM as one line and exit 130, and
+the argument check ``spark-submit.sh`` runs in plain Python before the JVM starts::
+
+    python -m pmf_spark.cli check jobs/train_pmf.py --rank 0 ...
+
+which exits 0 to go on, :data:`CHECK_DONE` when the job has nothing more to do
+(``--help``, ``--print-config``), or the job's exit code for a bad argument. (The
+jobs parse their own arguments and build their own SparkSession.)
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import importlib.util
 import logging
+import os
+import re
+import signal
 import sys
 import warnings
+from collections.abc import Callable
+
+from .errors import Interrupted, PMFError
+
+#: ``check`` exit status meaning "handled, exit 0 without starting Spark"
+CHECK_DONE = 10
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr and exit code 2, a mistyped
+    flag gets a "did you mean", and long flags are never abbreviated."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _suggest(self, message: str) -> str:
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        if not m:
+            return ""
+        flags = [a for a in self._option_string_actions if a.startswith("--")]
+        for token in m.group(1).split():
+            if token.startswith("-"):
+                near = difflib.get_close_matches(token.split("=", 1)[0], flags, n=1,
+                                                 cutoff=0.6)
+                if near:
+                    return f" (did you mean {near[0]}?)"
+        return ""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {message}{self._suggest(message)} (see --help)\n")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -36,3 +74,104 @@ def report_error(exc: BaseException) -> int:
     :mod:`pmf_spark.errors`)."""
     print(f"error: {exc}", file=sys.stderr)
     return int(getattr(exc, "exit_code", 1))
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def announce_driver() -> None:
+    """Tell ``spark-submit.sh`` (``$PMF_SPARK_DRIVER_PIDFILE``) which process is the
+    Python driver, and take Ctrl-C here even when the launcher ignores it."""
+    pidfile = os.environ.get("PMF_SPARK_DRIVER_PIDFILE")
+    if pidfile:
+        with contextlib.suppress(OSError):
+            with open(pidfile, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+    with contextlib.suppress(ValueError):        # not the main thread
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> int:
+    """Run a job's body: known errors and the failures a person causes (see
+    :func:`pmf_spark.failures.user_failure`) as one line with their exit code;
+    Ctrl-C or SIGTERM as ``interrupted; <output> was left as it was`` and 130 (once
+    the body has a session, :func:`pmf_spark.interrupt.watch` handles them)."""
+    from . import interrupt
+
+    interrupt.clear()
+    previous = None
+    with contextlib.suppress(ValueError):
+        previous = signal.signal(signal.SIGTERM, _terminate)
+
+    def interrupted() -> int:
+        where = output()
+        return report_error(Interrupted(
+            f"interrupted; {where} was left as it was" if where else "interrupted"))
+
+    try:
+        return body()
+    except KeyboardInterrupt:
+        return interrupted()
+    except PMFError as exc:
+        return interrupted() if interrupt.requested() else report_error(exc)
+    except Exception as exc:
+        if interrupt.requested():        # the action a cancel interrupted
+            return interrupted()
+        from .failures import user_failure
+
+        known = user_failure(exc)
+        if known is None:
+            raise
+        return report_error(known)
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _defines_check(app: str) -> bool:
+    """Whether the file defines ``check_args`` at its top level (read, not run: a
+    script that does its work on import must not run twice)."""
+    import ast
+
+    try:
+        with open(app, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return False
+    return any(isinstance(n, ast.FunctionDef) and n.name == "check_args" for n in tree.body)
+
+
+def check_job_args(app: str, argv: list[str]) -> int:
+    """Run the job file's ``check_args(argv)`` without Spark: 0 to go on,
+    :data:`CHECK_DONE` when it handled everything, else its exit code."""
+    if not (app.endswith(".py") and os.path.isfile(app)) or not _defines_check(app):
+        return 0        # not one of the jobs: run it as it is
+    sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
+    spec = importlib.util.spec_from_file_location("_pmf_spark_job", app)
+    if spec is None or spec.loader is None:
+        return 0
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit):  # it needs more than plain Python at import: let it run
+        return 0
+    check = getattr(module, "check_args", None)
+    if check is None:
+        return 0
+    code = check(argv)
+    if code is None:
+        return 0
+    return CHECK_DONE if code == 0 else int(code)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "check":
+        return check_job_args(argv[1], argv[2:])
+    print("usage: python -m pmf_spark.cli check JOB.py [job arguments]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -38,21 +38,56 @@ def _check_table(path: str, section: str, values: dict) -> None:
         raise ConfigError(f"config {path}: unknown key {key!r} in [{section}]{hint}")
 
 
-def load_config_file(path: str) -> dict[str, dict[str, Any]]:
-    """The tables of a TOML job configuration: ``{"job": {...}, "params": {...}}``
-    with every model, fit and engine parameter under ``params`` by its plain name."""
+_KINDS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+_KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number",
+               "str": "a string"}
+
+
+def _field_kind(section: str, key: str) -> str:
+    cls: Any = JobConfig if section == "job" else GROUPS[group_of(key) or "model"]
+    return str(cls.__dataclass_fields__[key].type).split("|")[0].strip()
+
+
+def _check_types(path: str, section: str, values: dict) -> None:
+    """Each value has its key's type (TOML's integers serve as floats)."""
+    for key, value in values.items():
+        kind = _field_kind(section, key)
+        ok = isinstance(value, _KINDS.get(kind, (object,)))
+        if kind != "bool" and isinstance(value, bool):
+            ok = False
+        if not ok:
+            shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+            raise ConfigError(f"config {path}: [{section}] {key} = {shown[:60]}: expected "
+                              f"{_KIND_NAMES.get(kind, kind)}")
+
+
+def _read_toml(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
+        return tomllib.loads(raw.decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"config {path}: no such file") from None
     except IsADirectoryError:
         raise ConfigError(f"config {path}: is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config {path}: not readable (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason})") from None
+        raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: not valid TOML ({exc})") from None
-    out: dict[str, dict[str, Any]] = {"job": {}, "params": {}}
+
+
+def load_config_file(path: str) -> dict[str, dict[str, Any]]:
+    """The tables of a TOML job configuration: ``{"job": {...}, "params": {...}}``
+    with every model, fit and engine parameter under ``params`` by its plain name
+    (and ``"where"``: the file and each key's table, for error messages)."""
+    data = _read_toml(path)
+    out: dict[str, dict[str, Any]] = {"job": {}, "params": {},
+                                      "where": {"path": path, "tables": {}}}
     for section, values in data.items():
         if section not in TABLES:
             near = difflib.get_close_matches(section, list(TABLES), n=1)
@@ -62,7 +97,9 @@ def load_config_file(path: str) -> dict[str, dict[str, Any]]:
         if not isinstance(values, dict):
             raise ConfigError(f"config {path}: {section} must be a table")
         _check_table(path, section, values)
+        _check_types(path, section, values)
         out["job" if section == "job" else "params"].update(values)
+        out["where"]["tables"].update({k: section for k in values})
     return out
 
 
@@ -73,10 +110,26 @@ def resolve(file_values: dict[str, dict[str, Any]] | None,
     merged: dict[str, dict[str, Any]] = {"job": {}, "params": {}}
     for layer in (file_values or {}, flags or {}):
         for section, values in layer.items():
-            merged[section].update(values)
-    job = JobConfig.from_dict(merged["job"], where="[job]")
-    params = PMFParams.of(where="the configuration", **merged["params"])
+            if section in merged:
+                merged[section].update(values)
+    try:
+        job = JobConfig.from_dict(merged["job"], where="[job]")
+        params = PMFParams.of(where="the configuration", **merged["params"])
+    except ConfigError as exc:
+        raise _from_file(exc, file_values, flags) from None
     return job, params
+
+
+def _from_file(exc: ConfigError, file_values, flags) -> ConfigError:
+    """``exc`` naming the config file and table when the key it is about came from
+    the file (and no flag overrode it)."""
+    where = (file_values or {}).get("where")
+    key = str(exc).split(":", 1)[0]
+    if not where or key not in where["tables"]:
+        return exc
+    if any(key in values for values in (flags or {}).values()):
+        return exc
+    return ConfigError(f"config {where['path']}: [{where['tables'][key]}] {exc}")
 
 
 def _toml_value(v) -> str:

@@ -1,6 +1,7 @@
 """Files through Hadoop's FileSystem API (via the session's JVM), so the same code
-serves local paths, HDFS, S3A and the rest: existence, text in and out, and the
-atomic output directory.
+serves local paths, HDFS and the rest: existence, text in and out, standard JSON.
+The output directory that is replaced safely is :class:`pmf_spark.commit.AtomicOutput`
+(also importable from here).
 """
 
 from __future__ import annotations
@@ -8,21 +9,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import posixpath
 import re
-import uuid
 
 from pyspark.sql import SparkSession
 
-from .errors import InputDataError, OutputError
+from .errors import InputDataError
+from .fsops import jvm_fs as _jvm_fs
 from .sparkutil import jvm
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/")
+
+
+def hadoop_path(path: str) -> str:
+    """``path`` as Hadoop's Path parses it: a relative name whose first component holds
+    ':' (``a:b.csv``) would be read as a URI scheme, so it gets a leading ``./``."""
+    if _URI.match(path) or path.startswith("file:"):
+        return path
+    head = path.split("/", 1)[0]
+    return "./" + path if ":" in head else path
 
 
 def jvm_fs(spark: SparkSession, path: str):
     """(Hadoop FileSystem, Path) of ``path``."""
-    jpath = jvm(spark).org.apache.hadoop.fs.Path(path)
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return fs, jpath
+    return _jvm_fs(spark, hadoop_path(path))
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
@@ -107,58 +116,11 @@ def dumps(obj) -> str:
     return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
-class AtomicOutput:
-    """Write a directory of outputs to a staging sibling and move it into place
-    only when everything is written; a failure leaves the previous output as it was.
+def is_local_uri(uri: str) -> bool:
+    return uri.startswith("file:")
 
-    Usage::
 
-        out = AtomicOutput(spark, "out/model")
-        df.write.parquet(out.path("user_factors"))
-        out.write_json("model.json", {...})
-        out.commit(manifest)       # or out.abort()
-    """
+from .commit import AtomicOutput, SimulatedCrash  # noqa: E402  (re-exported; commit uses fs)
 
-    def __init__(self, spark: SparkSession, final: str):
-        self.spark = spark
-        self.final = qualify(spark, final.rstrip("/"))
-        token = uuid.uuid4().hex[:12]
-        parent, base = posixpath.split(self.final)
-        self.staging = posixpath.join(parent, f".{base}.staging-{token}")
-        self.backup = posixpath.join(parent, f".{base}.previous-{token}")
-        fs, jpath = jvm_fs(spark, self.staging)
-        fs.mkdirs(jpath)
-
-    def path(self, name: str) -> str:
-        return posixpath.join(self.staging, name)
-
-    def write_text(self, name: str, text: str) -> None:
-        write_text(self.spark, self.path(name), text)
-
-    def write_json(self, name: str, obj) -> None:
-        self.write_text(name, dumps(obj))
-
-    def commit(self, marker: dict | None = None) -> str:
-        """Write the completion marker ``_SUCCESS`` and swap the staging directory in."""
-        self.write_json("_SUCCESS", marker or {})
-        fs, final = jvm_fs(self.spark, self.final)
-        _, staging = jvm_fs(self.spark, self.staging)
-        _, backup = jvm_fs(self.spark, self.backup)
-        had_previous = fs.exists(final)
-        if had_previous and not fs.rename(final, backup):
-            raise OutputError(f"output {short(self.final)}: cannot move the previous output "
-                              f"aside to {short(self.backup)}")
-        if not fs.rename(staging, final):
-            if had_previous:
-                fs.rename(backup, final)
-            raise OutputError(f"output {short(self.final)}: cannot move {short(self.staging)} "
-                              f"into place")
-        if had_previous:
-            fs.delete(backup, True)
-        return self.final
-
-    def abort(self) -> None:
-        try:
-            delete_path(self.spark, self.staging)
-        except Exception:  # best effort: never hide the original failure
-            pass
+__all__ = ["AtomicOutput", "SimulatedCrash", "dumps", "jvm_fs", "path_exists", "qualify",
+           "read_text", "short", "write_text"]

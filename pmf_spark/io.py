@@ -1,10 +1,13 @@
 """Reading ratings: MovieLens formats, CSV and Parquet, through Hadoop's FileSystem
 API so the same code serves local paths, HDFS, S3A and the rest.
 
-Validation happens at the boundary: schema problems (missing path, missing columns)
-here, before any Spark job; value problems (wrong field count, nulls, non-numeric or
-non-finite ratings, ratings outside the scale, fractional or non-integer ids) in a
-single aggregation over the input (:mod:`pmf_spark.validate`). Each problem raises
+Which files a path names (literal names, directories, compression) is
+:mod:`pmf_spark.inputs`. CSV follows RFC 4180 (``"`` quotes, ``""`` inside them).
+Validation happens at the boundary: schema problems (missing path, missing columns,
+files that disagree on their header) here, before any Spark job; value problems
+(wrong field count, nulls, non-numeric or non-finite ratings, ratings outside the
+scale, ids the column's type cannot hold) in a single aggregation over the input
+(:mod:`pmf_spark.validate`). Each problem raises
 :class:`~pmf_spark.errors.InputDataError` with a one-line message that names the
 file, the column and an example value.
 """
@@ -22,13 +25,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .errors import InputDataError
+from .failures import read_failure
 from .fs import path_exists, short
+from .inputs import InputFiles, agree, fields_of, first_lines, resolve, strip_compression
 from .validate import CleanRatings, validate_raw
 
 log = logging.getLogger("pmf_spark")
 
 CORRUPT = "_corrupt_record"
-_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,14 @@ def _norm(name: str) -> str:
 
 # --------------------------------------------------------------------------- reading
 
-def guess_format(path: str) -> str:
-    base = posixpath.basename(path.rstrip("/"))
+def guess_format(path: str, listing: list[str] | None = None) -> str:
+    """The format a file name implies (a compression suffix aside: ``ratings.dat.gz``
+    reads as ``ratings.dat``); for a directory, ``listing`` (its file names) decides:
+    all CSV/TSV files make it csv."""
+    base = strip_compression(posixpath.basename(path.rstrip("/")))
+    names = [strip_compression(n) for n in listing or [] if not n.startswith((".", "_"))]
+    if names and all(n.endswith((".csv", ".tsv")) for n in names):
+        return "csv"
     if base == "u.data" or re.fullmatch(r"u[a-z0-9]*\.(base|test)", base):
         return "movielens-100k"
     if base.endswith(".dat"):
@@ -121,11 +131,10 @@ def _pick(kind: str, given: str | None, default: str | None, columns: list[str],
     return None
 
 
-def _sniff_sep(spark: SparkSession, path: str) -> str:
-    """The field separator of a csv-format file without --sep: the first of , tab ; |
+def _sniff_sep(lines: list[tuple[str, str | None]], path: str) -> str:
+    """The field separator of a csv-format input without --sep: the first of , tab ; |
     that occurs most on its first line (',' when none does)."""
-    first = spark.read.text(path).limit(1).collect()
-    line = first[0][0] if first and first[0][0] else ""
+    line = next((ln for _, ln in lines if ln), "")
     counts = {c: line.count(c) for c in (",", "\t", ";", "|")}
     best = max(counts, key=lambda c: counts[c])
     if counts[best] == 0:
@@ -150,53 +159,74 @@ def _positional(spec: FormatSpec, n: int, path: str, sep: str) -> FormatSpec:
                  + (", timestamp" if n > 3 else ""))
 
 
+def _header_names(fields: list[str], path: str) -> list[str]:
+    names = [f or f"_c{k}" for k, f in enumerate(fields)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputDataError(f"{path}: the header names column {twice[0]!r} twice; column "
+                             f"names must be unique")
+    return names
+
+
+def _text_layout(spark: SparkSession, inputs: InputFiles, fmt: str, spec: FormatSpec,
+                 sep: str | None, path: str, role: str) -> tuple[FormatSpec, list[str], str]:
+    """(spec, column names, separator) of a text input, from every file's first line."""
+    lines = first_lines(spark, inputs.files, role)
+    delim = sep or (_sniff_sep(lines, path) if fmt == "csv" else spec.sep) or ","
+    if not spec.header:
+        return spec, list(spec.columns or ()), delim
+    found = agree(lines, delim, role, path, detect=fmt == "csv")
+    if found is None:
+        raise InputDataError(f"{path}: empty file (expected {spec.describe})")
+    has_header, fields = found
+    if has_header:
+        return spec, _header_names(fields, path), delim
+    spec = _positional(spec, len(fields), path, delim)
+    log.info("%s has no header row: reading its columns by position as %s", short(path),
+             ", ".join(spec.columns or ()))
+    return spec, list(spec.columns or ()), delim
+
+
+def _auto_format(spark: SparkSession, inputs: InputFiles, path: str, role: str) -> str:
+    name = path if inputs.single or not inputs.files else inputs.files[0]
+    fmt = guess_format(path) if inputs.single else guess_format(name)
+    if fmt == "movielens-csv":
+        # ratings.csv is MovieLens' only with MovieLens' header
+        line = next((ln for _, ln in first_lines(spark, inputs.files[:1], role) if ln), "")
+        if not {"userId", "movieId"} <= set(fields_of(line, ",")):
+            fmt = "csv"
+    return fmt
+
+
 def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_col=None,
-             rating_col=None, timestamp_col=None, sep=None) -> tuple[DataFrame, FormatSpec]:
+             rating_col=None, timestamp_col=None, sep=None,
+             role: str = "ratings") -> tuple[DataFrame, FormatSpec]:
     """Read ratings without interpreting values: columns u, i, r, ts, _file, _bad
     (the raw line of a row with the wrong number of fields, else null)."""
-    if not path_exists(spark, path):
-        raise InputDataError(f"{path}: no such file or directory")
+    inputs = resolve(spark, path, role)
     if fmt == "auto":
-        fmt = guess_format(path)
-        if fmt == "movielens-csv":
-            # ratings.csv is MovieLens' only with MovieLens' header
-            header = spark.read.option("header", True).csv(path).columns
-            if not {"userId", "movieId"} <= set(header):
-                fmt = "csv"
+        fmt = _auto_format(spark, inputs, path, role)
     if fmt not in SPECS:
         raise InputDataError(f"unknown format {fmt!r} (choose from {', '.join(SPECS)})")
     spec = SPECS[fmt]
-    reader = spark.read
+    reader = spark.read.options(**inputs.options)
     if fmt == "parquet":
         try:
-            df = reader.parquet(path)
+            df = reader.parquet(inputs.read_path)
         except Exception as exc:  # a non-Parquet file
-            raise InputDataError(f"{path}: not readable as Parquet "
-                                 f"({str(exc).splitlines()[0][:200]})") from None
+            raise read_failure(exc, role, path) or InputDataError(
+                f"{path}: not readable as Parquet ({str(exc).splitlines()[0][:200]})") from None
         bad = F.lit(None).cast("string")
         columns = df.columns
     else:
-        delim = sep or (_sniff_sep(spark, path) if fmt == "csv" else spec.sep) or ","
-        if spec.header:
-            head = (reader.option("header", True).option("sep", delim)
-                    .option("inferSchema", False).csv(path))
-            columns = head.columns
-            if not columns:
-                raise InputDataError(f"{path}: empty file (expected {spec.describe})")
-            if fmt == "csv" and any(_NUMBER.fullmatch(c.strip()) for c in columns):
-                # the first line holds a number: it is data, not a header
-                spec = _positional(spec, len(columns), path, delim)
-                columns = list(spec.columns or ())
-                log.info("%s has no header row: reading its columns by position as %s",
-                         short(path), ", ".join(columns))
-        else:
-            columns = list(spec.columns or ())
+        spec, columns, delim = _text_layout(spark, inputs, fmt, spec, sep, path, role)
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns]
                               + [T.StructField(CORRUPT, T.StringType())])
         df = (reader.schema(schema).option("sep", delim).option("header", spec.header)
+              .option("quote", '"').option("escape", '"')
               .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
               .option("ignoreLeadingWhiteSpace", True).option("ignoreTrailingWhiteSpace", True)
-              .csv(path))
+              .csv(inputs.read_path))
         bad = F.col(CORRUPT)
     u = _pick("user", user_col, spec.user, columns, path)
     i = _pick("item", item_col, spec.item, columns, path)
@@ -205,22 +235,25 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
     if len({u, i, r}) < 3:
         raise InputDataError(f"{path}: user, item and rating must be different columns "
                              f"(got {u!r}, {i!r}, {r!r})")
+    source = F.lit(path) if inputs.single else F.col("_metadata.file_path")
     out = df.select(
         F.col(f"`{u}`").alias("u"), F.col(f"`{i}`").alias("i"), F.col(f"`{r}`").alias("r"),
         (F.col(f"`{t}`") if t else F.lit(None).cast("string")).alias("ts"),
-        F.col("_metadata.file_path").alias("_file"), bad.alias("_bad"))
+        source.alias("_file"), bad.alias("_bad"))
     return out, dataclasses.replace(spec, user=u, item=i, rating=r, timestamp=t)
 
 
 def load_ratings(spark: SparkSession, path: str, fmt: str = "auto", *, user_col=None,
                  item_col=None, rating_col=None, timestamp_col=None, sep=None,
                  rating_min: float | None = None, rating_max: float | None = None,
-                 role: str = "ratings") -> CleanRatings:
-    """Read and validate ratings in one aggregation; raise InputDataError on bad input."""
+                 role: str = "ratings", id_type: str = "auto") -> CleanRatings:
+    """Read and validate ratings in one aggregation; raise InputDataError on bad input.
+    ``id_type``: 'auto' (from the format and the column types), 'string', or
+    'integer'/'long' (parse them)."""
     raw, spec = read_raw(spark, path, fmt, user_col=user_col, item_col=item_col,
-                         rating_col=rating_col, timestamp_col=timestamp_col, sep=sep)
+                         rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, role=role)
     return validate_raw(raw, spec, path, role=role, rating_min=rating_min,
-                        rating_max=rating_max)
+                        rating_max=rating_max, id_type=id_type)
 
 
 def frame_ratings(df: DataFrame, user_col: str, item_col: str, rating_col: str,
@@ -246,7 +279,8 @@ def frame_ratings(df: DataFrame, user_col: str, item_col: str, rating_col: str,
 
 def load_table(spark: SparkSession, name: str, *, user_col=None, item_col=None,
                rating_col=None, timestamp_col=None, rating_min: float | None = None,
-               rating_max: float | None = None, role: str = "ratings") -> CleanRatings:
+               rating_max: float | None = None, role: str = "ratings",
+               id_type: str = "auto") -> CleanRatings:
     """Validate ratings from a table of the session's catalog (Hive metastore, Delta,
     Iceberg, ...) like a Parquet file: columns by name (or recognised), one pass."""
     from pyspark.errors import AnalysisException
@@ -273,7 +307,7 @@ def load_table(spark: SparkSession, name: str, *, user_col=None, item_col=None,
     spec = dataclasses.replace(SPECS["parquet"], name="table", user=u, item=i, rating=r,
                                timestamp=t, describe="a table")
     return validate_raw(raw, spec, where, role=role, rating_min=rating_min,
-                        rating_max=rating_max)
+                        rating_max=rating_max, id_type=id_type)
 
 
 def read_id_list(spark: SparkSession, path: str, id_type: str, role: str) -> DataFrame:

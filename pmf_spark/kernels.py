@@ -30,77 +30,14 @@ Array conventions: ``indptr`` int (n_rows + 1,), ``cols`` int (nnz,) indices int
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from .backends import BACKENDS, compiled, kernel_backend, kernel_compile_seconds, padded_design
+from .backends import note_backend as _note_backend
+
 #: Entries gathered per chunk of rows (bounds the memory of the gathered rows).
 CHUNK_ENTRIES = 1 << 16
-#: ``kernel`` settings: 'auto' compiles with numba when it can be loaded, else numpy
-BACKENDS = ("auto", "numba", "numpy")
-
-
-class _Compiled:
-    """This process's compiled kernels (:mod:`pmf_spark.compiled`), loaded on first use:
-    the module, or None with the reason numba could not be loaded, and the seconds the
-    first compilation (or load from the disk cache) took."""
-
-    module: Any = None
-    error: str | None = None
-    seconds = 0.0
-    tried = False
-    last_backend = "numpy"
-
-
-def compiled(backend: str = "auto"):
-    """The compiled kernels for ``backend``: the module, or None for numpy. 'numba'
-    raises RuntimeError when they cannot be loaded; 'auto' falls back to numpy."""
-    if backend == "numpy":
-        return None
-    if not _Compiled.tried:
-        _Compiled.tried = True
-        import time
-
-        t0 = time.perf_counter()
-        try:
-            from . import compiled as module
-
-            module.warm_up()
-            _Compiled.module = module
-        except Exception as exc:  # numba missing, or it cannot compile on this machine
-            _Compiled.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        _Compiled.seconds = time.perf_counter() - t0
-    if _Compiled.module is None and backend == "numba":
-        raise RuntimeError(f"the numba kernels cannot be loaded here ({_Compiled.error}); "
-                           f"install numba or run with --kernel numpy")
-    return _Compiled.module
-
-
-def kernel_backend() -> str:
-    """What the last row kernel of this process ran on ('numba' or 'numpy', with the
-    reason numba could not be loaded when it fell back)."""
-    if _Compiled.last_backend == "numpy" and _Compiled.error:
-        return f"numpy ({_Compiled.error})"
-    return _Compiled.last_backend
-
-
-def kernel_compile_seconds() -> float:
-    """Seconds this process spent compiling (or loading) the compiled kernels, once:
-    reported by the first call after it, 0 afterwards."""
-    s, _Compiled.seconds = _Compiled.seconds, 0.0
-    return s
-
-
-_PADDED: list = [None, None, None]      # (design, dtype, padded): one per process
-
-
-def _padded(C, design: np.ndarray, gdt) -> np.ndarray:
-    """The compiled kernels' padded copy of a fixed side, made once per broadcast value
-    (the same design arrives for every chunk of a block)."""
-    if _PADDED[0] is not design or _PADDED[1] != gdt:
-        _PADDED[:] = [design, gdt, C.padded(design, gdt)]
-    return _PADDED[2]
-
 
 @dataclass(frozen=True)
 class ReadOut:
@@ -194,7 +131,7 @@ class _Block:
         self.k = self.design.shape[1]
         self.counts = np.diff(self.indptr)
         self.C = compiled(backend)
-        _Compiled.last_backend = "numba" if self.C is not None else "numpy"
+        _note_backend(self.C is not None)
 
     def compiled_args(self):
         """(targets, sqrt weights, padded design) in the Gram dtype, for the compiled
@@ -202,7 +139,8 @@ class _Block:
         C = self.C
         w = (np.zeros(0, self.gdt) if self.root_w is None
              else self.root_w.astype(self.gdt, copy=False))
-        return self.targets.astype(self.gdt, copy=False), w, _padded(C, self.design, self.gdt)
+        return (self.targets.astype(self.gdt, copy=False), w,
+                padded_design(C, self.design, self.gdt))
 
     def chunks(self):
         """(rows, gram, rhs) per chunk of rows; gram/rhs are views of reused buffers
@@ -409,23 +347,6 @@ def gibbs_rows(indptr, cols, targets, design, prior_precision, prior_shift, alph
     return RowSolution(x, fitted)
 
 
-def reference_ridge_rows(indptr, cols, targets, design, reg, row_scale=None) -> np.ndarray:
-    """Row-by-row oracle for :func:`ridge_rows` (slow, obviously correct)."""
-    indptr = np.asarray(indptr, dtype=np.int64)
-    n_rows = indptr.size - 1
-    k = design.shape[1]
-    out = np.zeros((n_rows, k))
-    for i in range(n_rows):
-        sl = slice(indptr[i], indptr[i + 1])
-        if indptr[i + 1] == indptr[i]:
-            continue
-        F = design[cols[sl]]
-        s = 1.0 if row_scale is None else row_scale[i]
-        A = F.T @ F + np.diag(reg * s)
-        out[i] = np.linalg.lstsq(A, F.T @ targets[sl], rcond=None)[0]
-    return out
-
-
 def row_dots(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Row-wise dot products of two (n, k) arrays."""
     return np.einsum("ij,ij->i", A, B)
@@ -468,3 +389,8 @@ def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray):
     rows = np.repeat(np.arange(n), kk).reshape(n, kk)
     ranks = np.cumsum(ok, axis=1)
     return rows[ok], ranks[ok], part[ok], vals[ok]
+
+
+__all__ = ["BACKENDS", "CHUNK_ENTRIES", "ReadOut", "RowSolution", "gibbs_rows", "kernel_backend",
+           "kernel_compile_seconds", "ridge_rows", "row_chunks", "row_dots", "solve_stack",
+           "top_k", "vb_rows"]

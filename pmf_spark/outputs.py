@@ -11,6 +11,7 @@ import functools
 import io as _io
 import math
 import platform
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,8 @@ FACTOR_TABLES = {"user": "user_factors", "item": "item_factors"}
 VOCAB_TABLES = {"user": "user_vocabulary", "item": "item_vocabulary"}
 RECS_TABLE = "recommendations"
 NEIGHBORS_TABLE = "item_neighbors"
+ITEM_USERS_TABLE = "item_users"
+USER_NEIGHBORS_TABLE = "user_neighbors"
 RECS_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
 BUCKET_COLUMN = "user_bucket"
 
@@ -229,6 +232,30 @@ class RunWriter:
         self.tables[NEIGHBORS_TABLE] = int(
             self.spark.read.parquet(self.out.path(NEIGHBORS_TABLE)).count())
 
+    def item_users(self, df: DataFrame) -> None:
+        """``item_users``: (item_id, rank, user_id, predicted_rating, score)."""
+        self._describe(f"top users per item: {self.cfg.users_per_item}")
+        named = ids_frame(df, self.data, user_col="i", item_col="u").select(
+            "item_id", "rank", "user_id", "predicted_rating", "score")
+        self._write_counted(named, ITEM_USERS_TABLE, self.data.n_items,
+                            self.cfg.users_per_item, "item_id")
+
+    def user_neighbors(self, df: DataFrame) -> None:
+        """``user_neighbors``: (user_id, rank, neighbor_id, similarity)."""
+        self._describe(f"user neighbours: {self.cfg.similar_users}")
+        users = self.data.users
+        named = (df.join(F.broadcast(users.select(F.col("idx").alias("i"),
+                                                  F.col("id").alias("user_id"))), "i")
+                 .join(F.broadcast(users.select(F.col("idx").alias("j"),
+                                                F.col("id").alias("neighbor_id"))), "j")
+                 .select("user_id", "rank", "neighbor_id", "similarity"))
+        self._write_counted(named, USER_NEIGHBORS_TABLE, self.data.n_users,
+                            self.cfg.similar_users, "user_id")
+
+    def _write_counted(self, df: DataFrame, name: str, rows: int, k: int, key: str) -> None:
+        write_sorted(df, self.out.path(name), n_files(self.cfg, rows, k), key, "rank")
+        self.tables[name] = int(self.spark.read.parquet(self.out.path(name)).count())
+
     def json(self, name: str, obj) -> None:
         self.out.write_json(name, obj)
         self.files.append(name)
@@ -246,7 +273,7 @@ class RunWriter:
         if self.partitions:
             marker["partitions"] = self.partitions
         if catalog is not None:
-            catalog.stage(self.out.staging, self.tables, self.partitions)
+            catalog.stage(self.out.path, self.tables, self.partitions)
         final = self.out.commit(marker)
         if catalog is not None:
             catalog.swap()
@@ -264,6 +291,7 @@ def model_meta(cfg: JobConfig, params: PMFParams, data, *, rank: int, epochs_run
     groups = params.to_dict()
     return {
         "format_version": MODEL_FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": groups["model"], "fit": groups["fit"], "engine": groups["engine"],
         "ranker": groups["ranker"], "ranking_model": ranking_model,
         "job": cfg.to_dict(),

@@ -1,11 +1,12 @@
-"""Typed, validated parameters in three groups, and the job's configuration.
+"""Typed, validated parameters in groups, and the job's configuration.
 
 - :class:`ModelParams`: what a saved model needs to be read (rank, biases, read-out).
 - :class:`FitParams`: how it is fitted (model, epochs, λ, priors, samples, seeds).
-- :class:`EngineParams`: how the engine runs (blocks, Gram dtype, chunking, resident
-  memory). Engine knobs never change what is fitted beyond float rounding, so they
-  enter neither the checkpoint fingerprint nor the ``model``/``fit`` sections of
+- :class:`EngineParams`: how the engine runs (blocks, Gram dtype, kernels, chunking,
+  resident memory). Engine knobs never change what is fitted beyond float rounding, so
+  they enter neither the checkpoint fingerprint nor the ``model``/``fit`` sections of
   ``model.json``.
+- :class:`RankingParams`: the ranking model trained beside the rating model.
 
 :class:`PMFParams` holds one of each. Flags, TOML keys and the Python API use the
 fields' plain names (``rank``, ``lambda_u``, ``blocks``, ...), which are unique across
@@ -18,16 +19,23 @@ Every group is a frozen dataclass that validates each field once, in
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .paramtools import (
+    Params,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    doc,
+    unknown,
+)
 
 FORMATS = ("auto", "movielens-100k", "movielens-dat", "movielens-csv", "csv", "parquet")
+ID_TYPES = ("auto", "string", "integer")
 SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m", "30m", "netflix")
 LINKS = ("linear", "sigmoid")
 REG_SCALINGS = ("none", "count")
@@ -35,92 +43,26 @@ GRAM_DTYPES = ("float64", "float32")
 DUPLICATE_POLICIES = ("latest", "error")
 COLD_START = ("popular", "drop")
 PRIORS = ("fixed", "spherical", "diagonal")
-_TABLE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,2}")
-_PREFIX = _TABLE_NAME
 CONFIDENCES = ("linear", "log", "presence")
 SPLITS = ("random", "user-fraction", "temporal", "leave-last-n")
-
-
-def _doc(text: str, **kw):
-    """A dataclass field with a one-line description kept in its metadata."""
-    return field(metadata={"doc": text}, **kw)
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
-
-
-def _check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{name}: must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{name}: must be <= {hi}, got {value}")
-
-
-def _check_float(name: str, value, lo: float | None = None, lo_open: bool = False,
-                 hi: float | None = None, hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name}: must be finite, got {value}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        raise ConfigError(f"{name}: must be {'<' if hi_open else '<='} {hi}, got {value}")
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-
-
-def _unknown(key: str, names: list[str], where: str) -> ConfigError:
-    near = difflib.get_close_matches(key, names, n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
-    loc = f" in {where}" if where else ""
-    return ConfigError(f"unknown key {key!r}{loc}{hint}")
-
-
-class _Params:
-    """Dict round trip and helpful unknown-key errors for the dataclasses below."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = ""):
-        names = cls.field_names()
-        for key in values:
-            if key not in names:
-                raise _unknown(key, names, where)
-        return cls(**values)
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,2}")
 
 
 @dataclass(frozen=True)
-class ModelParams(_Params):
+class ModelParams(Params):
     """What a saved model needs to be read: its shape and its read-out."""
 
-    rank: int = _doc("number of latent dimensions d", default=30)
-    biases: bool = _doc("learn user and item biases jointly with the factors", default=True)
-    link: str = _doc("'linear': mu + sigma * (u.v + biases); 'sigmoid': min + (max-min) * "
+    rank: int = doc("number of latent dimensions d", default=30)
+    biases: bool = doc("learn user and item biases jointly with the factors", default=True)
+    link: str = doc("'linear': mu + sigma * (u.v + biases); 'sigmoid': min + (max-min) * "
                      "sigmoid(u.v + biases), the seed's read-out", default="linear")
-    clip: bool = _doc("clip linear predictions to the training rating range", default=True)
+    clip: bool = doc("clip linear predictions to the training rating range", default=True)
 
     def __post_init__(self):
-        _check_int("rank", self.rank, 1, 1000)
-        _check_bool("biases", self.biases)
-        _check_choice("link", self.link, LINKS)
-        _check_bool("clip", self.clip)
+        check_int("rank", self.rank, 1, 1000)
+        check_bool("biases", self.biases)
+        check_choice("link", self.link, LINKS)
+        check_bool("clip", self.clip)
 
     @property
     def k(self) -> int:
@@ -129,67 +71,67 @@ class ModelParams(_Params):
 
 
 @dataclass(frozen=True)
-class FitParams(_Params):
+class FitParams(Params):
     """How the model is fitted. λ values are in z-score units."""
 
-    model: str = _doc("'pmf' (MAP by ALS), 'bpmf' (Bayesian PMF by Gibbs sampling), "
+    model: str = doc("'pmf' (MAP by ALS), 'bpmf' (Bayesian PMF by Gibbs sampling), "
                       "'missing-data' (PMF with unobserved cells as weak low ratings, for "
                       "ranking) or 'implicit' (implicit-feedback ALS)", default="pmf")
-    epochs: int = _doc("ALS epochs (one epoch solves users, then items)", default=20)
-    lambda_u: float = _doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, "
+    epochs: int = doc("ALS epochs (one epoch solves users, then items)", default=20)
+    lambda_u: float = doc("user factor prior precision ratio sigma^2/sigma_U^2 (unscaled, "
                            "as in PMF)", default=12.0)
-    lambda_v: float = _doc("item factor prior precision ratio sigma^2/sigma_V^2 (unscaled, "
+    lambda_v: float = doc("item factor prior precision ratio sigma^2/sigma_V^2 (unscaled, "
                            "as in PMF)", default=12.0)
-    lambda_bias: float = _doc("prior precision ratio of the user and item biases", default=3.0)
-    reg_scaling: str = _doc("'none': fixed lambda (PMF); 'count': lambda * n_ratings of the row "
+    lambda_bias: float = doc("prior precision ratio of the user and item biases", default=3.0)
+    reg_scaling: str = doc("'none': fixed lambda (PMF); 'count': lambda * n_ratings of the row "
                             "(ALS-WR, Spark MLlib)", default="none")
-    init_std: float = _doc("std of the Gaussian initial factors; 0 = the prior's, 1/sqrt(lambda)",
+    init_std: float = doc("std of the Gaussian initial factors; 0 = the prior's, 1/sqrt(lambda)",
                            default=0.0)
-    seed: int = _doc("seed of the initial factors (and of BPMF's draws)", default=0)
-    priors: str = _doc("'fixed' lambdas, or re-estimate them every prior_update_every epochs: "
+    seed: int = doc("seed of the initial factors (and of BPMF's draws)", default=0)
+    priors: str = doc("'fixed' lambdas, or re-estimate them every prior_update_every epochs: "
                        "'spherical' (one prior variance per side) or 'diagonal' (one per "
                        "dimension)", default="fixed")
-    prior_update_every: int = _doc("epochs between adaptive prior updates", default=1)
-    early_stopping: int = _doc("stop after this many epochs without a better validation RMSE "
+    prior_update_every: int = doc("epochs between adaptive prior updates", default=1)
+    early_stopping: int = doc("stop after this many epochs without a better validation RMSE "
                                "and keep the best epoch; 0 = off", default=0)
-    samples: int = _doc("BPMF: Gibbs samples averaged after the burn-in", default=80)
-    burn_in: int = _doc("BPMF: Gibbs iterations discarded first", default=20)
-    thin: int = _doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
-    missing_weight: float = _doc("missing-data PMF: weight w_m of every unobserved cell",
+    samples: int = doc("BPMF: Gibbs samples averaged after the burn-in", default=80)
+    burn_in: int = doc("BPMF: Gibbs iterations discarded first", default=20)
+    thin: int = doc("BPMF: keep every thin-th sample for the saved averaged model", default=1)
+    missing_weight: float = doc("missing-data PMF: weight w_m of every unobserved cell",
                                  default=0.2)
-    missing_rating: float | None = _doc("missing-data PMF: the rating r_m imputed to "
+    missing_rating: float | None = doc("missing-data PMF: the rating r_m imputed to "
                                         "unobserved cells; default the scale's lowest",
                                         default=None)
-    alpha: float = _doc("implicit ALS: confidence 1 + alpha * g(value) of observed cells",
+    alpha: float = doc("implicit ALS: confidence 1 + alpha * g(value) of observed cells",
                         default=5.0)
-    confidence: str = _doc("implicit ALS: g is 'linear' (the value), 'log' "
+    confidence: str = doc("implicit ALS: g is 'linear' (the value), 'log' "
                            "(log(1 + value / epsilon)) or 'presence' (1: every observed "
                            "pair alike)", default="linear")
-    epsilon: float = _doc("implicit ALS: epsilon of the 'log' confidence", default=1.0)
+    epsilon: float = doc("implicit ALS: epsilon of the 'log' confidence", default=1.0)
 
     def __post_init__(self):
         from .models import REGISTRY
 
-        _check_choice("model", self.model, tuple(REGISTRY))
-        _check_int("epochs", self.epochs, 1, 100_000)
-        _check_float("lambda_u", self.lambda_u, 0.0)
-        _check_float("lambda_v", self.lambda_v, 0.0)
-        _check_float("lambda_bias", self.lambda_bias, 0.0)
-        _check_choice("reg_scaling", self.reg_scaling, REG_SCALINGS)
-        _check_float("init_std", self.init_std, 0.0)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_choice("priors", self.priors, PRIORS)
-        _check_int("prior_update_every", self.prior_update_every, 1)
-        _check_int("early_stopping", self.early_stopping, 0)
-        _check_int("samples", self.samples, 1, 100_000)
-        _check_int("burn_in", self.burn_in, 0, 100_000)
-        _check_int("thin", self.thin, 1, 100_000)
-        _check_float("missing_weight", self.missing_weight, 0.0, False, 1.0, True)
+        check_choice("model", self.model, tuple(REGISTRY))
+        check_int("epochs", self.epochs, 1, 100_000)
+        check_float("lambda_u", self.lambda_u, 0.0)
+        check_float("lambda_v", self.lambda_v, 0.0)
+        check_float("lambda_bias", self.lambda_bias, 0.0)
+        check_choice("reg_scaling", self.reg_scaling, REG_SCALINGS)
+        check_float("init_std", self.init_std, 0.0)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_choice("priors", self.priors, PRIORS)
+        check_int("prior_update_every", self.prior_update_every, 1)
+        check_int("early_stopping", self.early_stopping, 0)
+        check_int("samples", self.samples, 1, 100_000)
+        check_int("burn_in", self.burn_in, 0, 100_000)
+        check_int("thin", self.thin, 1, 100_000)
+        check_float("missing_weight", self.missing_weight, 0.0, False, 1.0, True)
         if self.missing_rating is not None:
-            _check_float("missing_rating", self.missing_rating)
-        _check_float("alpha", self.alpha, 0.0)
-        _check_choice("confidence", self.confidence, CONFIDENCES)
-        _check_float("epsilon", self.epsilon, 0.0, True)
+            check_float("missing_rating", self.missing_rating)
+        check_float("alpha", self.alpha, 0.0)
+        check_choice("confidence", self.confidence, CONFIDENCES)
+        check_float("epsilon", self.epsilon, 0.0, True)
         if self.priors != "fixed" and self.reg_scaling != "none":
             raise ConfigError("priors: adaptive priors need reg_scaling 'none' (a count-scaled "
                               "lambda is not one prior variance)")
@@ -197,57 +139,57 @@ class FitParams(_Params):
 
 
 @dataclass(frozen=True)
-class EngineParams(_Params):
+class EngineParams(Params):
     """How the engine runs: never changes what is fitted beyond float rounding."""
 
-    blocks: int = _doc("row blocks per side; 0 = the cluster's default parallelism", default=0)
-    gram_dtype: str = _doc("dtype of the Gram matrices: float64, or float32 (solve stays float64)",
+    blocks: int = doc("row blocks per side; 0 = the cluster's default parallelism", default=0)
+    gram_dtype: str = doc("dtype of the Gram matrices: float64, or float32 (solve stays float64)",
                            default="float64")
-    chunk_ratings: int = _doc("most ratings packed into one row of the cached block layout",
+    chunk_ratings: int = doc("most ratings packed into one row of the cached block layout",
                               default=1_000_000)
-    resident_mb: int = _doc("MB of decoded blocks each Python worker keeps between epochs, so "
+    resident_mb: int = doc("MB of decoded blocks each Python worker keeps between epochs, so "
                             "later epochs skip re-sending them; 0 = off", default=1024)
-    kernel: str = _doc("row kernels: 'auto' (compiled with numba where it loads, else numpy), "
+    kernel: str = doc("row kernels: 'auto' (compiled with numba where it loads, else numpy), "
                        "'numba' (stop if it cannot load) or 'numpy'", default="auto")
 
     def __post_init__(self):
         from .kernels import BACKENDS
 
-        _check_int("blocks", self.blocks, 0, 100_000)
-        _check_choice("kernel", self.kernel, BACKENDS)
-        _check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
-        _check_int("chunk_ratings", self.chunk_ratings, 1000)
-        _check_int("resident_mb", self.resident_mb, 0, 1 << 20)
+        check_int("blocks", self.blocks, 0, 100_000)
+        check_choice("kernel", self.kernel, BACKENDS)
+        check_choice("gram_dtype", self.gram_dtype, GRAM_DTYPES)
+        check_int("chunk_ratings", self.chunk_ratings, 1000)
+        check_int("resident_mb", self.resident_mb, 0, 1 << 20)
 
 
 @dataclass(frozen=True)
-class RankingParams(_Params):
+class RankingParams(Params):
     """The model that orders the top-k lists. A model fitted to ratings predicts them
     well but ranks poorly (ratings are missing not at random), so by default a ranking
     model is trained beside it, in the same half-step jobs, on the same ratings; its
     own hyperparameters (missing_weight, missing_rating, alpha, confidence) are the
     [fit] ones of the same names."""
 
-    recommend_by: str = _doc("'rating': rank by the rating model's predictions; or train a "
+    recommend_by: str = doc("'rating': rank by the rating model's predictions; or train a "
                              "ranking model beside it and rank by that: 'missing-data' or "
                              "'implicit'", default="missing-data")
-    ranking_rank: int = _doc("latent dimensions of the ranking model", default=30)
-    ranking_lambda: float = _doc("prior precision (z units) of the ranking model's factors",
+    ranking_rank: int = doc("latent dimensions of the ranking model", default=30)
+    ranking_lambda: float = doc("prior precision (z units) of the ranking model's factors",
                                  default=12.0)
-    ranking_epochs: int = _doc("epochs of the ranking model; 0 = the rating model's",
+    ranking_epochs: int = doc("epochs of the ranking model; 0 = the rating model's",
                                default=0)
 
     def __post_init__(self):
         from .models import REGISTRY
 
         ranking = tuple(n for n, cls in REGISTRY.items() if cls.ranks)
-        _check_choice("recommend_by", self.recommend_by, ("rating",) + ranking)
-        _check_int("ranking_rank", self.ranking_rank, 1, 1000)
-        _check_float("ranking_lambda", self.ranking_lambda, 0.0)
-        _check_int("ranking_epochs", self.ranking_epochs, 0, 100_000)
+        check_choice("recommend_by", self.recommend_by, ("rating",) + ranking)
+        check_int("ranking_rank", self.ranking_rank, 1, 1000)
+        check_float("ranking_lambda", self.ranking_lambda, 0.0)
+        check_int("ranking_epochs", self.ranking_epochs, 0, 100_000)
 
 
-GROUPS: dict[str, type[_Params]] = {"model": ModelParams, "fit": FitParams,
+GROUPS: dict[str, type[Params]] = {"model": ModelParams, "fit": FitParams,
                                     "engine": EngineParams, "ranker": RankingParams}
 
 
@@ -282,7 +224,7 @@ class PMFParams:
         for key, value in flat.items():
             group = group_of(key)
             if group is None:
-                raise _unknown(key, flat_names(), where)
+                raise unknown(key, flat_names(), where)
             parts[group][key] = value
         return cls(**{g: GROUPS[g](**v) for g, v in parts.items()})  # type: ignore[arg-type]
 
@@ -326,123 +268,143 @@ def flat_names() -> list[str]:
 
 
 @dataclass(frozen=True)
-class JobConfig(_Params):
+class JobConfig(Params):
     """Where the ratings come from, how they are split, where outputs go."""
 
-    ratings: str | None = _doc("ratings file or directory; none = built-in synthetic data",
+    ratings: str | None = doc("ratings file or directory; none = built-in synthetic data",
                                default=None)
-    ratings_table: str | None = _doc("ratings as a table of the session's catalog (db.table: "
-                                     "Hive metastore, Delta, Iceberg, ...) instead of a file",
-                                     default=None)
-    format: str = _doc("input format: auto (from the file name), movielens-100k, movielens-dat, "
+    ratings_table: str | None = doc("ratings as a table of the session's catalog (db.table: "
+                                    "Hive metastore, Delta, Iceberg, ...) instead of a file",
+                                    default=None)
+    format: str = doc("input format: auto (from the file name), movielens-100k, movielens-dat, "
                        "movielens-csv, csv, parquet", default="auto")
-    test: str | None = _doc("a given test split in the same format (no random split then)",
+    id_type: str = doc("ids as written: 'auto' (integers where the format or the column type "
+                        "says so: MovieLens files, integer Parquet columns; otherwise strings, "
+                        "exactly as written), 'string', or 'integer' (parse them)",
+                        default="auto")
+    test: str | None = doc("a given test split in the same format (no random split then)",
                             default=None)
-    user_col: str | None = _doc("user id column (csv/parquet; default by format)", default=None)
-    item_col: str | None = _doc("item id column (csv/parquet; default by format)", default=None)
-    rating_col: str | None = _doc("rating column (csv/parquet; default by format)", default=None)
-    timestamp_col: str | None = _doc("timestamp column used to keep the latest duplicate",
+    user_col: str | None = doc("user id column (csv/parquet; default by format)", default=None)
+    item_col: str | None = doc("item id column (csv/parquet; default by format)", default=None)
+    rating_col: str | None = doc("rating column (csv/parquet; default by format)", default=None)
+    timestamp_col: str | None = doc("timestamp column used to keep the latest duplicate",
                                      default=None)
-    sep: str | None = _doc("field separator for csv", default=None)
-    rating_min: float | None = _doc("lowest valid rating; default by format or the data's minimum",
+    sep: str | None = doc("field separator for csv", default=None)
+    rating_min: float | None = doc("lowest valid rating; default by format or the data's minimum",
                                     default=None)
-    rating_max: float | None = _doc("highest valid rating; default by format or the data's maximum",
+    rating_max: float | None = doc("highest valid rating; default by format or the data's maximum",
                                     default=None)
-    on_duplicate: str = _doc("duplicate (user, item) pairs: 'latest' keeps the newest by "
+    on_duplicate: str = doc("duplicate (user, item) pairs: 'latest' keeps the newest by "
                              "timestamp, 'error' refuses", default="latest")
-    synthetic: str = _doc("shape of the built-in data when no ratings are given: small, "
+    synthetic: str = doc("shape of the built-in data when no ratings are given: small, "
                           "ml-1m, ml-10m, 30m, netflix (100 M ratings)", default="small")
-    split: str = _doc("how the test split is made: 'random' (a seeded hash of user and item), "
+    split: str = doc("how the test split is made: 'random' (a seeded hash of user and item), "
                       "'user-fraction' (the test fraction of each user's ratings), "
                       "'temporal' (the latest test fraction of all ratings) or "
                       "'leave-last-n' (each user's last --leave-last ratings)",
                       default="random")
-    leave_last: int = _doc("ratings per user held out by --split leave-last-n", default=1)
-    test_fraction: float = _doc("fraction of ratings held out for testing", default=0.15)
-    split_seed: int = _doc("seed of the train/test split", default=0)
-    validation_fraction: float = _doc("share of the training ratings held out for early "
+    leave_last: int = doc("ratings per user held out by --split leave-last-n", default=1)
+    test_fraction: float = doc("fraction of ratings held out for testing", default=0.15)
+    split_seed: int = doc("seed of the train/test split", default=0)
+    validation_fraction: float = doc("share of the training ratings held out for early "
                                       "stopping (only with early_stopping)", default=0.05)
-    output: str = _doc("output directory (replaced atomically on success)", default="out/pmf")
-    output_files: int = _doc("Parquet files per factor table; 0 = by size", default=0)
-    output_partitions: int = _doc("write recommendations/ partitioned into this many "
-                                  "user-id hash buckets (column user_bucket, see "
-                                  "docs/outputs.md); 0 = one unpartitioned table", default=0)
-    output_table_prefix: str | None = _doc(
+    output: str = doc("output directory (replaced atomically on success)", default="out/pmf")
+    output_files: int = doc("Parquet files per factor table; 0 = by size", default=0)
+    output_partitions: int = doc("write recommendations/ partitioned into this many "
+                                 "user-id hash buckets (column user_bucket, see "
+                                 "docs/outputs.md); 0 = one unpartitioned table", default=0)
+    output_table_prefix: str | None = doc(
         "also publish every output table as a managed catalog table named PREFIX + table "
         "(db.pmf_ -> db.pmf_user_factors, ...), all replaced together when complete",
         default=None)
-    top_k: int = _doc("recommendations per user written to recommendations/; 0 = none",
+    top_k: int = doc("recommendations per user written to recommendations/; 0 = none",
                       default=10)
-    min_item_ratings: int = _doc("recommend only items with at least this many training ratings",
+    min_item_ratings: int = doc("recommend only items with at least this many training ratings",
                                  default=1)
-    eval_k: str = _doc("cut-offs k of the ranking metrics, comma-separated (the lists are made "
+    eval_k: str = doc("cut-offs k of the ranking metrics, comma-separated (the lists are made "
                        "as long as the largest; --top-k of them are written)", default="5,10,20")
-    exclude_items: str | None = _doc("file of item ids (one per line) never to recommend",
+    exclude_items: str | None = doc("file of item ids (one per line) never to recommend",
                                      default=None)
-    relevance_threshold: float | None = _doc(
+    candidates: str | None = doc("file of item ids (one per line): recommend only these "
+                                  "(an allow-list, on top of the exclusions)", default=None)
+    relevance_threshold: float | None = doc(
         "a test rating at or above this is relevant (ranking metrics); default: 3/4 of the "
         "way up the rating scale (4 on 1-5, 8 on 2-10)", default=None)
-    cold_start: str = _doc("users without training ratings: 'popular' gives them the most "
+    cold_start: str = doc("users without training ratings: 'popular' gives them the most "
                            "popular items (flagged), 'drop' leaves them out", default="popular")
-    similar_items: int = _doc("k nearest items by cosine written to item_neighbors/; 0 = none",
+    similar_items: int = doc("k nearest items by cosine written to item_neighbors/; 0 = none",
                               default=0)
-    report: bool = _doc("write report.html with learning curves, error plots and ranking "
+    users_per_item: int = doc("top users per item (first by the model that orders the "
+                               "lists, never one who rated it) written to item_users/; 0 = none",
+                               default=0)
+    users_per_item_items: str | None = doc("file of item ids: item_users/ for these items "
+                                            "only (default: every trained item)", default=None)
+    similar_users: int = doc("k nearest users by cosine written to user_neighbors/; 0 = none",
+                              default=0)
+    warm_start: str | None = doc("a previous model directory: ids in both start from its "
+                                  "factors, new ids from the prior mean", default=None)
+    report: bool = doc("write report.html with learning curves, error plots and ranking "
                         "metrics", default=True)
-    checkpoint_dir: str | None = _doc("write checkpoints of the training state here", default=None)
-    checkpoint_every: int = _doc("epochs between checkpoints (with checkpoint_dir)", default=5)
-    resume: bool = _doc("continue from the last complete checkpoint in checkpoint_dir",
+    checkpoint_dir: str | None = doc("write checkpoints of the training state here", default=None)
+    checkpoint_every: int = doc("epochs between checkpoints (with checkpoint_dir)", default=5)
+    resume: bool = doc("continue from the last complete checkpoint in checkpoint_dir",
                         default=False)
 
     def __post_init__(self):
-        _check_choice("format", self.format, FORMATS)
-        _check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
-        _check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
-        _check_choice("split", self.split, SPLITS)
-        _check_int("leave_last", self.leave_last, 1, 100_000)
-        _check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
-        _check_int("split_seed", self.split_seed, 0, 2**31 - 1)
-        _check_float("validation_fraction", self.validation_fraction, 0.0, True, 1.0, True)
-        _check_int("output_files", self.output_files, 0, 10_000)
-        _check_int("output_partitions", self.output_partitions, 0, 100_000)
-        _check_int("top_k", self.top_k, 0, 10_000)
-        _check_int("min_item_ratings", self.min_item_ratings, 0)
-        _check_choice("cold_start", self.cold_start, COLD_START)
+        check_choice("format", self.format, FORMATS)
+        check_choice("id_type", self.id_type, ID_TYPES)
+        check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
+        check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
+        check_choice("split", self.split, SPLITS)
+        check_int("leave_last", self.leave_last, 1, 100_000)
+        check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
+        check_int("split_seed", self.split_seed, 0, 2**31 - 1)
+        check_float("validation_fraction", self.validation_fraction, 0.0, True, 1.0, True)
+        check_int("output_files", self.output_files, 0, 10_000)
+        check_int("output_partitions", self.output_partitions, 0, 100_000)
+        check_int("top_k", self.top_k, 0, 10_000)
+        check_int("min_item_ratings", self.min_item_ratings, 0)
+        check_choice("cold_start", self.cold_start, COLD_START)
         if not isinstance(self.eval_k, str) or not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
                                                                self.eval_k):
             raise ConfigError(f"eval_k: expected comma-separated positive integers, got "
                               f"{self.eval_k!r}")
         if not all(1 <= k <= 10_000 for k in self.eval_ks):
             raise ConfigError(f"eval_k: each k must be in 1..10000, got {self.eval_k!r}")
-        _check_int("similar_items", self.similar_items, 0, 10_000)
-        _check_int("checkpoint_every", self.checkpoint_every, 1)
-        _check_bool("resume", self.resume)
-        _check_bool("report", self.report)
+        check_int("similar_items", self.similar_items, 0, 10_000)
+        check_int("users_per_item", self.users_per_item, 0, 100_000)
+        check_int("similar_users", self.similar_users, 0, 10_000)
+        check_int("checkpoint_every", self.checkpoint_every, 1)
+        check_bool("resume", self.resume)
+        check_bool("report", self.report)
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume: needs --checkpoint-dir, where the checkpoints are")
         for name in ("rating_min", "rating_max", "relevance_threshold"):
             v = getattr(self, name)
             if v is not None:
-                _check_float(name, v)
+                check_float(name, v)
         if (self.rating_min is not None and self.rating_max is not None
                 and self.rating_min >= self.rating_max):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
-        for name in ("ratings", "ratings_table", "test", "user_col", "item_col", "rating_col",
-                     "timestamp_col", "sep", "exclude_items", "checkpoint_dir",
-                     "output_table_prefix"):
+        for name in ("ratings", "ratings_table", "output_table_prefix", "test", "user_col",
+                     "item_col", "rating_col", "timestamp_col", "sep", "exclude_items",
+                     "candidates", "users_per_item_items", "warm_start", "checkpoint_dir"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):
                 raise ConfigError(f"{name}: expected a non-empty string, got {v!r}")
         if not isinstance(self.output, str) or not self.output:
             raise ConfigError(f"output: expected a directory path, got {self.output!r}")
+        if self.users_per_item_items is not None and self.users_per_item == 0:
+            raise ConfigError("users_per_item_items: needs --users-per-item K as well")
         if self.ratings is not None and self.ratings_table is not None:
             raise ConfigError("ratings_table: give either --ratings (a file) or "
                               "--ratings-table (a catalog table), not both")
         if self.test is not None and self.ratings is None and self.ratings_table is None:
             raise ConfigError("test: a given test split needs --ratings as well")
-        for name, pattern in (("ratings_table", _TABLE_NAME), ("output_table_prefix", _PREFIX)):
+        for name in ("ratings_table", "output_table_prefix"):
             v = getattr(self, name)
-            if v is not None and not pattern.fullmatch(v):
+            if v is not None and not _TABLE_NAME.fullmatch(v):
                 raise ConfigError(f"{name}: {v!r} is not a table name like db.table (letters, "
                                   f"digits and _, parts separated by dots)")
 

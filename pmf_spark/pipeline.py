@@ -12,28 +12,39 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from . import interrupt
 from .catalog import CatalogTables
-from .checkpoint import Checkpointer, fingerprint
+from .checkpoint import Checkpointer, check_resumable, fingerprint
+from .commit import AtomicOutput
 from .errors import ConfigError
 from .evaluate import EpochMetrics
-from .fs import AtomicOutput, jvm_fs, path_exists, qualify
 from .io import load_ratings, load_table
 from .models import REGISTRY
 from .models.base import FactorModel, TrainState
 from .outputs import RunWriter, history_csv, model_meta
 from .params import JobConfig, PMFParams
+from .preflight import (
+    blocks_cap,
+    check_paths,
+    check_prepared,
+    check_worker_memory,
+    open_output,
+)
 from .prepare import PreparedData, prepare
+from .report import split_phrase
 from .results import RunResults, compute_results
 from .sparkutil import jvm
 from .synthetic import get_shape, synthetic_ratings
 from .train import Trainer
-from .validate import CleanRatings
+from .validate import CleanRatings, check_disjoint
+from .warmstart import previous_meta, warm_start_state
 
 log = logging.getLogger("pmf_spark")
 
 
 def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, CleanRatings | None]:
-    """The validated training input (and given test split): files or synthetic data."""
+    """The validated training input (and given test split): files, a catalog table or
+    synthetic data."""
     if cfg.ratings is None and cfg.ratings_table is None:
         shape = get_shape(cfg.synthetic)
         df = synthetic_ratings(spark, cfg.synthetic, seed=cfg.split_seed)
@@ -50,47 +61,25 @@ def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, Clea
                 rating_max=cfg.rating_max)
     if cfg.ratings is None:
         table_opts = {k: v for k, v in opts.items() if k != "sep"}
-        train = load_table(spark, str(cfg.ratings_table), role="ratings", **table_opts)
+        train = load_table(spark, str(cfg.ratings_table), role="ratings", id_type=cfg.id_type,
+                           **table_opts)
     else:
-        train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings", **opts)
+        train = load_ratings(spark, cfg.ratings, cfg.format, role="ratings",
+                             id_type=cfg.id_type, **opts)
     test = None
     if cfg.test is not None:
-        test = load_ratings(spark, cfg.test, cfg.format, role="test", **opts)
+        test = load_ratings(spark, cfg.test, cfg.format, role="test", id_type=train.id_type,
+                            **opts)
+        check_disjoint(train, test)
     log.info("read %d ratings from %s%s", train.n, cfg.ratings or f"table {cfg.ratings_table}",
              f" and {test.n} test ratings from {cfg.test}" if test else "")
     return train, test
 
 
-def is_pmf_output(spark: SparkSession, path: str) -> bool:
-    fs, jpath = jvm_fs(spark, path)
-    if not fs.exists(jpath):
-        return False
-    if not fs.getFileStatus(jpath).isDirectory():
-        return False
-    listing = fs.listStatus(jpath)
-    if len(listing) == 0:
-        return True
-    return fs.exists(jvm(spark).org.apache.hadoop.fs.Path(jpath, "model.json"))
-
-
 def check_output_path(spark: SparkSession, cfg: JobConfig) -> None:
-    """Refuse an output that would overwrite the input or something that is not ours."""
-    out = qualify(spark, cfg.output).rstrip("/")
-    for given in (cfg.ratings, cfg.test):
-        if given is None:
-            continue
-        src = qualify(spark, given).rstrip("/")
-        if src == out or src.startswith(out + "/"):
-            raise ConfigError(f"output {cfg.output}: is the input {given} or contains it; "
-                              f"choose another --output")
-    if cfg.checkpoint_dir:
-        ck = qualify(spark, cfg.checkpoint_dir).rstrip("/")
-        if ck == out or ck.startswith(out + "/"):
-            raise ConfigError(f"checkpoint-dir {cfg.checkpoint_dir}: must not be inside "
-                              f"--output {cfg.output} (a new output replaces that directory)")
-    if path_exists(spark, cfg.output) and not is_pmf_output(spark, cfg.output):
-        raise ConfigError(f"output {cfg.output}: exists and is not a pmf-spark output; "
-                          f"refusing to replace it (choose another --output or remove it)")
+    """Refuse an output or checkpoint directory that overlaps the input (the output
+    itself is checked when it is opened: :func:`pmf_spark.preflight.open_output`)."""
+    check_paths(spark, cfg)
 
 
 def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple[int, int]:
@@ -100,14 +89,21 @@ def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple
     state, a design copy for the broadcast and its pickle, the collected half-step, and
     what the model keeps on top (its :meth:`~pmf_spark.models.base.Strategy.driver_copies`),
     plus the best epoch's copy with early stopping. The JVM holds one side's broadcast and
-    one collected side at a time, and the final factor tables while writing them.
+    one collected side at a time, and the final factor tables while writing them. The
+    ranking model trained beside the rating model adds its own copies at its rank.
     """
-    w = (params.model.rank + 1) * 8
     rows = n_users + n_items
-    python_copies, jvm_copies = REGISTRY[params.fit.model].driver_copies(params.fit)
-    if params.fit.early_stopping:
-        python_copies += 2
-    return jvm_copies * max(n_users, n_items) * w + (256 << 20), python_copies * rows * w
+    jvm, python = 256 << 20, 0
+    for p in (params, params.companion()):
+        if p is None:
+            continue
+        w = (p.model.rank + 1) * 8
+        python_copies, jvm_copies = REGISTRY[p.fit.model].driver_copies(p.fit)
+        if p.fit.early_stopping:
+            python_copies += 2
+        jvm += jvm_copies * max(n_users, n_items) * w
+        python += python_copies * rows * w
+    return jvm, python
 
 
 def _available_memory() -> int | None:
@@ -181,21 +177,23 @@ class TrainResult:
 
 
 def write_outputs(spark: SparkSession, cfg: JobConfig, trainer: Trainer, state: TrainState,
-                  seconds: dict, final: EpochMetrics) -> str:
+                  seconds: dict, final: EpochMetrics, out: AtomicOutput | None = None) -> str:
     """Compute the results (top-k, ranking metrics, neighbours, diagnostics), write
-    every table and file to a staging directory and swap it in atomically."""
+    every table and file to a staging directory and swap it in atomically (into
+    ``out`` when the caller opened it already)."""
+    if out is None:
+        with AtomicOutput(spark, cfg.output, job="pmf-spark") as own:
+            return write_outputs(spark, cfg, trainer, state, seconds, final, own)
     model = trainer.model(state)
     comp = trainer.companion
     res = compute_results(trainer.engine, model, cfg, trainer.ranking_model(state),
                           trainer.strategy.predicts_ratings,
                           ranked_by=comp.name if comp else trainer.strategy.name)
-    out = AtomicOutput(spark, cfg.output)
     catalog = (CatalogTables(spark, cfg.output_table_prefix)
                if cfg.output_table_prefix else None)
     try:
         return _write_all(spark, cfg, trainer, state, seconds, final, res, out, catalog)
     except BaseException:
-        out.abort()
         if catalog is not None:
             catalog.abort()
         raise
@@ -215,6 +213,10 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
         w.recommendations(res.ranked.lists, res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
+    if "item_users" in res.user_tables:
+        w.item_users(res.user_tables["item_users"])
+    if "user_neighbors" in res.user_tables:
+        w.user_neighbors(res.user_tables["user_neighbors"])
     seconds = {**seconds, **res.seconds}
     final_d = final.to_dict()
     w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
@@ -228,6 +230,8 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
                       blocks=trainer.engine.blocks,
                       baseline_rmse=res.diagnostics["baseline_rmse"] if res.diagnostics else None,
                       ranking=res.ranking, seconds=seconds)
+    if res.note:
+        meta["ranking_note"] = res.note
     w.json("model.json", meta)
     if res.diagnostics is not None and res.bins is not None:
         from .report import figures, render_html
@@ -237,7 +241,31 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
     return w.commit(catalog)
 
 
-def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData):
+def _reading_line(cfg: JobConfig) -> str:
+    if cfg.ratings_table is not None:
+        return f"reading and validating table {cfg.ratings_table} (one pass) ..."
+    if cfg.ratings is None:
+        return (f"generating the built-in synthetic data {cfg.synthetic!r} (no --ratings "
+                f"given) ...")
+    return f"reading and validating {cfg.ratings} (one pass over the file) ..."
+
+
+def _preparing_line(cfg: JobConfig, params: PMFParams) -> str:
+    split = split_phrase(cfg)
+    if params.fit.early_stopping:
+        split += f", {cfg.validation_fraction:.0%} of training held out for validation"
+    return f"de-duplicating, splitting ({split}) and indexing the ratings ..."
+
+
+def model_label(params: PMFParams) -> str:
+    """The models in a few words, for the log ("pmf rank 30 and ...")."""
+    comp = params.companion()
+    beside = f" and the {comp.fit.model} ranking model beside it" if comp else ""
+    return f"{params.fit.model} rank {params.model.rank}{beside}"
+
+
+def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData,
+                   total_epochs: int):
     """(state to resume from or None, after-epoch hook or None)."""
     if not cfg.checkpoint_dir:
         return None, None
@@ -249,8 +277,7 @@ def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData)
         if state is None:
             log.info("no checkpoint in %s yet: starting from the beginning", cfg.checkpoint_dir)
         else:
-            log.info("resuming from the checkpoint of epoch %d in %s", state.epoch,
-                     cfg.checkpoint_dir)
+            check_resumable(ck, state, total_epochs)
 
     def after_epoch(st):
         if st.epoch % cfg.checkpoint_every == 0:
@@ -258,14 +285,9 @@ def _checkpointing(spark, cfg: JobConfig, params: PMFParams, data: PreparedData)
     return state, after_epoch
 
 
-def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
-                 callback=None) -> TrainResult:
-    """The whole job: input -> prepared data -> training -> outputs under ``cfg.output``."""
-    t0 = time.perf_counter()
-    check_output_path(spark, cfg)
-    if cfg.output_table_prefix:
-        CatalogTables(spark, cfg.output_table_prefix).check(cfg.ratings_table)
+def _prepared(spark: SparkSession, cfg: JobConfig, params: PMFParams) -> PreparedData:
     train, test = load_inputs(spark, cfg)
+    log.info("%s", _preparing_line(cfg, params))
     data = prepare(train, test, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
                    on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
                    validation_fraction=cfg.validation_fraction
@@ -277,20 +299,47 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
         log.info("%d user(s) and %d item(s) have no training ratings: kept at the prior mean, "
                  "predicted from the mean plus the known side's bias",
                  data.cold_users, data.cold_items)
+    return data
+
+
+def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
+                 callback=None) -> TrainResult:
+    """The whole job: input -> prepared data -> training -> outputs under ``cfg.output``.
+    Everything that can be checked is checked before training (:mod:`pmf_spark.preflight`)."""
+    with open_output(spark, cfg, "pmf-spark train") as out:
+        return _run(spark, cfg, params, callback, out)
+
+
+def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
+         out: AtomicOutput) -> TrainResult:
+    t0 = time.perf_counter()
+    if cfg.output_table_prefix:
+        CatalogTables(spark, cfg.output_table_prefix).check(cfg.ratings_table)
+    if cfg.warm_start:
+        previous_meta(spark, cfg.warm_start, params.model.rank)
+    log.info("%s", _reading_line(cfg))
+    data = _prepared(spark, cfg, params)
+    params = blocks_cap(params, data, spark.sparkContext.defaultParallelism)
     check_driver_memory(spark, data, params)
+    check_prepared(spark, out, cfg, data, params)
     t_prep = time.perf_counter()
     trainer = Trainer(spark, data, params)
+    log.info("packing the training ratings into blocks for %s ...", model_label(params))
     trainer.setup()
+    check_worker_memory(spark, trainer.counts, params, trainer.engine.blocks)
     log_epoch = epoch_logger(trainer.total_epochs)
     log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.engine.blocks,
              trainer.engine.setup_seconds)
 
     def on_epoch(m):
         log_epoch(m)
+        interrupt.check()       # Ctrl-C between Spark jobs stops at the epoch's end
         return callback(m) if callback is not None else None
 
     trainer.callback = on_epoch
-    state, after_epoch = _checkpointing(spark, cfg, params, data)
+    state, after_epoch = _checkpointing(spark, cfg, params, data, trainer.total_epochs)
+    if state is None and cfg.warm_start:
+        state = warm_start_state(spark, cfg.warm_start, trainer)
     state = trainer.fit(state, after_epoch=after_epoch)
     final = trainer.final_metrics(state)
     if trainer.strategy.reports_averaged_model(state):
@@ -301,7 +350,8 @@ def run_training(spark: SparkSession, cfg: JobConfig, params: PMFParams,
     seconds = {"prepare": t_prep - t0, "setup": trainer.engine.setup_seconds,
                "train": t_fit - t_prep - trainer.engine.setup_seconds,
                "per_epoch": [m.seconds for m in state.history]}
-    path = write_outputs(spark, cfg, trainer, state, seconds, final)
+    interrupt.check()
+    path = write_outputs(spark, cfg, trainer, state, seconds, final, out)
     log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
              state.epoch, time.perf_counter() - t0)
     return TrainResult(output=path, model=trainer.model(state), history=state.history,

@@ -1,6 +1,7 @@
-"""Top-k recommendations and item neighbours on Spark, blockwise (the numpy is in
+"""Top-k recommendations and neighbours on Spark, blockwise (the numpy is in
 :mod:`pmf_spark.topk`): every user with training ratings from the cached user layout,
-users without them from the popularity list, item neighbours by cosine.
+users without them from the popularity list, the top users of every item from the
+cached item layout, item and user neighbours by cosine.
 
 The most-popular baseline (items by training rating count, the user's known items
 excluded) runs through the same code, so both lists obey the same rules.
@@ -19,6 +20,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .io import read_id_list
+from .models.base import FactorModel
 from .rankeval import empty_stats, list_stats, merge
 from .sparkutil import describe
 from .topk import (
@@ -30,9 +33,23 @@ from .topk import (
     rank_block,
     recommend_block,
     recommend_rows,
+    unit_rows,
 )
 
 log = logging.getLogger("pmf_spark")
+
+
+def listed_items(engine, path: str | None, role: str) -> np.ndarray | None:
+    """Dense indices of the item ids listed in ``path`` (one per line) that the data
+    knows, or None without a file; logs how many of the listed ids were found."""
+    if not path:
+        return None
+    data = engine.data
+    ids = read_id_list(engine.spark, path, data.id_type, role)
+    found = ids.join(data.items, "id").select("idx").distinct().toArrow()
+    idx = found.column("idx").to_numpy().astype(np.int64)
+    log.info("%s: %d item(s) of the data listed in %s", role, idx.size, path)
+    return idx
 
 
 def item_tiebreak(items_vocab: DataFrame, n_items: int) -> np.ndarray:
@@ -199,15 +216,67 @@ def ranked_lists(engine, model, topk: TopK, spec, cold_start: str, ranker=None,
     return RankedLists(lists, stats, n_rows, seconds, cached)
 
 
-def item_neighbors(engine, model, *, k: int, tiebreak: np.ndarray) -> DataFrame:
-    """k nearest items by cosine similarity of item factors (trained items only)."""
-    counts = engine.counts["item"]
-    norms = np.linalg.norm(model.V, axis=1)
-    valid = (counts > 0) & (norms > 0)
-    Vn = np.where(valid[:, None], model.V / np.where(norms > 0, norms, 1.0)[:, None], 0.0)
-    shared = engine.spark.sparkContext.broadcast((Vn, valid, tiebreak))
+def _neighbors(engine, M: np.ndarray, counts: np.ndarray, k: int,
+               tiebreak: np.ndarray) -> DataFrame:
+    Mn, valid = unit_rows(M, counts)
+    shared = engine.spark.sparkContext.broadcast((Mn, valid, tiebreak))
     fn = functools.partial(neighbors_block, shared=shared, k=k)
     blocks = max(1, engine.blocks)
-    ids = engine.spark.range(0, model.V.shape[0], 1, blocks).select(
+    ids = engine.spark.range(0, M.shape[0], 1, blocks).select(
         F.col("id").cast("int").alias("i"), (F.col("id") % blocks).alias("block"))
     return ids.groupBy("block").applyInPandas(fn, NEIGHBORS_SCHEMA)
+
+
+def item_neighbors(engine, model, *, k: int, tiebreak: np.ndarray) -> DataFrame:
+    """k nearest items by cosine similarity of item factors (trained items only)."""
+    return _neighbors(engine, model.V, engine.counts["item"], k, tiebreak)
+
+
+def user_neighbors(engine, model, *, k: int, tiebreak: np.ndarray) -> DataFrame:
+    """k nearest users by cosine similarity of user factors (trained users only):
+    columns (i = the user, rank, j = the neighbour, similarity)."""
+    return _neighbors(engine, model.U, engine.counts["user"], k, tiebreak)
+
+
+def swapped(m: FactorModel) -> FactorModel:
+    """The model with its sides exchanged: items as the rows, users as the columns."""
+    return FactorModel(U=m.V, V=m.U, user_bias=m.item_bias, item_bias=m.user_bias,
+                       readout=m.readout)
+
+
+def item_users(engine, model, *, k: int, tiebreak: np.ndarray, items: np.ndarray | None = None,
+               ranker=None, rates: bool = True) -> DataFrame:
+    """The k users who come first for each trained item (or each of ``items``, dense
+    indices) by the model that orders the lists (``ranker``, default ``model``), never a
+    user who rated it in training: the user top-k with the sides swapped, over the cached
+    item layout. Columns (u = the item, rank, i = the user, predicted_rating (from
+    ``model``, NaN unless ``rates``), score); ``tiebreak`` orders users by original id."""
+    wanted = engine.counts["item"] > 0
+    if items is not None:
+        chosen = np.zeros_like(wanted)
+        chosen[items] = True
+        wanted &= chosen
+    users_ok = engine.counts["user"] > 0
+    rating = ("self" if ranker is None else swapped(model)) if rates else None
+    shared = engine.spark.sparkContext.broadcast(
+        (swapped(ranker if ranker is not None else model), rating, users_ok, tiebreak, None,
+         wanted))
+    fn = functools.partial(recommend_block, shared=shared, k=k, val_dtype=engine.val_dtype)
+    return engine.layout["item"].groupBy("block").applyInPandas(fn, RECS_SCHEMA)
+
+
+def user_tables(engine, model, cfg, ranker=None, rates: bool = True) -> dict[str, DataFrame]:
+    """The job's user-side tables, dense indices, as asked by ``cfg``: ``item_users``
+    (top users per item, :func:`item_users`) and ``user_neighbors``."""
+    out: dict[str, DataFrame] = {}
+    if cfg.users_per_item <= 0 and cfg.similar_users <= 0:
+        return out
+    tiebreak = item_tiebreak(engine.data.users, engine.data.n_users)
+    if cfg.users_per_item > 0:
+        items = listed_items(engine, cfg.users_per_item_items, "users-per-item-items")
+        out["item_users"] = item_users(engine, model, k=cfg.users_per_item, tiebreak=tiebreak,
+                                       items=items, ranker=ranker, rates=rates)
+    if cfg.similar_users > 0:
+        out["user_neighbors"] = user_neighbors(engine, model, k=cfg.similar_users,
+                                               tiebreak=tiebreak)
+    return out

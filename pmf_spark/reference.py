@@ -153,3 +153,20 @@ def implicit_objective(R, user, item, *, rank, lam_u, lam_v, alpha, confidence="
     total += 0.5 * lam_u * float((user[users, :rank] ** 2).sum())
     total += 0.5 * lam_v * float((item[items, :rank] ** 2).sum())
     return total
+
+
+def reference_ridge_rows(indptr, cols, targets, design, reg, row_scale=None) -> np.ndarray:
+    """Row-by-row oracle for :func:`ridge_rows` (slow, obviously correct)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    n_rows = indptr.size - 1
+    k = design.shape[1]
+    out = np.zeros((n_rows, k))
+    for i in range(n_rows):
+        sl = slice(indptr[i], indptr[i + 1])
+        if indptr[i + 1] == indptr[i]:
+            continue
+        F = design[cols[sl]]
+        s = 1.0 if row_scale is None else row_scale[i]
+        A = F.T @ F + np.diag(reg * s)
+        out[i] = np.linalg.lstsq(A, F.T @ targets[sl], rcond=None)[0]
+    return out

@@ -133,6 +133,39 @@ def _table(header, rows) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def split_phrase(cfg) -> str:
+    """How the test split is made, in words (the log and the report); ``cfg`` a
+    JobConfig or its dict (model.json's ``job``)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    if get("test") is not None:
+        return f"the given test file {get('test')}"
+    frac = float(get("test_fraction", 0.15))
+    share, seed = f"{1 - frac:.0%}/{frac:.0%}", get("split_seed", 0)
+    return {"random": f"train/test {share} by a seeded hash (seed {seed})",
+            "user-fraction": f"train/test {share} of each user's ratings (seed {seed})",
+            "temporal": f"train/test {share} by time (the latest ratings are the test)",
+            "leave-last-n": f"each user's last {get('leave_last', 1)} rating(s) as the test"
+            }.get(get("split", "random"), str(get("split")))
+
+
+def _run_rows(meta: dict) -> list[list[str]]:
+    """What was run: the input, when, the split, and where the time went."""
+    job = meta.get("job", {})
+    source = job.get("ratings") or f"built-in synthetic data {job.get('synthetic')!r}"
+    split = split_phrase(job)
+    if meta.get("data", {}).get("n_val"):
+        split += f"; {float(job.get('validation_fraction', 0.0)):.0%} of training for validation"
+    sec = meta.get("seconds", {})
+    phases = ", ".join(f"{name} {sec[key]:.1f}s" for name, key in (
+        ("prepare", "prepare"), ("pack", "setup"), ("train", "train"), ("top-k", "top_k"))
+        if isinstance(sec.get(key), (int, float)))
+    rows = [["input", source], ["run at (UTC)", str(meta.get("created", "unknown"))],
+            ["split", split]]
+    if job.get("warm_start"):
+        rows.append(["warm start from", str(job["warm_start"])])
+    return rows + ([["phases", phases]] if phases else [])
+
+
 RANKING_KEYS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "novelty")
 
 
@@ -173,6 +206,7 @@ def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
     f = meta.get("final_metrics", {})
     d = meta.get("data", {})
     summary = _table(["", "value"], [
+        *_run_rows(meta),
         ["users x items", f"{d.get('n_users')} x {d.get('n_items')}"],
         ["training / test ratings", f"{d.get('n_train')} / {d.get('n_test')}"],
         ["model", f"{meta['fit']['model']} rank {meta['latent_rank']}, "

@@ -12,11 +12,18 @@ import numpy as np
 from pyspark.sql import DataFrame
 
 from .evaluate import diagnostics, rating_bins, relevance_threshold
-from .io import read_id_list
 from .models.base import FactorModel
 from .params import JobConfig
 from .rankeval import EvalSpec, activity_edges, self_information, summarise
-from .recommend import RankedLists, TopK, item_neighbors, item_tiebreak, ranked_lists
+from .recommend import (
+    RankedLists,
+    TopK,
+    item_neighbors,
+    item_tiebreak,
+    listed_items,
+    ranked_lists,
+    user_tables,
+)
 from .topk import candidate_items
 
 log = logging.getLogger("pmf_spark")
@@ -37,6 +44,10 @@ class RunResults:
     neighbors: DataFrame | None = None
     diagnostics: dict | None = None
     bins: np.ndarray | None = None
+    #: item_users / user_neighbors frames (dense indices), when asked for
+    user_tables: dict[str, DataFrame] = field(default_factory=dict)
+    #: the sentence on which model ordered the lists (for the report)
+    note: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -49,16 +60,13 @@ class RunResults:
 
 
 def topk_settings(engine, cfg: JobConfig, tiebreak: np.ndarray) -> TopK:
-    """k, the candidate items (after --min-item-ratings and --exclude-items), the
-    tie-break and popularity of every item."""
-    data, counts = engine.data, engine.counts["item"]
-    excluded = None
-    if cfg.exclude_items:
-        ids = read_id_list(engine.spark, cfg.exclude_items, data.id_type, "exclude-items")
-        found = ids.join(data.items, "id").select("idx").distinct().toArrow()
-        excluded = found.column("idx").to_numpy().astype(np.int64)
-        log.info("excluding %d item(s) listed in %s", excluded.size, cfg.exclude_items)
-    return TopK(k=cfg.top_k, candidates=candidate_items(counts, cfg.min_item_ratings, excluded),
+    """k, the candidate items (after --min-item-ratings, --exclude-items and the
+    --candidates allow-list), the tie-break and popularity of every item."""
+    counts = engine.counts["item"]
+    excluded = listed_items(engine, cfg.exclude_items, "exclude-items")
+    allowed = listed_items(engine, cfg.candidates, "candidates")
+    return TopK(k=cfg.top_k, candidates=candidate_items(counts, cfg.min_item_ratings, excluded,
+                                                        allowed),
                 tiebreak=tiebreak, popularity=counts)
 
 
@@ -114,12 +122,17 @@ def rank_lists(engine, model: FactorModel, cfg: JobConfig, res: RunResults,
                    for name, st in res.ranked.stats.items()}
     res.ranking["ranked_by"] = ranked_by
     _log_ranking(res.ranking, topk.k, ranked_by)
-    if res.ranker is None:
-        log.info("the lists are ranked by the rating model's predictions; %s (a ranking "
-                 "model beside it fixes that: --recommend-by missing-data)", WHY)
-    else:
-        log.info("the lists are ranked by the %s model trained beside the rating model "
-                 "(predicted_rating is the rating model's): %s", ranked_by, WHY)
+    res.note = ranking_note(ranked_by, res.ranker is not None)
+    log.info("%s", res.note)
+
+
+def ranking_note(ranked_by: str, beside: bool) -> str:
+    """The sentence the log and the report give: which model orders the lists, and why."""
+    if not beside:
+        return (f"the lists are ranked by the rating model's predictions; {WHY} (a ranking "
+                f"model beside it fixes that: --recommend-by missing-data)")
+    return (f"the lists are ranked by the {ranked_by} model trained beside the rating model "
+            f"(predicted_rating is the rating model's): {WHY}")
 
 
 def compute_results(engine, model: FactorModel, cfg: JobConfig,
@@ -138,6 +151,7 @@ def compute_results(engine, model: FactorModel, cfg: JobConfig,
         if cfg.similar_items > 0:
             res.neighbors = item_neighbors(engine, model, k=cfg.similar_items,
                                            tiebreak=tiebreak)
+        res.user_tables = user_tables(engine, model, cfg, res.ranker, res.rates)
         if cfg.report and engine.data.n_test > 0:
             res.bins = rating_bins(engine.data.rating_lo, engine.data.rating_hi)
             res.diagnostics = diagnostics(engine, model, res.bins)

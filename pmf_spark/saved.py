@@ -1,5 +1,8 @@
-"""A trained model read back from its output directory (Parquet + model.json), for
-answering users: one user's list, a new user's fold-in, lists for many users."""
+"""A trained model read back from its output directory (Parquet + model.json) through
+Spark, for answering users: one user's list, a new user's fold-in, lists for many
+users, fold-in of many new users. Every answer about one user or item is computed by
+the numpy it shares with the Spark-free path (:class:`pmf_spark.answers.ModelAnswers`);
+what runs on Spark here is the blockwise work for many users at once."""
 
 from __future__ import annotations
 
@@ -11,160 +14,131 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .answers import RECS_COLUMNS, ModelAnswers, Side, model_sections
 from .errors import InputDataError
-from .foldin import fold_in_user
+from .foldin import fold_in_block
 from .fs import path_exists, read_text
-from .kernels import ReadOut
-from .params import PMFParams, group_of
-from .topk import recommend_rows, users_block
+from .topk import users_block
 
-RECS_BY_ID_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
-
-
-def model_sections(meta: dict) -> dict:
-    """The flat parameters of a model.json (format 2: model/fit/engine sections;
-    format 1 kept every parameter under ``model``)."""
-    flat = dict(meta.get("model", {}))
-    for section in ("fit", "engine", "ranker"):
-        flat.update(meta.get(section, {}))
-    return flat
+RECS_BY_ID_COLUMNS = RECS_COLUMNS
+__all__ = ["SavedModel", "model_sections", "RECS_BY_ID_COLUMNS"]
 
 
-class SavedModel:
+class SavedModel(ModelAnswers):
     """A model directory: item factors held on the driver (they are broadcast to answer
     users); user factors and the rating splits stay Spark DataFrames."""
 
     def __init__(self, spark: SparkSession, path: str):
-        self.spark, self.path = spark, path.rstrip("/")
-        if not path_exists(spark, self.path + "/model.json"):
+        path = path.rstrip("/")
+        if not path_exists(spark, path + "/model.json"):
             raise InputDataError(f"model {path}: no model.json (not a pmf-spark output?)")
         try:
-            self.meta = json.loads(read_text(spark, self.path + "/model.json"))
+            meta = json.loads(read_text(spark, path + "/model.json"))
         except json.JSONDecodeError as exc:
             raise InputDataError(f"model {path}/model.json: not valid JSON ({exc})") from None
-        m = self.meta
-        self.params = model_sections(m)
-        self.rank = int(m["rank"])
-        lo, hi = map(float, m["rating_range"])
-        self.readout = ReadOut(mu=float(m["mu"]), sigma=float(m["sigma"]), lo=lo, hi=hi,
-                               link=self.params["link"], clip=bool(self.params["clip"]))
-        #: the model predicts ratings (implicit ALS scores preferences)
-        self.rates = self.params.get("model") != "implicit"
-        if not self.rates:
-            self.readout = ReadOut(mu=0.0, sigma=1.0, lo=-np.inf, hi=np.inf, clip=False)
-        self.lo, self.hi = lo, hi
-        self.id_type = m["data"]["id_type"]
-        self.users = spark.read.parquet(self.path + "/user_factors")
-        self.train = spark.read.parquet(self.path + "/train_ratings")
-        self.test = spark.read.parquet(self.path + "/test_ratings")
-        items = (spark.read.parquet(self.path + "/item_factors")
-                 .join(spark.read.parquet(self.path + "/item_vocabulary").select("item_id", "idx"),
-                       "item_id").orderBy("idx").toArrow())
-        n = items.num_rows
-        self.item_ids = items.column("item_id").to_numpy(zero_copy_only=False)
-        feats = items.column("features").combine_chunks()
-        self.V = feats.flatten().to_numpy().reshape(n, self.rank)
-        self.item_bias = items.column("bias").to_numpy()
-        self.item_counts = items.column("n_ratings").to_numpy().astype(np.int64)
-        self.item_index = pd.Index(self.item_ids)
-        order = np.argsort(self.item_ids, kind="stable")
-        self.tiebreak = np.empty(n, dtype=np.int64)
-        self.tiebreak[order] = np.arange(n)
-        self.ranker = self._ranker(items)
+        ranking = None
+        if meta.get("ranking_model") and path_exists(spark, path + "/ranking_item_factors"):
+            ranking = spark.read.parquet(path + "/ranking_item_factors")
+        self._setup(spark, path, meta, spark.read.parquet(path + "/item_factors"),
+                    spark.read.parquet(path + "/item_vocabulary").select("item_id", "idx"),
+                    ranking)
+        self.users = spark.read.parquet(path + "/user_factors")
+        self.train = spark.read.parquet(path + "/train_ratings")
+        self.test = spark.read.parquet(path + "/test_ratings")
+        if self.ranker is not None:
+            self.ranking_users = spark.read.parquet(path + "/ranking_user_factors")
 
-    def _ranker(self, items):
-        """(V, item_bias, read-out, rank) of the ranking model written beside the rating
-        model (``ranking_item_factors``), its user table as ``self.ranking_users``; None
-        when the lists are ranked by the rating model itself."""
-        spec = self.meta.get("ranking_model")
-        if not spec or not path_exists(self.spark, self.path + "/ranking_item_factors"):
+    def _setup(self, spark, path, meta, item_factors: DataFrame, item_vocab: DataFrame,
+               ranking_items: DataFrame | None = None) -> None:
+        self.spark = self.spark_session = spark
+        vocab = item_vocab.toArrow()
+        items = Side.from_arrow(item_factors.toArrow(), vocab, "item_id", int(meta["rank"]))
+        ranking = None
+        if ranking_items is not None:
+            ranking = Side.from_arrow(ranking_items.toArrow(), vocab, "item_id",
+                                      int(meta["ranking_model"]["model"]["rank"]))
+        super().__init__(meta, path, items, ranking)
+        self._sides: dict[bool, Side] = {}
+
+    @classmethod
+    def from_frames(cls, spark: SparkSession, meta: dict, item_factors: DataFrame,
+                    item_vocab: DataFrame, ranking_items: DataFrame | None = None
+                    ) -> SavedModel:
+        """The item side of a model that is not on disk (a freshly fitted one): enough
+        to fold in and answer new users (:meth:`fold_in_users_frame`)."""
+        model = cls.__new__(cls)
+        model._setup(spark, "(in memory)", meta, item_factors, item_vocab, ranking_items)
+        return model
+
+    # ---------------------------------------------------------------- hooks
+    def user_row(self, user_id):
+        row = self.users.where(F.col("user_id") == user_id).select(
+            "features", "bias", "n_ratings").first()
+        if row is None:
             return None
-        self.ranking_users = self.spark.read.parquet(self.path + "/ranking_user_factors")
-        tbl = (self.spark.read.parquet(self.path + "/ranking_item_factors")
-               .join(self.spark.read.parquet(self.path + "/item_vocabulary")
-                     .select("item_id", "idx"), "item_id").orderBy("idx").toArrow())
-        rank = int(spec["model"]["rank"])
-        V = tbl.column("features").combine_chunks().flatten().to_numpy().reshape(-1, rank)
-        ro = self.readout
-        if spec["fit"]["model"] == "implicit":
-            ro = ReadOut(mu=0.0, sigma=1.0, lo=-np.inf, hi=np.inf, clip=False)
-        return V, tbl.column("bias").to_numpy(), ro, rank
+        return np.asarray(row["features"], dtype=np.float64), float(row["bias"]), \
+            int(row["n_ratings"])
 
-    def parse_id(self, raw: str):
-        if self.id_type == "long":
-            try:
-                return int(raw)
-            except ValueError:
-                raise InputDataError(f"user id {raw!r}: this model's ids are integers") from None
-        return raw
+    def ranking_row(self, user_id):
+        row = self.ranking_users.where(F.col("user_id") == user_id).select(
+            "features", "bias").first()
+        return None if row is None else (np.asarray(row["features"], np.float64),
+                                         float(row["bias"]))
 
-    def item_idx(self, ids) -> np.ndarray:
-        """Dense indices of item ids (-1 for ids the model does not know)."""
-        return self.item_index.get_indexer(pd.Index(ids))
+    def rated_items(self, user_id) -> np.ndarray:
+        rows = self.train.where(F.col("user_id") == user_id).select("item_id").collect()
+        return self.id_array(r[0] for r in rows)
 
-    def recommend_one(self, factors, bias, rated_items, k, candidates, ranking=None):
-        """Top-k for one user given as (factors, bias, rated item ids); a user without
-        factors (None) gets the most popular items. With a ranking model, ``ranking`` is
-        the user's (factors, bias) under it and orders the list."""
-        rated = self.item_idx(rated_items)
-        rated = np.sort(rated[rated >= 0]).astype(np.int64)
-        cold = factors is None
-        U = np.zeros((1, self.rank)) if cold else np.asarray(factors, dtype=np.float64)[None, :]
-        ub = np.array([0.0 if cold else float(bias)])
-        indptr = np.array([0, rated.size])
-        if not cold and self.ranker is not None and ranking is not None:
-            rV, rib, rro, _ = self.ranker
-            recs = recommend_rows(np.asarray(ranking[0], np.float64)[None, :],
-                                  np.array([float(ranking[1])]), indptr, rated, rV, rib,
-                                  candidates, self.tiebreak, k, rro,
-                                  rating=(U, ub, self.V, self.item_bias, self.readout)
-                                  if self.rates else None)
-        else:
-            recs = recommend_rows(U, ub, indptr, rated, self.V, self.item_bias, candidates,
-                                  self.tiebreak, k, self.readout,
-                                  popularity=self.item_counts if cold else None,
-                                  rating="self" if self.rates else None)
-        recs["item_id"] = self.item_ids[recs["i"].to_numpy()]
-        recs["cold_start"] = cold
-        return recs
+    def test_ratings(self, user_id, threshold: float) -> pd.DataFrame:
+        """The user's test ratings at or above ``threshold``, best first, then by item id."""
+        return (self.test.where((F.col("user_id") == user_id) & (F.col("rating") >= threshold))
+                .orderBy(F.col("rating").desc(), "item_id").select("item_id", "rating")
+                .toPandas())
 
-    def fold_in(self, items, ratings):
-        """Factors and bias of a new user from (item id, rating) pairs (unknown items are
-        ignored), by the model's own user half-step for one row. Returns (factors, bias,
-        n_used); with a ranking model, :meth:`fold_in_ranking` gives the same user's
-        factors under it."""
-        idx = self.item_idx(items)
-        keep = idx >= 0
-        if not keep.any():
-            return None, 0.0, 0
-        params = PMFParams.of(**{k: v for k, v in self.params.items()
-                                 if group_of(k) is not None})
-        f, b = fold_in_user(params, self.V, self.item_bias, self.item_counts, self.readout,
-                            idx[keep], np.asarray(ratings, np.float64)[keep])
-        return f, b, int(keep.sum())
+    def user_side(self, ranking: bool = False) -> Side:
+        if ranking not in self._sides:
+            table = self.ranking_users if ranking else self.users
+            self._sides[ranking] = Side.from_arrow(
+                table.toArrow(), self.spark.read.parquet(self.path + "/user_vocabulary")
+                .select("user_id", "idx").toArrow(), "user_id",
+                self.ranker[3] if ranking and self.ranker else self.rank)
+        return self._sides[ranking]
 
-    def fold_in_ranking(self, items, ratings):
-        """(factors, bias) of a new user under the ranking model, or None."""
-        spec = self.meta.get("ranking_model")
-        idx = self.item_idx(items)
-        keep = idx >= 0
-        if self.ranker is None or not spec or not keep.any():
-            return None
-        rV, rib, _, _ = self.ranker
-        m = self.meta
-        data = ReadOut(mu=float(m["mu"]), sigma=float(m["sigma"]), lo=self.lo, hi=self.hi)
-        return fold_in_user(PMFParams.from_dict(spec), rV, rib, self.item_counts, data,
-                            idx[keep], np.asarray(ratings, np.float64)[keep])
+    def raters(self, item_id) -> np.ndarray:
+        rows = self.train.where(F.col("item_id") == item_id).select("user_id").collect()
+        return self.id_array(r[0] for r in rows)
+
+    # ---------------------------------------------------------------- many users
+    def _vocabulary(self) -> DataFrame:
+        """(item_id, idx) of the model's items, from the arrays on the driver."""
+        frame = pd.DataFrame({"item_id": self.item_ids,
+                              "idx": np.arange(self.item_ids.size, dtype=np.int32)})
+        return F.broadcast(self.spark.createDataFrame(frame))
+
+    def _id_type(self) -> str:
+        return "bigint" if self.id_type == "long" else "string"
+
+    def _lists(self, rows: DataFrame, k: int, candidates: np.ndarray,
+               blocks: int) -> DataFrame:
+        """Top-k (RECS_COLUMNS) for rows (user_id, features, bias, n_ratings, rated[,
+        rfeatures, rbias])."""
+        spark = self.spark
+        rows = rows.withColumn("block", F.pmod(F.hash("user_id"), F.lit(max(1, blocks))))
+        shared = spark.sparkContext.broadcast(self.lists_shared(candidates))
+        schema = (f"user_id {self._id_type()}, rank int, i int, predicted_rating double, "
+                  f"score double, cold_start boolean")
+        fn = functools.partial(users_block, shared=shared, k=k, rank=self.rank)
+        recs = rows.groupBy("block").applyInPandas(fn, schema)
+        names = spark.createDataFrame(pd.DataFrame({
+            "i": np.arange(self.item_ids.size, dtype=np.int32), "item_id": self.item_ids}))
+        return recs.join(F.broadcast(names), "i").select(*RECS_COLUMNS)
 
     def recommend_users(self, ids: DataFrame, k: int, candidates: np.ndarray,
                         blocks: int) -> DataFrame:
         """Top-k for the users in ``ids`` (column ``id``), blockwise; unknown users and
         users without training ratings get the most popular items (cold_start)."""
-        spark = self.spark
         wanted = ids.select(F.col("id").alias("user_id")).distinct()
-        rated = (self.train.join(wanted, "user_id")
-                 .join(F.broadcast(spark.read.parquet(self.path + "/item_vocabulary")
-                                   .select("item_id", "idx")), "item_id")
+        rated = (self.train.join(wanted, "user_id").join(self._vocabulary(), "item_id")
                  .groupBy("user_id").agg(F.sort_array(F.collect_list("idx")).alias("rated")))
         rows = (wanted.join(self.users.select("user_id", "features", "bias", "n_ratings"),
                             "user_id", "left").join(rated, "user_id", "left"))
@@ -172,15 +146,26 @@ class SavedModel:
             rows = rows.join(self.ranking_users.select(
                 "user_id", F.col("features").alias("rfeatures"), F.col("bias").alias("rbias")),
                 "user_id", "left")
-        rows = rows.withColumn("block", F.pmod(F.hash("user_id"), F.lit(max(1, blocks))))
-        shared = spark.sparkContext.broadcast(
-            (self.V, self.item_bias, candidates, self.tiebreak, self.item_counts,
-             self.readout, self.rates, self.ranker))
-        id_type = "bigint" if self.id_type == "long" else "string"
-        schema = (f"user_id {id_type}, rank int, i int, predicted_rating double, score double, "
-                  f"cold_start boolean")
-        fn = functools.partial(users_block, shared=shared, k=k, rank=self.rank)
-        recs = rows.groupBy("block").applyInPandas(fn, schema)
-        names = spark.createDataFrame(pd.DataFrame({
-            "i": np.arange(self.item_ids.size, dtype=np.int32), "item_id": self.item_ids}))
-        return recs.join(F.broadcast(names), "i").select(*RECS_BY_ID_COLUMNS)
+        return self._lists(rows, k, candidates, blocks)
+
+    def fold_in_users_frame(self, ratings: DataFrame, blocks: int) -> DataFrame:
+        """New users folded in from ``ratings`` (user_id, item_id, rating), blockwise
+        against the broadcast item factors: (user_id, features, bias, n_ratings =
+        ratings of known items used, rated = their dense indices[, rfeatures, rbias under
+        the ranking model]); users none of whose items the model knows get null features
+        and n_ratings 0."""
+        known = ratings.join(self._vocabulary(), "item_id", "left")
+        rows = known.withColumn("block", F.pmod(F.hash("user_id"), F.lit(max(1, blocks))))
+        shared = self.spark.sparkContext.broadcast(
+            (self.fold_in_spec(), self.ranking_fold_in_spec()))
+        fn = functools.partial(fold_in_block, shared=shared)
+        schema = (f"user_id {self._id_type()}, features array<double>, bias double, "
+                  f"n_ratings int, rated array<int>"
+                  + (", rfeatures array<double>, rbias double" if self.ranker else ""))
+        return rows.select("block", "user_id", "idx", "rating").groupBy("block") \
+            .applyInPandas(fn, schema)
+
+    def recommend_folded_frame(self, folded: DataFrame, k: int, candidates: np.ndarray,
+                               blocks: int) -> DataFrame:
+        """Top-k (RECS_COLUMNS) for the rows of :meth:`fold_in_users_frame`."""
+        return self._lists(folded, k, candidates, blocks)

@@ -128,6 +128,35 @@ def fold_in(V, item_bias, items, ratings, *, lam: float, lam_bias: float, biases
     return x[:rank], (float(x[rank]) if biases else 0.0)
 
 
+def unit_rows(M: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows scaled to unit norm, valid mask): the rows that may be neighbours --
+    trained (count > 0) with a non-zero vector -- for cosine similarity."""
+    norms = np.linalg.norm(M, axis=1)
+    valid = (counts > 0) & (norms > 0)
+    return np.where(valid[:, None], M / np.where(norms > 0, norms, 1.0)[:, None], 0.0), valid
+
+
+def neighbor_rows(Mn, valid, rows, tiebreak, k) -> pd.DataFrame:
+    """The k most cosine-similar rows of each of ``rows`` (never itself, only valid
+    ones), ordered by similarity then ``tiebreak``: columns i, rank, j, similarity."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[valid[rows]]
+    out = []
+    step = max(1, BATCH_CELLS // max(1, Mn.shape[0]))
+    for a in range(0, rows.size, step):
+        its = rows[a:a + step]
+        S = Mn[its] @ Mn.T
+        S[:, ~valid] = -np.inf
+        S[np.arange(its.size), its] = -np.inf
+        r, rank, j, sim = top_k(S, k, tiebreak)
+        out.append(pd.DataFrame({"i": its[r].astype(np.int32), "rank": rank.astype(np.int32),
+                                 "j": j.astype(np.int32), "similarity": sim}))
+    if not out:
+        return pd.DataFrame({"i": np.zeros(0, np.int32), "rank": np.zeros(0, np.int32),
+                             "j": np.zeros(0, np.int32), "similarity": np.zeros(0)})
+    return pd.concat(out, ignore_index=True)
+
+
 def known_items(c) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr, items) of what each user of a decoded chunk has rated outside the
     test split: the training ratings plus any validation slice carved from them (for
@@ -146,15 +175,29 @@ def known_items(c) -> tuple[np.ndarray, np.ndarray]:
 
 def recommend_block(key, pdf, *, shared, k, val_dtype):
     """Top-k for every user of one packed user block (PACKED_SCHEMA rows). ``shared``:
-    (ranker, rating, candidates, tiebreak, popularity or None): ``ranker`` the
+    (ranker, rating, candidates, tiebreak, popularity or None[, wanted]): ``ranker`` the
     FactorModel that orders the lists, ``rating`` the one whose predictions fill
-    ``predicted_rating`` ("self": the ranker; None: no rating model)."""
+    ``predicted_rating`` ("self": the ranker; None: no rating model), ``wanted`` a bool
+    mask of the rows to answer for (all when absent).
+
+    With the sides swapped (the item layout, and models whose ``U`` is the item side)
+    the same function gives the top users of every item, never one who rated it."""
     limit_blas_threads()
-    m, rating, candidates, tiebreak, popularity = unwrap(shared)
+    m, rating, candidates, tiebreak, popularity, *rest = unwrap(shared)
+    wanted = rest[0] if rest else None
     out = []
     for _, c in iter_chunks(pdf, val_dtype):
-        users = c.row_ids
         indptr, rated = known_items(c)
+        if wanted is not None and not wanted[c.row_ids].all():
+            keep = wanted[c.row_ids]
+            counts = np.diff(indptr)
+            rated = rated[np.repeat(keep, counts)]
+            indptr = np.concatenate([[0], np.cumsum(counts[keep])])
+            users = c.row_ids[keep]
+        else:
+            users = c.row_ids
+        if users.size == 0:
+            continue
         recs = recommend_rows(m.U[users], m.user_bias[users], indptr, rated, m.V, m.item_bias,
                               candidates, tiebreak, k, m.readout, popularity=popularity,
                               rating=_rating_rows(rating, users))
@@ -212,25 +255,11 @@ def rank_block(key, pdf, *, shared, k, val_dtype):
 
 
 def neighbors_block(key, pdf, *, shared, k):
-    """The k most cosine-similar items of every item of one block (column ``i``).
-    ``shared``: (unit-norm item factors, valid mask, tiebreak)."""
+    """The k most cosine-similar rows (items, or users) of every row of one block
+    (column ``i``). ``shared``: (unit-norm factors, valid mask, tiebreak)."""
     limit_blas_threads()
     Vn, valid, tiebreak = unwrap(shared)
-    items = np.sort(pdf["i"].to_numpy(dtype=np.int64))
-    items = items[valid[items]]
-    out = []
-    step = max(1, BATCH_CELLS // max(1, Vn.shape[0]))
-    for a in range(0, items.size, step):
-        its = items[a:a + step]
-        S = Vn[its] @ Vn.T
-        S[:, ~valid] = -np.inf
-        S[np.arange(its.size), its] = -np.inf
-        r, rank, j, sim = top_k(S, k, tiebreak)
-        out.append(pd.DataFrame({"i": its[r].astype(np.int32), "rank": rank.astype(np.int32),
-                                 "j": j.astype(np.int32), "similarity": sim}))
-    if not out:
-        return pd.DataFrame({"i": [], "rank": [], "j": [], "similarity": []})
-    return pd.concat(out, ignore_index=True)
+    return neighbor_rows(Vn, valid, np.sort(pdf["i"].to_numpy(dtype=np.int64)), tiebreak, k)
 
 
 def _stack(col, n: int, rank: int) -> np.ndarray:

@@ -8,16 +8,21 @@ row), ``_bad`` (the raw line of a row with the wrong number of fields, else null
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from .errors import InputDataError
+from .failures import read_failure
 from .fs import short
 from .sparkutil import first
 
+log = logging.getLogger("pmf_spark")
 _INTEGER_TYPES = ("bigint", "int", "smallint", "tinyint")
+_MAX_EXACT = 2.0 ** 53
 
 
 @dataclass(frozen=True)
@@ -38,35 +43,99 @@ class CleanRatings:
 
 @dataclass(frozen=True)
 class _IdExprs:
-    as_long: Column       # the id as a long, null when it is not an integer
-    fractional: Column    # a number with a fractional part
-    nonint: Column        # present but not an integer
-    null: Column          # missing or empty
+    """How one id column is read: the kept value, its type, when it is missing, and
+    the problems (name -> condition) that refuse the input."""
+
+    value: Column
+    id_type: str          # "long" or "string"
+    null: Column
+    problems: dict[str, Column]
 
 
-def _id_exprs(typ: str, c: str) -> _IdExprs:
+def _refuse_type(typ: str, where: str, name: str, kind: str, expected: str) -> InputDataError:
+    return InputDataError(f"{where}: column {name!r} (the {kind}) has type {typ}; "
+                          f"expected {expected}")
+
+
+def _numeric_id(d: Column) -> dict[str, Column]:
+    """Problems of ids held as floating-point numbers ``d`` (never an ANSI failure)."""
+    finite = ~F.isnan(d) & (F.abs(d) != float("inf"))
+    return {"nonfinite": d.isNotNull() & ~finite,
+            "frac": d.isNotNull() & finite & (d != F.round(d, 0)),
+            "huge": d.isNotNull() & finite & (d == F.round(d, 0)) & (F.abs(d) >= _MAX_EXACT)}
+
+
+def _string_ids(col: Column, integer: bool, suspicious: bool) -> _IdExprs:
+    s = col.cast("string")
+    null = s.isNull() | (F.trim(s) == "")
+    if integer:
+        as_long = F.trim(s).try_cast("long")
+        return _IdExprs(as_long, "long", null, {"nonint": ~null & as_long.isNull()})
+    if not suspicious:
+        return _IdExprs(s, "string", null, {})
+    d = F.trim(s).try_cast("double")
+    finite = d.isNotNull() & ~F.isnan(d) & (F.abs(d) != float("inf"))
+    # kept exactly as written; a column of numbers with fractions is most likely not ids
+    return _IdExprs(s, "string", null, {"numeric": ~null & finite,
+                                         "strfrac": ~null & finite & (d != F.round(d, 0))})
+
+
+def _decimal_ids(col: Column, typ: str, mode: str) -> _IdExprs:
+    p, sc = (int(x) for x in typ[len("decimal("):-1].split(","))
+    whole = F.round(col, 0).try_cast(f"decimal({min(38, p - sc + 1)},0)")
+    problems = {"frac": col.isNotNull() & (col != F.round(col, 0))}
+    if mode == "string" or (mode == "auto" and p - sc > 18):
+        return _IdExprs(whole.cast("string"), "string", col.isNull(), problems)
+    value = whole.try_cast("long")
+    problems["nonint"] = col.isNotNull() & (col == F.round(col, 0)) & value.isNull()
+    return _IdExprs(value, "long", col.isNull(), problems)
+
+
+def _id_exprs(typ: str, c: str, mode: str, where: str, name: str, kind: str) -> _IdExprs:
+    """The id column ``c`` of Spark type ``typ`` read in ``mode`` ('auto', 'string',
+    'integer'): integer columns give integer ids, string columns strings exactly as
+    written (unless ``mode`` is 'integer'), floating-point and decimal columns integer
+    ids when every value is one. Every cast is safe under ANSI mode."""
     col = F.col(c)
+    as_string = mode == "string"
     if typ in _INTEGER_TYPES:
-        return _IdExprs(col.cast("long"), F.lit(False), F.lit(False), col.isNull())
-    if typ in ("double", "float") or typ.startswith("decimal"):
+        return _IdExprs(col.cast("string") if as_string else col.cast("long"),
+                        "string" if as_string else "long", col.isNull(), {})
+    if typ in ("double", "float"):
         d = col.cast("double")
-        integral = (d == F.floor(d)) & (F.abs(d) < 2.0 ** 53)
-        return _IdExprs(F.when(integral, d.cast("long")), ~integral & ~F.isnan(d),
-                        F.isnan(d), col.isNull())
-    s = F.trim(col.cast("string"))
-    d = s.try_cast("double")
-    as_long = F.coalesce(s.try_cast("long"),
-                         F.when((d == F.floor(d)) & (F.abs(d) < 2.0 ** 53), d.cast("long")))
-    return _IdExprs(as_long, d.isNotNull() & (d != F.floor(d)) & ~F.isnan(d),
-                    s.isNotNull() & as_long.isNull(), s.isNull() | (s == ""))
+        value = d.try_cast("long")
+        return _IdExprs(value.cast("string") if as_string else value,
+                        "string" if as_string else "long", col.isNull(), _numeric_id(d))
+    if typ.startswith("decimal("):
+        return _decimal_ids(col, typ, mode)
+    if typ == "string":
+        return _string_ids(col, integer=mode == "integer", suspicious=mode == "auto")
+    raise _refuse_type(typ, where, name, kind, "integers or strings")
 
 
 def _rating_value(typ: str, where: str, name: str) -> Column:
     if typ == "string":
         return F.trim(F.col("r")).try_cast("double")
-    if typ in _INTEGER_TYPES + ("double", "float") or typ.startswith("decimal"):
+    if typ in _INTEGER_TYPES + ("double", "float") or typ.startswith("decimal("):
         return F.col("r").cast("double")
-    raise InputDataError(f"{where}: column {name!r} has type {typ}, expected a number")
+    raise _refuse_type(typ, where, name, "rating", "a number")
+
+
+def _ts_value(typ: str, where: str, name: str | None) -> Column:
+    c = F.col("ts")
+    if typ == "string":
+        return F.trim(c).try_cast("double").try_cast("long")
+    if typ in _INTEGER_TYPES:
+        return c.cast("long")
+    if typ in ("double", "float") or typ.startswith("decimal("):
+        return c.try_cast("long")
+    if typ.startswith("timestamp"):
+        return F.unix_seconds(c.cast("timestamp"))
+    if typ == "date":
+        return F.unix_date(c).cast("long") * F.lit(86400)
+    if typ == "void":
+        return F.lit(None).cast("long")
+    raise _refuse_type(typ, where, name or "ts", "timestamp", "a number or a timestamp")
 
 
 def _example(cond: Column, *values: Column) -> Column:
@@ -78,7 +147,8 @@ def _count(cond: Column) -> Column:
     return F.sum(F.when(cond, 1).otherwise(0))
 
 
-def _aggregations(ids: dict, r_val: Column, ts_bad: Column, lo, hi) -> dict[str, Column]:
+def _aggregations(ids: dict[str, _IdExprs], r_val: Column, ts_bad: Column,
+                  lo, hi) -> dict[str, Column]:
     """Counts and examples of every problem, plus the ratings' range, in one dict."""
     good = F.col("_bad").isNull()
     r_null = F.col("r").isNull() | (F.trim(F.col("r").cast("string")) == "")
@@ -87,17 +157,17 @@ def _aggregations(ids: dict, r_val: Column, ts_bad: Column, lo, hi) -> dict[str,
     s = {c: F.col(c).cast("string") for c in ("u", "i", "r", "ts")}
     conds = {
         "bad": (~good, [F.col("_bad")]),
-        "u_null": (good & ids["u"].null, [F.col("i")]),
-        "i_null": (good & ids["i"].null, [F.col("u")]),
-        "u_frac": (good & ids["u"].fractional, [F.col("u")]),
-        "i_frac": (good & ids["i"].fractional, [F.col("i")]),
-        "u_nonint": (good & ids["u"].nonint, [s["u"]]),
-        "i_nonint": (good & ids["i"].nonint, [s["i"]]),
+        "u_null": (good & ids["u"].null, [s["i"]]),
+        "i_null": (good & ids["i"].null, [s["u"]]),
         "r_null": (good & r_null, [s["u"], s["i"]]),
         "r_nonnum": (good & ~r_null & r_val.isNull(), [s["r"]]),
         "r_nonfinite": (good & r_nonfinite, [s["r"]]),
         "ts_bad": (good & ts_bad, [s["ts"]]),
     }
+    for side in ("u", "i"):
+        for problem, cond in ids[side].problems.items():
+            conds[f"{side}_{problem}"] = (good & cond, [s[side]])
+        conds[f"{side}_present"] = (good & ~ids[side].null, [s[side]])
     if lo is not None:
         conds["r_range"] = (good & r_ok & ((r_val < F.lit(lo)) | (r_val > F.lit(hi))),
                             [s["r"], s["u"], s["i"]])
@@ -111,6 +181,21 @@ def _aggregations(ids: dict, r_val: Column, ts_bad: Column, lo, hi) -> dict[str,
     return aggs
 
 
+def _id_message(problem: str, ex, n: int, why: str, typ: str) -> str:
+    value = ex[1]
+    if problem == "nonint":
+        if re.fullmatch(r"\s*[+-]?[0-9]+\s*", str(value)):
+            return f"id {value.strip()!r} does not fit a 64-bit integer ({n} row(s)); {why}"
+        return f"non-integer id {value!r} ({n} row(s)); {why}"
+    if problem in ("frac", "strfrac"):
+        hint = " (pass --id-type string if these are ids)" if problem == "strfrac" else ""
+        return f"fractional id {value!s} ({n} row(s)); ids must be integers or strings{hint}"
+    if problem == "nonfinite":
+        return f"non-finite id {value!r} ({n} row(s)); ids must be integers or strings"
+    return (f"id {value} is too large to be exact in a {typ} column ({n} row(s)); store ids "
+            f"as integers or strings")
+
+
 class _Report:
     """Turns the aggregated problems into the first one-line error."""
 
@@ -121,23 +206,29 @@ class _Report:
         return f"{self.role} {short(ex[0]) if ex and ex[0] else self.path}"
 
     def fail(self, name: str, message) -> None:
-        if self.stats[name]:
+        if self.stats.get(name):
             ex = self.stats[name + "_ex"]
             raise InputDataError(f"{self.where(ex)}{message(ex, self.stats[name])}")
 
-    def rows_and_ids(self) -> None:
-        spec = self.spec
-        if self.stats["n"] == 0:
+    def rows_and_ids(self, ids: dict[str, _IdExprs], why: str, dtypes: dict) -> None:
+        spec, st = self.spec, self.stats
+        if st["n"] == 0:
             raise InputDataError(f"{self.role} {self.path}: no ratings (empty input)")
         self.fail("bad", lambda ex, n: f": {n} line(s) with the wrong number of fields "
                                        f"(expected {spec.describe}), e.g. {ex[1]!r}")
         for side, name in (("u", spec.user), ("i", spec.item)):
             self.fail(f"{side}_null", lambda ex, n, name=name: f", column {name!r}: {n} "
                                                                f"row(s) with a missing id")
-            self.fail(f"{side}_frac", lambda ex, n, name=name: f", column {name!r}: "
-                                                               f"fractional id "
-                                                    f"{ex[1]!s} ({n} row(s)); ids must be "
-                                                    f"integers or strings")
+            problems = dict(ids[side].problems)
+            if "strfrac" in problems:   # only a column of numbers, some fractional
+                problems.pop("numeric")
+                if st[f"{side}_numeric"] < st[f"{side}_present"]:
+                    problems.pop("strfrac")
+            for problem in problems:
+                self.fail(f"{side}_{problem}",
+                          lambda ex, n, name=name, problem=problem, side=side:
+                          f", column {name!r}: "
+                          + _id_message(problem, ex, n, why, dtypes[side]))
 
     def ratings(self, lo, hi) -> None:
         name = self.spec.rating
@@ -152,47 +243,74 @@ class _Report:
                 f", column {name!r}: rating {ex[1]} (user {ex[2]}, item {ex[3]}) is outside "
                 f"the scale [{lo:g}, {hi:g}] ({n} row(s)); set --rating-min/--rating-max if "
                 f"the scale differs"))
-        self.fail("ts_bad", lambda ex, n: f", column {self.spec.timestamp!r}: non-numeric "
-                                          f"timestamp {ex[1]!r} ({n} row(s))")
+        self.fail("ts_bad", lambda ex, n: f", column {self.spec.timestamp!r}: timestamp "
+                                          f"{ex[1]!r} is not a number of seconds ({n} "
+                                          f"row(s))")
 
-    def integer_ids(self) -> bool:
-        """Whether every id is an integer; refuses non-integers in integer-id formats."""
-        st, spec = self.stats, self.spec
-        integer = st["u_nonint"] == 0 and st["i_nonint"] == 0
-        if spec.integer_ids and not integer:
-            side, name = ("u", spec.user) if st["u_nonint"] else ("i", spec.item)
-            self.fail(f"{side}_nonint", lambda ex, n: f", column {name!r}: non-integer id "
-                                                      f"{ex[1]!r} ({n} row(s)); {spec.name} "
-                                                      f"ids are integers")
-        return integer
+
+def _mode(spec, id_type: str, role: str) -> tuple[str, str]:
+    """(how ids are read: 'auto' | 'string' | 'integer', why integers are required)."""
+    if id_type == "long":     # the training ratings' type, for a test split
+        return "integer", "the training ratings' ids are integers"
+    if id_type == "integer":
+        return "integer", "--id-type integer reads ids as integers"
+    if id_type == "string":
+        return "string", ""
+    if spec.integer_ids:
+        return "integer", f"{spec.name} ids are integers"
+    return "auto", ""
 
 
 def validate_raw(raw: DataFrame, spec, path: str, *, role: str = "ratings",
-                 rating_min: float | None = None,
-                 rating_max: float | None = None) -> CleanRatings:
-    """The one-pass validation of raw columns (u, i, r, ts, _file, _bad)."""
+                 rating_min: float | None = None, rating_max: float | None = None,
+                 id_type: str = "auto") -> CleanRatings:
+    """The one-pass validation of raw columns (u, i, r, ts, _file, _bad). ``id_type``:
+    'auto' (from the format and the column types), 'string', 'integer' (parse), or
+    'long' (a test split read with its training ratings' integer ids)."""
     dtypes = dict(raw.dtypes)
+    where = f"{role} {path}"
     lo = rating_min if rating_min is not None else (spec.scale[0] if spec.scale else None)
     hi = rating_max if rating_max is not None else (spec.scale[1] if spec.scale else None)
-    ids = {c: _id_exprs(dtypes[c], c) for c in ("u", "i")}
-    r_val = _rating_value(dtypes["r"], f"{role} {path}", spec.rating)
-    ts_val = (F.col("ts").cast("long") if dtypes["ts"] != "string"
-              else F.trim(F.col("ts")).try_cast("double").cast("long"))
+    mode, why = _mode(spec, id_type, role)
+    ids = {c: _id_exprs(dtypes[c], c, mode, where, name, kind) for c, name, kind in
+           (("u", spec.user, "user id"), ("i", spec.item, "item id"))}
+    r_val = _rating_value(dtypes["r"], where, spec.rating)
+    ts_val = _ts_value(dtypes["ts"], where, spec.timestamp)
     ts_bad = F.col("ts").isNotNull() & ts_val.isNull() if spec.timestamp else F.lit(False)
     aggs = _aggregations(ids, r_val, ts_bad, lo, hi)
-    stats = first(raw.agg(*[v.alias(k) for k, v in aggs.items()])).asDict()
+    try:
+        stats = first(raw.agg(*[v.alias(k) for k, v in aggs.items()])).asDict()
+    except Exception as exc:  # a corrupt or truncated file, mixed Parquet schemas
+        failure = read_failure(exc, role, path)
+        if failure is None:
+            raise
+        raise failure from None
     report = _Report(stats, spec, role, path)
-    report.rows_and_ids()
+    report.rows_and_ids(ids, why, dtypes)
     report.ratings(lo, hi)
-    if report.integer_ids():
-        user, item, id_type = ids["u"].as_long, ids["i"].as_long, "long"
-    else:
-        user, item = F.trim(F.col("u").cast("string")), F.trim(F.col("i").cast("string"))
-        id_type = "string"
-    df = raw.select(user.alias("user"), item.alias("item"), r_val.alias("rating"),
-                    ts_val.alias("ts"))
-    return CleanRatings(df=df, path=path, n=int(stats["n"]), id_type=id_type,
+    if ids["u"].id_type != ids["i"].id_type:     # e.g. an integer and a string column
+        ids = {c: _id_exprs(dtypes[c], c, "string", where, "", "") for c in ("u", "i")}
+    df = raw.select(ids["u"].value.alias("user"), ids["i"].value.alias("item"),
+                    r_val.alias("rating"), ts_val.alias("ts"))
+    return CleanRatings(df=df, path=path, n=int(stats["n"]), id_type=ids["u"].id_type,
                         rating_min=float(stats["r_min"]), rating_max=float(stats["r_max"]),
                         scale=(lo, hi) if lo is not None and hi is not None else None,
                         float32_exact=stats["f32_inexact"] == 0,
                         has_timestamp=spec.timestamp is not None)
+
+
+def check_disjoint(train: CleanRatings, test: CleanRatings) -> int:
+    """Report (one warning line with the count and an example) a given test split that
+    shares (user, item) pairs with the training ratings: those test ratings measure
+    how well the model recalls its training data. Returns the number of shared pairs."""
+    pairs = train.df.select("user", "item").distinct()
+    shared = test.df.select("user", "item").distinct().join(pairs, ["user", "item"])
+    st = first(shared.agg(F.count(F.lit(1)).alias("n"),
+                          F.min(F.struct("user", "item")).alias("ex")))
+    n = int(st["n"] or 0)
+    if n:
+        u, i = st["ex"]
+        log.warning("test %s: %d (user, item) pair(s) are also in the training ratings %s, "
+                    "e.g. user %s item %s; their test metrics measure recall of the training "
+                    "data", test.path, n, train.path, u, i)
+    return n

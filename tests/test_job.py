@@ -154,25 +154,6 @@ def test_failed_run_leaves_previous_output_untouched(spark, tmp_path):
 
 
 @pytest.mark.submit
-def test_quick_start_command_through_spark_submit(tmp_path):
-    """The README's first command (plus --output, to keep the checkout clean)."""
-    out = tmp_path / "quick"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    proc = subprocess.run(["./spark-submit.sh", "jobs/train_pmf.py", "--output", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    # spark-submit's PythonRunner merges the Python driver's stderr into its stdout
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text[-3000:]
-    epoch_lines = [ln for ln in text.splitlines() if " epoch " in ln]
-    assert len(epoch_lines) == 20, text[-3000:]
-    assert "Traceback" not in text and "Warning" not in text.replace(
-        "WARNING: Using incubator modules: jdk.incubator.vector", "")
-    meta = json.loads((out / "model.json").read_text())
-    assert meta["final_metrics"]["test_rmse"] < 0.85
-    assert (out / "_SUCCESS").is_file()
-
-
-@pytest.mark.submit
 def test_bad_input_through_spark_submit_is_one_line(tmp_path):
     bad = tmp_path / "u.data"
     bad.write_text("1\t2\t3\t4\n1\t2\n")

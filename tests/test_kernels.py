@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmf_spark.kernels import ReadOut, reference_ridge_rows, ridge_rows, row_chunks, vb_rows
+from pmf_spark.kernels import ReadOut, ridge_rows, row_chunks, vb_rows
+from pmf_spark.reference import reference_ridge_rows
 
 
 def random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.0):
@@ -223,8 +224,10 @@ def test_kernel_backends_say_which_ran_and_auto_falls_back(monkeypatch):
     assert kernels.kernel_backend() == "numpy"
     # numba that cannot be loaded: 'auto' runs the numpy kernels and says why,
     # 'numba' refuses
-    monkeypatch.setattr(kernels._Compiled, "module", None)
-    monkeypatch.setattr(kernels._Compiled, "error", "ModuleNotFoundError: No module named 'numba'")
+    from pmf_spark import backends
+
+    monkeypatch.setattr(backends._Compiled, "module", None)
+    monkeypatch.setattr(backends._Compiled, "error", "ModuleNotFoundError: No module named 'numba'")
     got = ridge_rows(indptr, cols, t, design, np.ones(4), backend="auto").x
     np.testing.assert_array_equal(got, want)
     assert kernels.kernel_backend() == "numpy (ModuleNotFoundError: No module named 'numba')"

@@ -116,9 +116,9 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
     results = []
     for name, path in (("clean", clean), ("poisoned", poisoned_path)):
         out = tmp_path / name
-        code = tune_job.main(["--ratings", str(path), "--trials", "3", "--epochs", "3",
-                              "--ranks", "2,4", "--output", str(out), "--blocks", "2"],
-                             spark=spark)
+        code = tune_job.main(["--ratings", str(path), "--id-type", "integer", "--trials", "3",
+                              "--epochs", "3", "--ranks", "2,4", "--output", str(out),
+                              "--blocks", "2"], spark=spark)
         assert code == 0
         results.append(json.loads((out / "results.json").read_text()))
     a, b = results
@@ -129,15 +129,20 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
     code = tune_job.main(["--ratings", str(clean), "--test", str(tmp_path / "missing.csv"),
                           "--trials", "2", "--epochs", "2", "--output", str(out)], spark=spark)
     assert code == 0
-    # the best configuration is a job config the training job accepts
+    # the best configuration holds model settings only: data and output come from the
+    # training job's command line (never the tuning run's, never its output)
     from pmf_spark.config import load_config_file, resolve
 
     import train_pmf
-    job, model = resolve(load_config_file(str(tmp_path / "clean" / "best.toml")), None)
+    best_toml = tmp_path / "clean" / "best.toml"
+    job, model = resolve(load_config_file(str(best_toml)), None)
     best = min(a["trials"], key=lambda t: t["val_rmse"])
     assert (model.model.rank, model.fit.lambda_u) == (best["rank"], best["lambda_u"])
-    assert job.ratings == str(clean)
-    assert train_pmf.main(["--config", str(tmp_path / "clean" / "best.toml"), "--epochs", "1",
+    assert job == JobConfig() and "[job]" not in best_toml.read_text()
+    assert str(clean) in best_toml.read_text().splitlines()[0]      # named in the comment
+    assert train_pmf.main(["--config", str(best_toml), "--ratings", str(clean), "--epochs", "1",
                            "--output", str(tmp_path / "trained")], spark=spark) == 0
+    trained = json.loads((tmp_path / "trained" / "model.json").read_text())
+    assert trained["job"]["ratings"] == str(clean) and trained["rank"] == best["rank"]
     table = pd.read_parquet(tmp_path / "clean" / "results.parquet")
     assert len(table) == 3 and table.val_rmse.is_monotonic_increasing

@@ -136,7 +136,8 @@ def test_tuning_by_a_ranking_metric_never_reads_the_test_split(spark, tmp_path):
     for name, frame in (("clean", pdf), ("poisoned", poisoned)):
         path = tmp_path / f"{name}.csv"
         frame.to_csv(path, index=False)
-        code = tune_job.main(["--ratings", str(path), "--metric", "ndcg@5", "--trials", "3",
+        code = tune_job.main(["--ratings", str(path), "--id-type", "integer",
+                              "--metric", "ndcg@5", "--trials", "3",
                               "--epochs", "3", "--ranks", "2,4", "--output",
                               str(tmp_path / name), "--blocks", "2"], spark=spark)
         assert code == 0

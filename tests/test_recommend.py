@@ -178,7 +178,7 @@ def test_cold_start_users_get_popular_items_or_are_dropped(spark, tmp_path):
     for policy in ("popular", "drop"):
         out = tmp_path / policy
         cfg = JobConfig(ratings=str(train), test=str(test), output=str(out), top_k=3,
-                        cold_start=policy)
+                        cold_start=policy, id_type="integer")
         res = pipeline.run_training(spark, cfg, PMFParams.of(epochs=2, rank=3))
         res.trainer.release()
         res.data.release()

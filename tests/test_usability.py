@@ -39,7 +39,7 @@ def python_blocks(md: str) -> list[str]:
 
 def test_docs_reading_examples_run(spark, job_output):
     blocks = python_blocks((ROOT / "docs" / "outputs.md").read_text())
-    assert len(blocks) == 3                      # Spark, pandas, DuckDB
+    assert len(blocks) == 4                      # Spark, pandas, DuckDB, without Spark
     for code in blocks:
         exec(compile(code, "docs/outputs.md", "exec"), {"OUT": str(job_output), "spark": spark})
 

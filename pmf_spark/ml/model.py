@@ -179,13 +179,49 @@ class PMFModel(Model, PMFModelParams, MLWritable, MLReadable):
         require_columns(dataset, [self.getItemCol()], "recommendForItemSubset")
         return self._nested("item", numUsers, recs.query_ids(dataset, self.getItemCol()))
 
-    def recommend_for_all_users(self, k: int = 10, min_item_ratings: int = 1) -> DataFrame:
+    def recommend_for_all_users(self, k: int = 10, min_item_ratings: int = 1,
+                                candidates=None, exclude=None) -> DataFrame:
         """The job's ``recommendations`` table: ``user_id, rank, item_id,
         predicted_rating, score, cold_start``, every user (users without training
-        ratings get the most-rated items, flagged)."""
+        ratings get the most-rated items, flagged). ``candidates``: item ids to recommend
+        from (an allow-list), ``exclude``: item ids never to recommend."""
         _check_k(k)
-        return recs.top_k(self._spark, self.core, "user", k,
-                          min_other_ratings=min_item_ratings).select(*RECS_COLUMNS)
+        allowed = None
+        if candidates is not None or exclude is not None:
+            allowed = self._answers().candidates(min_item_ratings, exclude, candidates)
+        return recs.top_k(self._spark, self.core, "user", k, min_other_ratings=min_item_ratings,
+                          candidates=allowed).select(*RECS_COLUMNS)
+
+    def fold_in_users(self, ratings: DataFrame, k: int = 10, userCol: str = "user",
+                      itemCol: str = "item", ratingCol: str = "rating", candidates=None,
+                      exclude=None) -> tuple[DataFrame, DataFrame]:
+        """Users the model was not trained on, folded in from their ``ratings`` against
+        the fixed item factors (one ridge solve each, blockwise on Spark; unknown items
+        are ignored): ``(factors, recommendations)`` -- (user_id, features, bias,
+        n_ratings = ratings used) and their top-k (items they rated excluded; users with
+        no known item get the most popular ones)."""
+        answers = self._answers()
+        blocks = self._spark.sparkContext.defaultParallelism
+        df = ratings.select(F.col(userCol).alias("user_id"), F.col(itemCol).alias("item_id"),
+                            F.col(ratingCol).cast("double").alias("rating"))
+        folded = answers.fold_in_users_frame(df, blocks)
+        allowed = answers.candidates(None, exclude, candidates)
+        lists = answers.recommend_folded_frame(folded, k, allowed, blocks)
+        return folded.select("user_id", "features", "bias", "n_ratings"), lists
+
+    def _answers(self):
+        """The model's item side on the driver (:class:`~pmf_spark.saved.SavedModel`)."""
+        core = self.core
+        if "answers" not in core._frames:
+            from ..saved import SavedModel
+
+            spark = self._spark
+            meta = {**core.meta, "job": {"min_item_ratings": 1}}
+            ranking = core.ranking_frame(spark, "item") if core.ranking is not None else None
+            core._frames["answers"] = SavedModel.from_frames(
+                spark, meta, core.frame(spark, "item"),
+                core.vocabulary(spark, "item").select("item_id", "idx"), ranking)
+        return core._frames["answers"]
 
     # ---------------------------------------------------------------- persistence
     def write(self):

@@ -43,11 +43,8 @@ from ..params import (
     ModelParams,
     PMFParams,
     RankingParams,
-    _check_bool,
-    _check_choice,
-    _check_float,
-    _check_int,
 )
+from ..paramtools import check_bool, check_choice, check_float, check_int
 
 COLD_START_STRATEGIES = ("nan", "drop", "mean")
 
@@ -71,7 +68,7 @@ def _int(name: str, lo: int | None = None, hi: int | None = None) -> Callable[[A
     def convert(value):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        _check_int(name, value, lo, hi)
+        check_int(name, value, lo, hi)
         return int(value)
     return convert
 
@@ -79,21 +76,21 @@ def _int(name: str, lo: int | None = None, hi: int | None = None) -> Callable[[A
 def _float(name: str, lo: float | None = None, lo_open: bool = False,
            hi: float | None = None) -> Callable[[Any], float]:
     def convert(value):
-        _check_float(name, value, lo, lo_open, hi, hi is not None)
+        check_float(name, value, lo, lo_open, hi, hi is not None)
         return float(value)
     return convert
 
 
 def _bool(name: str) -> Callable[[Any], bool]:
     def convert(value):
-        _check_bool(name, value)
+        check_bool(name, value)
         return bool(value)
     return convert
 
 
 def _choice(name: str, choices) -> Callable[[Any], str]:
     def convert(value):
-        _check_choice(name, value, choices)
+        check_choice(name, value, choices)
         return str(value)
     return convert
 
@@ -119,7 +116,7 @@ def _optional_float(name: str) -> Callable[[Any], float | None]:
 def _seed(value) -> int:
     # ALS seeds are any long (its default is a hash of the class name, often negative);
     # ours are non-negative: a negative seed is taken modulo 2^63, so it stays distinct
-    _check_int("seed", value, -(2**63), 2**63 - 1)
+    check_int("seed", value, -(2**63), 2**63 - 1)
     return int(value) % (2**63)
 
 
@@ -133,7 +130,7 @@ def _storage_level(name: str) -> Callable[[Any], str]:
 
 
 def _checkpoint_interval(value) -> int:
-    _check_int("checkpointInterval", value, -1)
+    check_int("checkpointInterval", value, -1)
     if value == 0:
         raise ConfigError("checkpointInterval: must be -1 (off) or >= 1, got 0")
     return int(value)

@@ -26,7 +26,6 @@ from ..outputs import (
     write_sorted,
 )
 from ..params import JobConfig
-from ..pipeline import is_pmf_output
 from .core import SIDES, FactorCore
 from .recs import top_k
 
@@ -43,14 +42,10 @@ class PMFModelWriter(MLWriter):
 
     def save(self, path: str) -> None:
         # no delete-then-write: the staging directory replaces the old one atomically
-        spark = self.sparkSession
-        if path_exists(spark, path):
-            if not self.shouldOverwrite:
-                raise ConfigError(f"save {path}: already exists; use "
-                                  f"model.write().overwrite().save(path) to replace it")
-            if not is_pmf_output(spark, path):
-                raise ConfigError(f"save {path}: exists and is not a pmf-spark model; "
-                                  f"refusing to replace it")
+        # (AtomicOutput refuses to replace anything that is not a pmf-spark output)
+        if path_exists(self.sparkSession, path) and not self.shouldOverwrite:
+            raise ConfigError(f"save {path}: already exists; use "
+                              f"model.write().overwrite().save(path) to replace it")
         self.saveImpl(path)
 
     def saveImpl(self, path: str) -> None:
@@ -58,7 +53,7 @@ class PMFModelWriter(MLWriter):
         k = int(self.optionMap.get("topk", 0))
         if k < 0:
             raise ConfigError(f"save {path}: option topK must be >= 0, got {k}")
-        out = AtomicOutput(spark, path)
+        out = AtomicOutput(spark, path, job="pmf-spark PMFModel")
         try:
             tables = _write_tables(spark, self.instance.core, out, k)
             core = self.instance.core

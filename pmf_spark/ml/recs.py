@@ -24,12 +24,13 @@ OTHER = {"user": "item", "item": "user"}
 
 def top_k(spark: SparkSession, core: FactorCore, side: str, k: int,
           queries: DataFrame | None = None, cold: bool = True,
-          min_other_ratings: int = 1) -> DataFrame:
+          min_other_ratings: int = 1, candidates=None) -> DataFrame:
     """Flat top-k: ``{side}_id, rank, {other}_id, predicted_rating, score, cold_start``.
 
     ``queries``: a frame with one column ``id`` of the ids wanted (default: every id of
     the model's ``side``); ``cold``: give rows without training ratings the popular list
-    (else leave them out).
+    (else leave them out); ``candidates``: bool (n_other,) the rows that may be
+    recommended (default: those with ``min_other_ratings`` training ratings).
     """
     other = OTHER[side]
     me, you = core.side(side), core.side(other)
@@ -54,7 +55,8 @@ def top_k(spark: SparkSession, core: FactorCore, side: str, k: int,
     rows = (rows.join(rated, key, "left").withColumnRenamed(key, "user_id")
             .withColumn("block", F.pmod(F.hash("user_id"), F.lit(blocks)))
             .repartition(blocks, "block"))
-    candidates = candidate_items(you.counts, min_other_ratings)
+    if candidates is None:
+        candidates = candidate_items(you.counts, min_other_ratings)
     shared = spark.sparkContext.broadcast(
         (you.factors, you.bias, candidates, you.tiebreak, you.counts, core.readout,
          core.rates, ranker))

@@ -1,0 +1,68 @@
+"""What a newcomer meets in the first hour besides the README: inputs recognised by name
+whether compressed or not, a directory of CSV files read as CSV, standard JSON."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pmf_spark.fs import dumps
+from pmf_spark.io import guess_format, load_ratings
+
+
+@pytest.mark.parametrize("name, fmt", [
+    ("u.data", "movielens-100k"), ("u.data.gz", "movielens-100k"),
+    ("ratings.dat", "movielens-dat"), ("ratings.dat.gz", "movielens-dat"),
+    ("ratings.dat.bz2", "movielens-dat"), ("ratings.csv.gz", "movielens-csv"),
+    ("events.csv.bz2", "csv"), ("events.tsv.gz", "csv"), ("ratings.parquet", "parquet"),
+    ("u1.base.bz2", "movielens-100k")])
+def test_compressed_names_read_as_their_plain_form(name, fmt):
+    assert guess_format(f"/data/{name}") == fmt
+
+
+def test_a_directory_of_csv_files_is_csv():
+    assert guess_format("/data/exports", ["part-1.csv", "part-2.csv.gz", "_SUCCESS",
+                                          ".part-1.csv.crc"]) == "csv"
+    assert guess_format("/data/exports", ["part-0.parquet", "_SUCCESS"]) == "parquet"
+    assert guess_format("/data/exports") == "parquet"
+
+
+@pytest.mark.spark
+def test_compressed_files_and_csv_directories_are_read(spark, tmp_path):
+    lines = [f"{u}::{i}::{(u * i) % 5 + 1}::97830{u}" for u in range(1, 9) for i in range(1, 6)]
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "ratings.dat.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "ratings.dat.bz2").write_bytes(bz2.compress(text.encode()))
+    for name in ("ratings.dat.gz", "ratings.dat.bz2"):
+        clean = load_ratings(spark, str(tmp_path / name))
+        assert clean.n == len(lines) and clean.id_type == "long"
+        got = sorted(tuple(r) for r in clean.df.select("user", "item", "rating").collect())
+        assert got == sorted((u, i, float((u * i) % 5 + 1)) for u in range(1, 9)
+                             for i in range(1, 6))
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for part, users in (("a", range(1, 5)), ("b", range(5, 9))):
+        rows = [f"{u},{i},{(u + i) % 5 + 1}" for u in users for i in range(1, 4)]
+        (folder / f"part-{part}.csv").write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    clean = load_ratings(spark, str(folder))
+    assert clean.n == 24
+
+
+def test_json_is_standard_with_nulls_for_non_finite_numbers():
+    text = dumps({"rmse": float("nan"), "inf": math.inf, "arr": np.array([1.0, np.nan]),
+                  "n": np.int64(3)})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"rmse": None, "inf": None, "arr": [1.0, None], "n": 3}
+
+
+@pytest.mark.parametrize("scale", [(1.0, 5.0), (0.5, 5.0), (2.0, 10.0), (1.0, 10.0), (0, 1)])
+def test_the_spark_free_relevance_threshold_is_the_job_s(scale):
+    from pmf_spark.evaluate import relevance_threshold as job
+    from pmf_spark.serve import relevance_threshold as local
+
+    assert local(None, *scale) == job(None, *scale) and local(3.5, *scale) == 3.5
