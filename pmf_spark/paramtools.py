@@ -12,6 +12,19 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: the choices of the enumerated parameters
+FORMATS = ("auto", "movielens-100k", "movielens-dat", "movielens-csv", "csv", "parquet")
+ID_TYPES = ("auto", "string", "integer")
+SYNTHETIC_SHAPES = ("small", "ml-1m", "ml-10m", "30m", "netflix")
+LINKS = ("linear", "sigmoid")
+REG_SCALINGS = ("none", "count")
+GRAM_DTYPES = ("float64", "float32")
+DUPLICATE_POLICIES = ("latest", "error")
+COLD_START = ("popular", "drop")
+PRIORS = ("fixed", "spherical", "diagonal")
+CONFIDENCES = ("linear", "log", "presence")
+SPLITS = ("random", "user-fraction", "temporal", "leave-last-n")
+
 
 def doc(text: str, **kw):
     """A dataclass field with a one-line description kept in its metadata."""
