@@ -141,7 +141,9 @@ def ridge_rows_fused(indptr, cols, targets, root_w, X, k, reg, scale, base_gram,
     A = np.empty((k, k))
     rhs = np.empty(k)
     x = np.empty(k)
-    has_base = base_gram.shape[0] > 0
+    # B and b are given independently (implicit ALS has B only): an empty array is 0
+    has_gram = base_gram.shape[0] > 0
+    has_rhs = base_rhs.shape[0] > 0
     n_failed = 0
     for r in range(n_rows):
         a, e = indptr[r], indptr[r + 1]
@@ -149,9 +151,9 @@ def ridge_rows_fused(indptr, cols, targets, root_w, X, k, reg, scale, base_gram,
             continue
         _accumulate_row(X, cols, targets, root_w, a, e, G, b, S)
         for i in range(k):
-            rhs[i] = b[i] + (base_rhs[i] if has_base else 0.0)
+            rhs[i] = b[i] + (base_rhs[i] if has_rhs else 0.0)
             for j in range(k):
-                A[i, j] = gram_scale * G[i, j] + (base_gram[i, j] if has_base else 0.0)
+                A[i, j] = gram_scale * G[i, j] + (base_gram[i, j] if has_gram else 0.0)
             A[i, i] += scale[r] * reg[i]
         if not _cholesky_solve(A, rhs, k, x):
             failed[n_failed] = r

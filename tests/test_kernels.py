@@ -170,9 +170,11 @@ def test_to_rating_links():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 30), n_fixed=st.integers(1, 50),
        k=st.integers(1, 13), max_per_row=st.integers(0, 60), weighted=st.booleans(),
-       base=st.booleans(), scaled=st.booleans())
+       base=st.booleans(), shift=st.booleans(), scaled=st.booleans())
 def test_compiled_ridge_rows_equal_the_numpy_oracle(seed, n_rows, n_fixed, k, max_per_row,
-                                                    weighted, base, scaled):
+                                                    weighted, base, shift, scaled):
+    # B and b independently: implicit ALS passes B without b (reading a missing b once
+    # added heap garbage to every right-hand side)
     rng = np.random.default_rng(seed)
     indptr, cols, t = random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.2)
     design = rng.normal(size=(n_fixed, k))
@@ -181,7 +183,7 @@ def test_compiled_ridge_rows_equal_the_numpy_oracle(seed, n_rows, n_fixed, k, ma
               weights=rng.uniform(0, 4, cols.size) if weighted else None,
               gram_scale=0.6 if base else 1.0,
               base_gram=(lambda B: B @ B.T)(rng.normal(size=(k, k))) if base else None,
-              base_rhs=rng.normal(size=k) if base else None)
+              base_rhs=rng.normal(size=k) if shift else None)
     got = ridge_rows(indptr, cols, t, design, reg, backend="numba", **kw)
     want = ridge_rows(indptr, cols, t, design, reg, backend="numpy", **kw)
     np.testing.assert_allclose(got.x, want.x, rtol=0, atol=1e-10)
