@@ -169,7 +169,7 @@ def trained_dir(spark, tmp_path_factory):
                     candidates=str(base / "allowed.txt"),
                     exclude_items=str(base / "excluded.txt"), similar_items=4,
                     users_per_item=6, users_per_item_items=str(base / "targets.txt"),
-                    similar_users=3)
+                    similar_users=3, id_type="integer")
     res = pipeline.run_training(spark, cfg, PMFParams.of(rank=4, epochs=4, blocks=2))
     res.trainer.release()
     res.data.release()
