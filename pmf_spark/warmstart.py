@@ -61,6 +61,12 @@ def _factors(spark: SparkSession, path: str, table: str, side: str, vocab, rank:
     prev = (spark.read.parquet(f"{path.rstrip('/')}/{table}")
             .where(F.col("n_ratings") > 0)
             .select(F.col(f"{side}_id").alias("id"), "features", "bias"))
+    theirs, ours = prev.schema["id"].dataType, vocab.schema["id"].dataType
+    if theirs != ours:      # "007" must never meet 7: ids are compared as they are typed
+        raise ConfigError(f"warm-start {path}: its {side} ids are {theirs.simpleString()}, "
+                          f"this run's are {ours.simpleString()}; pass --id-type "
+                          f"{'string' if theirs.simpleString() == 'string' else 'integer'} "
+                          "to read the ratings the way the previous run did")
     tbl = prev.join(vocab.select("id", "idx"), "id").select("idx", "features", "bias") \
         .toArrow()
     idx = tbl.column("idx").to_numpy().astype(np.int64)

@@ -35,7 +35,7 @@ def grown(spark, tmp_path_factory):
     full.to_csv(base / "full.csv", index=False)
     full[~added].to_csv(base / "old.csv", index=False)
     cfg = JobConfig(ratings=str(base / "old.csv"), output=str(base / "previous"), top_k=0,
-                    report=False)
+                    report=False, id_type="integer")
     res = pipeline.run_training(spark, cfg, PMFParams.of(rank=5, epochs=8, blocks=2,
                                                          ranking_rank=4))
     res.trainer.release()
@@ -86,10 +86,10 @@ def test_warm_start_through_the_job_and_a_wrong_rank(spark, grown, tmp_path, cap
     base, full, new_users, _ = grown
     out = tmp_path / "again"
 
-    def job(rank: int, warm) -> int:
+    def job(rank: int, warm, id_type: str = "integer") -> int:
         return train_pmf.main(["--ratings", str(base / "full.csv"), "--output", str(out),
                                "--rank", str(rank), "--ranking-rank", "4", "--epochs", "2",
-                               "--top-k", "0",
+                               "--top-k", "0", "--id-type", id_type,
                                "--no-report", "--blocks", "2", "--warm-start", str(warm)],
                               spark=spark)
 
@@ -110,3 +110,9 @@ def test_warm_start_through_the_job_and_a_wrong_rank(spark, grown, tmp_path, cap
                        f"rank)")
     assert job(5, tmp_path / "nope") == 2
     assert "no model.json" in capsys.readouterr().err
+    # a previous model of integer ids never meets this run's string ids ("007" is not 7)
+    assert job(5, base / "previous", "string") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: warm-start {base / 'previous'}: its user ids are bigint, this "
+                       "run's are string; pass --id-type integer to read the ratings the way "
+                       "the previous run did")
