@@ -123,9 +123,21 @@ def run_ours(spark, data, params, label):
            "first_epoch": per[0], "end_to_end": total,
            "test_rmse": trainer.final_metrics(state).test_rmse, "blocks": engine.blocks,
            "resident": dict(engine.resident.stats)}
+    # where an epoch's time went, per epoch over the whole fit (all epochs): the
+    # half-step jobs' wall time on the driver, and the Python tasks' time in all and in
+    # the kernels, divided by the cores that ran them in parallel
+    n, cores = len(per), spark.sparkContext.defaultParallelism
+    t = engine.timing
+    out["breakdown"] = {"jobs_per_epoch": t["jobs"] / n, "job_wall": t["wall_s"] / n,
+                        "task_per_core": t["task_s"] / n / cores,
+                        "kernel_per_core": t["kernel_s"] / n / cores,
+                        "epoch_mean": sum(per) / n}
     trainer.release()
+    b = out["breakdown"]
     print(f"{label:22s} {out['per_epoch']:7.2f} s/epoch  setup {out['setup_seconds']:.1f}s  "
-          f"test rmse {out['test_rmse']:.4f}  resident {out['resident']}", flush=True)
+          f"test rmse {out['test_rmse']:.4f}  resident {out['resident']}  per epoch: "
+          f"{b['jobs_per_epoch']:.1f} jobs {b['job_wall']:.2f}s, tasks {b['task_per_core']:.2f}s"
+          f"/core, kernels {b['kernel_per_core']:.2f}s/core", flush=True)
     return out
 
 
@@ -182,8 +194,9 @@ def spark_job_floor(spark, cores, repeats=10):
     return {"per_job": per, "job_seconds": times[1:]}
 
 
-def numpy_floor(data, params, epochs=3):
-    """One process, one BLAS thread: the same solves without Spark."""
+def numpy_floor(data, params, epochs=3, backend="numpy"):
+    """One process, one BLAS thread: the same solves without Spark, by the numpy
+    kernel or the compiled one (``backend='numba'``)."""
     from threadpoolctl import threadpool_limits
 
     from pmf_spark.kernels import ridge_rows
@@ -214,11 +227,11 @@ def numpy_floor(data, params, epochs=3):
             for (indptr, cols, t), fixed, out in ((U_csr, V, U), (V_csr, U, V)):
                 design = np.hstack([fixed[:, :-1], np.ones((fixed.shape[0], 1))])
                 sol = ridge_rows(indptr, cols, t - fixed[cols, -1], design, reg,
-                                 gram_dtype=np.dtype(gram_dtype))
+                                 gram_dtype=np.dtype(gram_dtype), backend=backend)
                 out[:] = sol.x
             times.append(time.perf_counter() - t0)
     per = statistics.median(times)
-    print(f"{'numpy floor (' + gram_dtype + ')':22s} {per:7.2f} s/epoch", flush=True)
+    print(f"{backend + ' floor (' + gram_dtype + ')':22s} {per:7.2f} s/epoch", flush=True)
     return {"per_epoch": per, "epoch_seconds": times}
 
 
@@ -272,6 +285,9 @@ def main(argv=None) -> int:
             reg_scaling="count", biases=False, lambda_u=lam, lambda_v=lam), "pmf-spark als-wr")
     if "default" not in skip:
         runs["pmf-spark default"] = run_ours(spark, data, base, "pmf-spark default")
+    if "numpy-kernel" not in skip:
+        runs["pmf-spark numpy kernel"] = run_ours(spark, data, base.replace(kernel="numpy"),
+                                                  "pmf-spark numpy kernel")
     if "no-resident" not in skip:
         runs["pmf-spark no resident"] = run_ours(spark, data, base.replace(resident_mb=0),
                                                  "pmf-spark no resident")
@@ -282,26 +298,31 @@ def main(argv=None) -> int:
         runs["mllib"] = run_mllib(spark, data, args.rank, args.iters, args.reg_param)
     floors = {}
     if "floor" not in skip:
-        floors["float64"] = numpy_floor(data, base)
-        floors["float32"] = numpy_floor(data, base.replace(gram_dtype="float32"))
+        floors["numpy float64"] = numpy_floor(data, base)
+        floors["numpy float32"] = numpy_floor(data, base.replace(gram_dtype="float32"))
+        floors["numba float64"] = numpy_floor(data, base, backend="numba")
+        floors["numba float32"] = numpy_floor(data, base.replace(gram_dtype="float32"),
+                                              backend="numba")
     job_floor = spark_job_floor(spark, args.cores) if "job-floor" not in skip else None
     mem = memory(spark, sampler)
     info = machine(spark)
     ml = runs.get("mllib", {}).get("per_epoch")
     rows = []
     for name, r in runs.items():
-        floor = floors.get("float32" if "float32" in name else "float64", {}).get("per_epoch")
+        kind = "numpy" if "numpy" in name else "numba"
+        floor = floors.get(f"{kind} float32" if "float32" in name else f"{kind} float64",
+                           {}).get("per_epoch")
         rows.append([name, f"{r['per_epoch']:.2f}",
                      "1.00x" if name == "mllib" else f"{r['per_epoch'] / ml:.2f}x" if ml else "",
                      f"{r['per_epoch'] / floor:.2f}x" if floor and name != "mllib" else "",
                      f"{r.get('setup_seconds', r.get('fit_1_iter_seconds', 0)):.1f}",
                      f"{r['end_to_end']:.1f}", f"{r['test_rmse']:.4f}"])
     for name, f in floors.items():
-        rows.append([f"numpy floor {name}", f"{f['per_epoch']:.2f}", "", "1.00x", "", "", ""])
+        rows.append([f"{name} floor", f"{f['per_epoch']:.2f}", "", "1.00x", "", "", ""])
     md = (f"# Seconds per epoch on {label} (rank {args.rank}, {args.iters} iterations, "
           f"local[{args.cores}])\n\n"
-          + md_table(["run", "s/epoch", "vs MLlib", "vs numpy floor", "setup s", "end-to-end s",
-                      "test RMSE"], rows)
+          + md_table(["run", "s/epoch", "vs MLlib", "vs one-process floor (same kernel)",
+                      "setup s", "end-to-end s", "test RMSE"], rows)
           + f"\nMeasured {info['date']}: {info['cpu']}, {info['cores']} cores, Spark "
             f"{info['pyspark']}, numpy {info['numpy']} ({info['numpy_blas']}), MLlib BLAS "
             f"{info['jvm_blas'].get('blas')}, LAPACK {info['jvm_blas'].get('lapack')}, "

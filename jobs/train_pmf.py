@@ -29,6 +29,7 @@ from pmf_spark.params import (
     COLD_START,
     CONFIDENCES,
     DUPLICATE_POLICIES,
+    FEEDBACK,
     FORMATS,
     GRAM_DTYPES,
     GROUPS,
@@ -43,7 +44,8 @@ from pmf_spark.params import (
 )
 
 OPTION_GROUPS = {
-    "input": ("job", ["ratings", "ratings_table", "format", "id_type", "test", "user_col",
+    "input": ("job", ["ratings", "ratings_table", "format", "id_type", "feedback",
+                      "value_col", "test", "user_col",
                       "item_col", "rating_col", "timestamp_col", "sep", "rating_min",
                       "rating_max", "on_duplicate", "synthetic", "split", "leave_last",
                       "test_fraction", "split_seed",
@@ -68,7 +70,7 @@ OPTION_GROUPS = {
                                         "resident_mb"]),
 }
 CHOICES = {"format": FORMATS, "id_type": ID_TYPES, "synthetic": SYNTHETIC_SHAPES,
-           "on_duplicate": DUPLICATE_POLICIES,
+           "on_duplicate": DUPLICATE_POLICIES, "feedback": FEEDBACK,
            "reg_scaling": REG_SCALINGS, "link": LINKS, "gram_dtype": GRAM_DTYPES,
            "cold_start": COLD_START, "priors": PRIORS, "model": tuple(REGISTRY),
            "confidence": CONFIDENCES, "split": SPLITS, "kernel": ("auto", "numba", "numpy"),

@@ -134,7 +134,9 @@ class ModelAnswers:
         job = meta.get("job", {})
         self.default_k = int(job.get("top_k") or 10)
         self.default_min_item_ratings = int(job.get("min_item_ratings", 1))
-        self.default_threshold = relevance_threshold(job.get("relevance_threshold"), lo, hi)
+        self.default_threshold = ((job.get("relevance_threshold") or 0.0)
+                                  if job.get("feedback") == "implicit" else
+                                  relevance_threshold(job.get("relevance_threshold"), lo, hi))
 
     # the item side under the names the Spark path has always used
     @property

@@ -10,6 +10,8 @@ call when given a partial. No pyspark import: these run in the Python workers.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 
@@ -20,7 +22,7 @@ SOLVED_SCHEMA = (
     "block int, chunk int, task int, row_ids binary, factors binary, variances binary, "
     "n_train long, sse double, sae double, sse_z double, n_test long, test_sse double, "
     "test_sae double, n_val long, val_sse double, val_sae double, esse double, "
-    "missing boolean, backend string, compile_s double")
+    "missing boolean, backend string, compile_s double, kernel_s double, task_s double")
 SOLVED_COLUMNS = [c.strip().split(" ")[0] for c in SOLVED_SCHEMA.split(",")]
 #: the summed statistics of a half-step
 SUMS = ("n_train", "sse", "sae", "sse_z", "n_test", "test_sse", "test_sae", "n_val",
@@ -82,10 +84,12 @@ def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dt
     :mod:`pmf_spark.layout`) the input may be light, and a chunk this worker does not
     hold comes back as one row with ``missing`` set.
     """
+    t_task = time.perf_counter()
     limit_blas_threads()
     payloads = unwrap(shared)
     fitted = metrics if fitted is None else fitted
     out = []
+    in_kernels = 0.0
     for row, c in iter_chunks(pdf, val_dtype, resident):
         if c is None:
             rec = _record(key, row, 0)
@@ -93,7 +97,9 @@ def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dt
             out.append(rec)
             continue
         for t, (kernel, payload) in enumerate(zip(kernels, payloads)):
+            t0 = time.perf_counter()
             sol = kernel(c, payload, bool(fitted[t] or metrics[t]))
+            in_kernels += time.perf_counter() - t0
             rec = _record(key, row, t)
             n = c.row_ids.size
             full = np.zeros((n, widths[t]))
@@ -108,6 +114,8 @@ def solve_block(key, pdf, *, shared, kernels, widths, metrics, variances, val_dt
             if metrics[t]:
                 rating_metrics(rec, c, payload, sol)
             out.append(rec)
+    if out:     # where a task's time went (the first row of the task carries it)
+        out[0]["kernel_s"], out[0]["task_s"] = in_kernels, time.perf_counter() - t_task
     return pd.DataFrame(out, columns=SOLVED_COLUMNS)
 
 

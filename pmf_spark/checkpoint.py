@@ -57,6 +57,8 @@ def fingerprint(params, job, data) -> dict:
         "test_fraction", "split_seed", "validation_fraction")}
     if job.ratings_table is not None:     # only when set: older checkpoints stay resumable
         inputs["ratings_table"] = job.ratings_table
+    if job.feedback != "explicit":
+        inputs["feedback"], inputs["value_col"] = job.feedback, job.value_col
     data_sum = {k: data.summary()[k] for k in ("n_users", "n_items", "n_train", "n_test",
                                                "fingerprint")}
     return {"model": model, "input": inputs, "data": data_sum}

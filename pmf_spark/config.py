@@ -114,10 +114,33 @@ def resolve(file_values: dict[str, dict[str, Any]] | None,
                 merged[section].update(values)
     try:
         job = JobConfig.from_dict(merged["job"], where="[job]")
-        params = PMFParams.of(where="the configuration", **merged["params"])
+        given = merged["params"]
+        if job.feedback == "implicit":
+            given = implicit_params(given)
+        params = PMFParams.of(where="the configuration", **given)
     except ConfigError as exc:
         raise _from_file(exc, file_values, flags) from None
     return job, params
+
+
+#: implicit-feedback ALS's settings unless given: the best of a grid on validation folds
+#: carved from ML-100K's training split (benchmarks/results/ranking-defaults.md)
+IMPLICIT_DEFAULTS = {"rank": 30, "lambda_u": 50.0, "lambda_v": 50.0, "alpha": 5.0}
+
+
+def implicit_params(given: dict[str, Any]) -> dict[str, Any]:
+    """The flat parameters of a run on implicit feedback: implicit-feedback ALS (its
+    own defaults where not given) ordering its own lists; a rating model is refused,
+    since there are no ratings to fit."""
+    model = given.get("model", "implicit")
+    if model != "implicit":
+        raise ConfigError(f"model: --feedback implicit trains implicit-feedback ALS "
+                          f"('implicit'); {model!r} needs ratings (--feedback explicit)")
+    by = given.get("recommend_by", "implicit")
+    if by not in ("implicit", "rating"):
+        raise ConfigError(f"recommend_by: with --feedback implicit the lists come from "
+                          f"implicit-feedback ALS itself; {by!r} needs ratings")
+    return {**IMPLICIT_DEFAULTS, **given, "model": "implicit", "recommend_by": "implicit"}
 
 
 def _from_file(exc: ConfigError, file_values, flags) -> ConfigError:

@@ -79,6 +79,12 @@ def user_failure(exc: BaseException) -> PMFError | None:
     if isinstance(exc, PMFError):
         return exc
     text = text_of(exc)
+    kernels = re.search(r"the numba kernels cannot be loaded here \((.*?)\); install numba "
+                        r"or run with --kernel numpy", text)
+    if kernels:               # --kernel numba on an executor without a working numba
+        return PMFUserError(f"--kernel numba: the numba kernels cannot be loaded in the "
+                            f"Python workers ({kernels.group(1)}); install numba there or "
+                            f"run with --kernel auto (falls back to numpy) or numpy")
     m = _MODULE.search(text)
     if m:
         name = m.group(1)

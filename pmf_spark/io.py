@@ -20,7 +20,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -144,9 +144,16 @@ def _sniff_sep(lines: list[tuple[str, str | None]], path: str) -> str:
     return best
 
 
-def _positional(spec: FormatSpec, n: int, path: str, sep: str) -> FormatSpec:
+def _positional(spec: FormatSpec, n: int, path: str, sep: str,
+                implicit: bool = False) -> FormatSpec:
     """A header-less CSV: columns _c0.._c{n-1} (Spark's names), read as user, item,
-    rating and, when there is a fourth, timestamp, unless named with the flags."""
+    rating and, when there is a fourth, timestamp, unless named with the flags.
+    Implicit feedback may be bare (user, item) pairs."""
+    if implicit and n == 2:
+        return dataclasses.replace(
+            spec, header=False, columns=("_c0", "_c1"), user="_c0", item="_c1", rating=None,
+            timestamp=None, describe=f"2 {sep!r}-separated fields with no header row: user, "
+                                     f"item")
     if n < 3:
         raise InputDataError(f"{path}: no header row and {n} field(s) on the first line; a "
                              f"header-less CSV needs user, item, rating (and optionally "
@@ -169,7 +176,8 @@ def _header_names(fields: list[str], path: str) -> list[str]:
 
 
 def _text_layout(spark: SparkSession, inputs: InputFiles, fmt: str, spec: FormatSpec,
-                 sep: str | None, path: str, role: str) -> tuple[FormatSpec, list[str], str]:
+                 sep: str | None, path: str, role: str,
+                 implicit: bool = False) -> tuple[FormatSpec, list[str], str]:
     """(spec, column names, separator) of a text input, from every file's first line."""
     lines = first_lines(spark, inputs.files, role)
     delim = sep or (_sniff_sep(lines, path) if fmt == "csv" else spec.sep) or ","
@@ -181,7 +189,7 @@ def _text_layout(spark: SparkSession, inputs: InputFiles, fmt: str, spec: Format
     has_header, fields = found
     if has_header:
         return spec, _header_names(fields, path), delim
-    spec = _positional(spec, len(fields), path, delim)
+    spec = _positional(spec, len(fields), path, delim, implicit)
     log.info("%s has no header row: reading its columns by position as %s", short(path),
              ", ".join(spec.columns or ()))
     return spec, list(spec.columns or ()), delim
@@ -198,11 +206,32 @@ def _auto_format(spark: SparkSession, inputs: InputFiles, path: str, role: str) 
     return fmt
 
 
+def _value_column(kind_col: str | None, spec_col: str | None, columns, path: str,
+                  implicit: bool, value_col: str | None) -> str | None:
+    """The rating column, or with implicit feedback the --value-col (None: every row
+    counts 1, whatever rating column the format has)."""
+    if not implicit:
+        return _pick("rating", kind_col, spec_col, columns, path)
+    if value_col is None:
+        return None
+    if value_col not in columns:
+        raise InputDataError(f"{path}: no column {value_col!r} for the feedback value "
+                             f"(columns: {', '.join(c for c in columns if c != CORRUPT)})")
+    return value_col
+
+
+def _rating_or_one(r: str | None) -> Column:
+    return F.col(f"`{r}`") if r else F.lit(1).cast("int")
+
+
 def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_col=None,
              rating_col=None, timestamp_col=None, sep=None,
-             role: str = "ratings") -> tuple[DataFrame, FormatSpec]:
+             role: str = "ratings", feedback: str = "explicit",
+             value_col: str | None = None) -> tuple[DataFrame, FormatSpec]:
     """Read ratings without interpreting values: columns u, i, r, ts, _file, _bad
-    (the raw line of a row with the wrong number of fields, else null)."""
+    (the raw line of a row with the wrong number of fields, else null). With
+    ``feedback`` 'implicit', r is ``value_col`` (or 1 for every row)."""
+    implicit = feedback == "implicit"
     inputs = resolve(spark, path, role)
     if fmt == "auto":
         fmt = _auto_format(spark, inputs, path, role)
@@ -219,7 +248,8 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
         bad = F.lit(None).cast("string")
         columns = df.columns
     else:
-        spec, columns, delim = _text_layout(spark, inputs, fmt, spec, sep, path, role)
+        spec, columns, delim = _text_layout(spark, inputs, fmt, spec, sep, path, role,
+                                            implicit)
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns]
                               + [T.StructField(CORRUPT, T.StringType())])
         df = (reader.schema(schema).option("sep", delim).option("header", spec.header)
@@ -230,14 +260,12 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
         bad = F.col(CORRUPT)
     u = _pick("user", user_col, spec.user, columns, path)
     i = _pick("item", item_col, spec.item, columns, path)
-    r = _pick("rating", rating_col, spec.rating, columns, path)
+    r = _value_column(rating_col, spec.rating, columns, path, implicit, value_col)
     t = _pick("timestamp", timestamp_col, spec.timestamp, columns, path, required=False)
-    if len({u, i, r}) < 3:
-        raise InputDataError(f"{path}: user, item and rating must be different columns "
-                             f"(got {u!r}, {i!r}, {r!r})")
+    _distinct(path, u, i, r, implicit)
     source = F.lit(path) if inputs.single else F.col("_metadata.file_path")
     out = df.select(
-        F.col(f"`{u}`").alias("u"), F.col(f"`{i}`").alias("i"), F.col(f"`{r}`").alias("r"),
+        F.col(f"`{u}`").alias("u"), F.col(f"`{i}`").alias("i"), _rating_or_one(r).alias("r"),
         (F.col(f"`{t}`") if t else F.lit(None).cast("string")).alias("ts"),
         source.alias("_file"), bad.alias("_bad"))
     return out, dataclasses.replace(spec, user=u, item=i, rating=r, timestamp=t)
@@ -246,20 +274,35 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
 def load_ratings(spark: SparkSession, path: str, fmt: str = "auto", *, user_col=None,
                  item_col=None, rating_col=None, timestamp_col=None, sep=None,
                  rating_min: float | None = None, rating_max: float | None = None,
-                 role: str = "ratings", id_type: str = "auto") -> CleanRatings:
+                 role: str = "ratings", id_type: str = "auto", feedback: str = "explicit",
+                 value_col: str | None = None) -> CleanRatings:
     """Read and validate ratings in one aggregation; raise InputDataError on bad input.
     ``id_type``: 'auto' (from the format and the column types), 'string', or
-    'integer'/'long' (parse them)."""
+    'integer'/'long' (parse them). ``feedback`` 'implicit': events whose values
+    (``value_col``, else 1 per row) are counts or weights >= 0."""
     raw, spec = read_raw(spark, path, fmt, user_col=user_col, item_col=item_col,
-                         rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, role=role)
+                         rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, role=role,
+                         feedback=feedback, value_col=value_col)
     return validate_raw(raw, spec, path, role=role, rating_min=rating_min,
-                        rating_max=rating_max, id_type=id_type)
+                        rating_max=rating_max, id_type=id_type,
+                        implicit=feedback == "implicit")
+
+
+def _distinct(where: str, u: str | None, i: str | None, r: str | None,
+              implicit: bool) -> None:
+    cols = [u, i] + ([r] if r else [])
+    if len(set(cols)) < len(cols):
+        what = "user, item and " + ("value" if implicit else "rating")
+        raise InputDataError(f"{where}: {what} must be different columns (got "
+                             f"{', '.join(repr(c) for c in cols)})")
 
 
 def frame_ratings(df: DataFrame, user_col: str, item_col: str, rating_col: str,
                   timestamp_col: str | None = None, *, rating_min: float | None = None,
-                  rating_max: float | None = None, role: str = "ratings") -> CleanRatings:
-    """Validate ratings given as a DataFrame (the Python API) like a file."""
+                  rating_max: float | None = None, role: str = "ratings",
+                  implicit: bool = False) -> CleanRatings:
+    """Validate ratings given as a DataFrame (the Python API) like a file
+    (``implicit``: the rating column holds event counts or weights >= 0)."""
     for kind, c in (("user", user_col), ("item", item_col), ("rating", rating_col),
                     ("timestamp", timestamp_col)):
         if c is not None and c not in df.columns:
@@ -273,14 +316,15 @@ def frame_ratings(df: DataFrame, user_col: str, item_col: str, rating_col: str,
     spec = dataclasses.replace(SPECS["parquet"], user=user_col, item=item_col,
                                rating=rating_col, timestamp=timestamp_col)
     return validate_raw(raw, spec, "DataFrame", role=role, rating_min=rating_min,
-                        rating_max=rating_max)
+                        rating_max=rating_max, implicit=implicit)
 
 
 
 def load_table(spark: SparkSession, name: str, *, user_col=None, item_col=None,
                rating_col=None, timestamp_col=None, rating_min: float | None = None,
                rating_max: float | None = None, role: str = "ratings",
-               id_type: str = "auto") -> CleanRatings:
+               id_type: str = "auto", feedback: str = "explicit",
+               value_col: str | None = None) -> CleanRatings:
     """Validate ratings from a table of the session's catalog (Hive metastore, Delta,
     Iceberg, ...) like a Parquet file: columns by name (or recognised), one pass."""
     from pyspark.errors import AnalysisException
@@ -295,19 +339,18 @@ def load_table(spark: SparkSession, name: str, *, user_col=None, item_col=None,
     cols = df.columns
     u = _pick("user", user_col, None, cols, where)
     i = _pick("item", item_col, None, cols, where)
-    r = _pick("rating", rating_col, None, cols, where)
+    implicit = feedback == "implicit"
+    r = _value_column(rating_col, None, cols, where, implicit, value_col)
     t = _pick("timestamp", timestamp_col, None, cols, where, required=False)
-    if len({u, i, r}) < 3:
-        raise InputDataError(f"{where}: user, item and rating must be different columns "
-                             f"(got {u!r}, {i!r}, {r!r})")
+    _distinct(where, u, i, r, implicit)
     raw = df.select(F.col(f"`{u}`").alias("u"), F.col(f"`{i}`").alias("i"),
-                    F.col(f"`{r}`").alias("r"),
+                    _rating_or_one(r).alias("r"),
                     (F.col(f"`{t}`") if t else F.lit(None).cast("string")).alias("ts"),
                     F.lit(where).alias("_file"), F.lit(None).cast("string").alias("_bad"))
     spec = dataclasses.replace(SPECS["parquet"], name="table", user=u, item=i, rating=r,
                                timestamp=t, describe="a table")
     return validate_raw(raw, spec, where, role=role, rating_min=rating_min,
-                        rating_max=rating_max, id_type=id_type)
+                        rating_max=rating_max, id_type=id_type, implicit=implicit)
 
 
 def read_id_list(spark: SparkSession, path: str, id_type: str, role: str) -> DataFrame:

@@ -30,6 +30,7 @@ from .paramtools import (  # noqa: F401  (the choices are re-exported for the jo
     COLD_START,
     CONFIDENCES,
     DUPLICATE_POLICIES,
+    FEEDBACK,
     FORMATS,
     GRAM_DTYPES,
     ID_TYPES,
@@ -284,6 +285,13 @@ class JobConfig(Params):
                         "says so: MovieLens files, integer Parquet columns; otherwise strings, "
                         "exactly as written), 'string', or 'integer' (parse them)",
                         default="auto")
+    feedback: str = doc("'explicit' ratings, or 'implicit' feedback: (user, item) events "
+                         "such as plays, clicks or purchases, each pair's value the sum of "
+                         "--value-col (or the number of its rows); trains implicit-feedback "
+                         "ALS, judged by ranking metrics only", default="explicit")
+    value_col: str | None = doc("implicit feedback: the column of counts or weights (>= 0, "
+                                 "summed per pair); default: every row counts 1 (a rating "
+                                 "column is then ignored)", default=None)
     test: str | None = doc("a given test split in the same format (no random split then)",
                             default=None)
     user_col: str | None = doc("user id column (csv/parquet; default by format)", default=None)
@@ -297,7 +305,9 @@ class JobConfig(Params):
     rating_max: float | None = doc("highest valid rating; default by format or the data's maximum",
                                     default=None)
     on_duplicate: str = doc("duplicate (user, item) pairs: 'latest' keeps the newest by "
-                             "timestamp, 'error' refuses", default="latest")
+                             "timestamp, 'error' refuses, 'sum' adds their values (what "
+                             "implicit feedback always does unless 'error')",
+                             default="latest")
     synthetic: str = doc("shape of the built-in data when no ratings are given: small, "
                           "ml-1m, ml-10m, 30m, netflix (100 M ratings)", default="small")
     split: str = doc("how the test split is made: 'random' (a seeded hash of user and item), "
@@ -357,6 +367,21 @@ class JobConfig(Params):
         check_choice("id_type", self.id_type, ID_TYPES)
         check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
         check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
+        check_choice("feedback", self.feedback, FEEDBACK)
+        if self.feedback == "explicit":
+            if self.value_col is not None:
+                raise ConfigError("value_col: only with --feedback implicit (ratings are read "
+                                  "from --rating-col)")
+            if self.on_duplicate == "sum":
+                raise ConfigError("on_duplicate: 'sum' adds implicit feedback (--feedback "
+                                  "implicit); ratings keep the 'latest' or refuse ('error')")
+        else:
+            if self.on_duplicate == "latest":     # the default: events add up
+                object.__setattr__(self, "on_duplicate", "sum")
+            for name in ("rating_min", "rating_max"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name}: implicit feedback has no rating scale "
+                                      f"(values are counts or weights >= 0)")
         check_choice("split", self.split, SPLITS)
         check_int("leave_last", self.leave_last, 1, 100_000)
         check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
@@ -390,7 +415,7 @@ class JobConfig(Params):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
         for name in ("ratings", "ratings_table", "output_table_prefix", "test", "user_col",
-                     "item_col", "rating_col", "timestamp_col", "sep", "exclude_items",
+                     "item_col", "rating_col", "value_col", "timestamp_col", "sep", "exclude_items",
                      "candidates", "users_per_item_items", "warm_start", "checkpoint_dir"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v == ""):

@@ -50,15 +50,18 @@ def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, Clea
         df = synthetic_ratings(spark, cfg.synthetic, seed=cfg.split_seed)
         log.info("built-in synthetic data %r: %d users x %d items, %d ratings (seed %d)",
                  shape.name, shape.n_users, shape.n_items, shape.n_ratings, cfg.split_seed)
+        implicit = cfg.feedback == "implicit"       # the rated pairs as events
+        value = F.lit(1.0).alias("rating") if implicit else F.col("rating")
         clean = CleanRatings(
-            df=df.select("user", "item", "rating", F.lit(None).cast("long").alias("ts")),
+            df=df.select("user", "item", value, F.lit(None).cast("long").alias("ts")),
             path=f"synthetic:{shape.name}", n=shape.n_ratings, id_type="long",
-            rating_min=0.5, rating_max=5.0, scale=(0.5, 5.0), float32_exact=True,
-            has_timestamp=False)
+            rating_min=1.0 if implicit else 0.5, rating_max=1.0 if implicit else 5.0,
+            scale=None if implicit else (0.5, 5.0), float32_exact=True,
+            has_timestamp=False, implicit=implicit)
         return clean, None
     opts: dict = dict(user_col=cfg.user_col, item_col=cfg.item_col, rating_col=cfg.rating_col,
                 timestamp_col=cfg.timestamp_col, sep=cfg.sep, rating_min=cfg.rating_min,
-                rating_max=cfg.rating_max)
+                rating_max=cfg.rating_max, feedback=cfg.feedback, value_col=cfg.value_col)
     if cfg.ratings is None:
         table_opts = {k: v for k, v in opts.items() if k != "sep"}
         train = load_table(spark, str(cfg.ratings_table), role="ratings", id_type=cfg.id_type,
@@ -71,8 +74,9 @@ def load_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[CleanRatings, Clea
         test = load_ratings(spark, cfg.test, cfg.format, role="test", id_type=train.id_type,
                             **opts)
         check_disjoint(train, test)
-    log.info("read %d ratings from %s%s", train.n, cfg.ratings or f"table {cfg.ratings_table}",
-             f" and {test.n} test ratings from {cfg.test}" if test else "")
+    what = "event rows" if train.implicit else "ratings"
+    log.info("read %d %s from %s%s", train.n, what, cfg.ratings or f"table {cfg.ratings_table}",
+             f" and {test.n} test {what} from {cfg.test}" if test else "")
     return train, test
 
 
@@ -145,6 +149,11 @@ def epoch_logger(total: int):
     def _log(m: EpochMetrics):
         times.append(m.seconds)
         eta = (total - m.epoch) * (sum(times) / len(times))
+        if m.test_rmse != m.test_rmse and m.train_rmse != m.train_rmse:  # a ranking model
+            log.info("epoch %3d/%d  objective %.6g  lambda %.3g/%.3g  %6.2fs  eta %s",
+                     m.epoch, total, m.objective, m.lambda_u, m.lambda_v, m.seconds,
+                     _fmt_eta(eta))
+            return
         extra = ""
         if m.val_rmse == m.val_rmse:  # not NaN
             extra += f"  val rmse {m.val_rmse:.4f}"
@@ -352,8 +361,13 @@ def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
                "per_epoch": [m.seconds for m in state.history]}
     interrupt.check()
     path = write_outputs(spark, cfg, trainer, state, seconds, final, out)
-    log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
-             state.epoch, time.perf_counter() - t0)
+    if trainer.strategy.predicts_ratings:
+        log.info("wrote %s (test rmse %.4f, %d epochs, %.1fs in all)", path, final.test_rmse,
+                 state.epoch, time.perf_counter() - t0)
+    else:
+        log.info("wrote %s (%d epochs, %.1fs in all); %s scores are preferences, not "
+                 "ratings, so it is judged by the ranking metrics (no RMSE)", path,
+                 state.epoch, time.perf_counter() - t0, params.fit.model)
     return TrainResult(output=path, model=trainer.model(state), history=state.history,
                        data=data, trainer=trainer, state=state,
                        seconds=time.perf_counter() - t0, final=final)

@@ -72,15 +72,26 @@ class PreparedData:
 
 def dedupe(clean: CleanRatings, policy: str, role: str = "ratings") -> tuple[DataFrame, int]:
     """Keep one rating per (user, item): the latest by timestamp, ties by the higher
-    rating. Returns (persisted frame, number of rows dropped)."""
+    rating ('latest'); or, for implicit feedback ('sum'), the sum of the pair's values
+    (pairs whose values add up to 0 carry no event and are dropped). Returns
+    (persisted frame, number of rows merged or dropped)."""
     order = F.struct(F.col("ts"), F.col("rating"))
-    grouped = (clean.df.groupBy("user", "item")
-               .agg(F.count(F.lit(1)).alias("_n"), F.max_by("rating", order).alias("rating"),
+    value = F.sum("rating") if policy == "sum" else F.max_by("rating", order)
+    # implicit values are >= 0 (validated): a pair sums to 0 only when each of its rows
+    # is 0, an event that did not happen (counted and logged by the validation pass)
+    df = clean.df.where(F.col("rating") > 0) if clean.implicit else clean.df
+    grouped = (df.groupBy("user", "item")
+               .agg(F.count(F.lit(1)).alias("_n"), value.alias("rating"),
                     F.max("ts").alias("ts"))
                .persist(StorageLevel.MEMORY_AND_DISK))
     st = first(grouped.agg(F.sum(F.col("_n") - 1).alias("dropped"),
                            F.min(F.when(F.col("_n") > 1, F.struct("user", "item"))).alias("ex")))
     dropped = int(st["dropped"] or 0)
+    if policy == "sum":
+        if dropped:
+            log.info("%s %s: summed the values of %d duplicate row(s) of the same (user, "
+                     "item), e.g. user %s item %s", role, clean.path, dropped, *st["ex"])
+        return grouped.drop("_n"), dropped
     if dropped:
         ex = st["ex"]
         what = (f"{role} {clean.path}: {dropped} duplicate rating(s) of the same (user, item), "
@@ -142,10 +153,11 @@ def _check_split(st, train: CleanRatings, test: CleanRatings | None,
         raise InputDataError(f"ratings {where}: the split left no test ratings "
                              f"(raise --test-fraction or give --test)")
     sigma = float(st["sigma"])
-    if not sigma > 0.0:
+    if not sigma > 0.0 and not train.implicit:
         # every training rating is the same: z-scores are 0, the model predicts the mean
         log.warning("all training ratings equal %g; the model can only predict that value",
                     st["mu"])
+    if not sigma > 0.0:       # z-scores would divide by 0 (presence data: every value 1)
         sigma = 1.0
     return n_train, n_test, sigma
 

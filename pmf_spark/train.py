@@ -14,9 +14,11 @@ and calls the callback. The model's math is in each strategy's module docstring
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from math import nan as NAN
 
 import numpy as np
 from pyspark.sql import SparkSession
@@ -175,6 +177,9 @@ class Trainer:
                           lambdas=(float(np.mean(state.reg_user[:rank])),
                                    float(np.mean(state.reg_item[:rank]))),
                           noise_var=state.noise_var)
+        if not s.predicts_ratings:      # scores are preferences: RMSE does not apply
+            m = dataclasses.replace(m, train_rmse=NAN, train_mae=NAN, test_rmse=NAN,
+                                    test_mae=NAN, val_rmse=NAN, val_mae=NAN)
         state.epoch = e
         state.history.append(m)
         if s is self._strategy:

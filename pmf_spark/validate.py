@@ -39,6 +39,7 @@ class CleanRatings:
     scale: tuple[float, float] | None
     float32_exact: bool
     has_timestamp: bool
+    implicit: bool = False    # rating holds event counts or weights (>= 0)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def _count(cond: Column) -> Column:
 
 
 def _aggregations(ids: dict[str, _IdExprs], r_val: Column, ts_bad: Column,
-                  lo, hi) -> dict[str, Column]:
+                  lo, hi, implicit: bool = False) -> dict[str, Column]:
     """Counts and examples of every problem, plus the ratings' range, in one dict."""
     good = F.col("_bad").isNull()
     r_null = F.col("r").isNull() | (F.trim(F.col("r").cast("string")) == "")
@@ -168,6 +169,9 @@ def _aggregations(ids: dict[str, _IdExprs], r_val: Column, ts_bad: Column,
         for problem, cond in ids[side].problems.items():
             conds[f"{side}_{problem}"] = (good & cond, [s[side]])
         conds[f"{side}_present"] = (good & ~ids[side].null, [s[side]])
+    if implicit:
+        conds["r_negative"] = (good & r_ok & (r_val < 0), [s["r"], s["u"], s["i"]])
+        conds["r_zero"] = (good & r_ok & (r_val == 0), [s["u"], s["i"]])
     if lo is not None:
         conds["r_range"] = (good & r_ok & ((r_val < F.lit(lo)) | (r_val > F.lit(hi))),
                             [s["r"], s["u"], s["i"]])
@@ -230,14 +234,19 @@ class _Report:
                           f", column {name!r}: "
                           + _id_message(problem, ex, n, why, dtypes[side]))
 
-    def ratings(self, lo, hi) -> None:
+    def ratings(self, lo, hi, implicit: bool = False) -> None:
         name = self.spec.rating
+        what = "value" if implicit else "rating"
         self.fail("r_null", lambda ex, n: f", column {name!r}: {n} row(s) with a missing "
-                                          f"rating, e.g. user {ex[1]} item {ex[2]}")
-        self.fail("r_nonnum", lambda ex, n: f", column {name!r}: non-numeric rating "
+                                          f"{what}, e.g. user {ex[1]} item {ex[2]}")
+        self.fail("r_nonnum", lambda ex, n: f", column {name!r}: non-numeric {what} "
                                             f"{ex[1]!r} ({n} row(s))")
-        self.fail("r_nonfinite", lambda ex, n: f", column {name!r}: non-finite rating "
+        self.fail("r_nonfinite", lambda ex, n: f", column {name!r}: non-finite {what} "
                                                f"{ex[1]!r} ({n} row(s))")
+        if implicit:
+            self.fail("r_negative", lambda ex, n: (
+                f", column {name!r}: negative value {ex[1]} (user {ex[2]}, item {ex[3]}; "
+                f"{n} row(s)); implicit feedback values are counts or weights >= 0"))
         if lo is not None:
             self.fail("r_range", lambda ex, n: (
                 f", column {name!r}: rating {ex[1]} (user {ex[2]}, item {ex[3]}) is outside "
@@ -263,21 +272,24 @@ def _mode(spec, id_type: str, role: str) -> tuple[str, str]:
 
 def validate_raw(raw: DataFrame, spec, path: str, *, role: str = "ratings",
                  rating_min: float | None = None, rating_max: float | None = None,
-                 id_type: str = "auto") -> CleanRatings:
+                 id_type: str = "auto", implicit: bool = False) -> CleanRatings:
     """The one-pass validation of raw columns (u, i, r, ts, _file, _bad). ``id_type``:
     'auto' (from the format and the column types), 'string', 'integer' (parse), or
-    'long' (a test split read with its training ratings' integer ids)."""
+    'long' (a test split read with its training ratings' integer ids). ``implicit``:
+    r holds event counts or weights (finite, >= 0; no rating scale)."""
     dtypes = dict(raw.dtypes)
     where = f"{role} {path}"
     lo = rating_min if rating_min is not None else (spec.scale[0] if spec.scale else None)
     hi = rating_max if rating_max is not None else (spec.scale[1] if spec.scale else None)
+    if implicit:
+        lo = hi = None
     mode, why = _mode(spec, id_type, role)
     ids = {c: _id_exprs(dtypes[c], c, mode, where, name, kind) for c, name, kind in
            (("u", spec.user, "user id"), ("i", spec.item, "item id"))}
     r_val = _rating_value(dtypes["r"], where, spec.rating)
     ts_val = _ts_value(dtypes["ts"], where, spec.timestamp)
     ts_bad = F.col("ts").isNotNull() & ts_val.isNull() if spec.timestamp else F.lit(False)
-    aggs = _aggregations(ids, r_val, ts_bad, lo, hi)
+    aggs = _aggregations(ids, r_val, ts_bad, lo, hi, implicit)
     try:
         stats = first(raw.agg(*[v.alias(k) for k, v in aggs.items()])).asDict()
     except Exception as exc:  # a corrupt or truncated file, mixed Parquet schemas
@@ -287,7 +299,10 @@ def validate_raw(raw: DataFrame, spec, path: str, *, role: str = "ratings",
         raise failure from None
     report = _Report(stats, spec, role, path)
     report.rows_and_ids(ids, why, dtypes)
-    report.ratings(lo, hi)
+    report.ratings(lo, hi, implicit)
+    if implicit and stats["r_zero"]:
+        log.info("%s %s: %d row(s) with value 0 carry no event and are left out, e.g. user "
+                 "%s item %s", role, path, stats["r_zero"], *stats["r_zero_ex"][1:])
     if ids["u"].id_type != ids["i"].id_type:     # e.g. an integer and a string column
         ids = {c: _id_exprs(dtypes[c], c, "string", where, "", "") for c in ("u", "i")}
     df = raw.select(ids["u"].value.alias("user"), ids["i"].value.alias("item"),
@@ -296,7 +311,7 @@ def validate_raw(raw: DataFrame, spec, path: str, *, role: str = "ratings",
                         rating_min=float(stats["r_min"]), rating_max=float(stats["r_max"]),
                         scale=(lo, hi) if lo is not None and hi is not None else None,
                         float32_exact=stats["f32_inexact"] == 0,
-                        has_timestamp=spec.timestamp is not None)
+                        has_timestamp=spec.timestamp is not None, implicit=implicit)
 
 
 def check_disjoint(train: CleanRatings, test: CleanRatings) -> int:

@@ -233,5 +233,17 @@ def test_kernel_backends_say_which_ran_and_auto_falls_back(monkeypatch):
     got = ridge_rows(indptr, cols, t, design, np.ones(4), backend="auto").x
     np.testing.assert_array_equal(got, want)
     assert kernels.kernel_backend() == "numpy (ModuleNotFoundError: No module named 'numba')"
-    with pytest.raises(RuntimeError, match="the numba kernels cannot be loaded"):
+    with pytest.raises(RuntimeError, match="the numba kernels cannot be loaded") as err:
         ridge_rows(indptr, cols, t, design, np.ones(4), backend="numba")
+    # raised in a Python worker, it reaches the driver inside Spark's traceback text;
+    # the job reports it as one line (exit 2), not as a crash
+    from pmf_spark.errors import PMFUserError
+    from pmf_spark.failures import user_failure
+
+    wrapped = Exception(f"Traceback (most recent call last):\n  File \"worker.py\"\n"
+                        f"RuntimeError: {err.value}\n\tat org.apache.spark.api.python")
+    one = user_failure(wrapped)
+    assert isinstance(one, PMFUserError) and "\n" not in str(one)
+    assert str(one) == ("--kernel numba: the numba kernels cannot be loaded in the Python "
+                        "workers (ModuleNotFoundError: No module named 'numba'); install "
+                        "numba there or run with --kernel auto (falls back to numpy) or numpy")

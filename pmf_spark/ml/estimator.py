@@ -82,12 +82,18 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
         require_columns(dataset, [c for c in list(cols.values())[:4] if c], "PMF.fit")
         t0 = time.perf_counter()
         with own_shuffle_partitions(spark):
-            clean = frame_ratings(_own_plan(dataset), **cols)
-            held = (frame_ratings(_own_plan(self._test), **cols, role="test")
+            implicit = bool(get(self.implicitPrefs))   # counts or weights >= 0, summed
+            clean = frame_ratings(_own_plan(dataset), **cols, implicit=implicit)
+            held = (frame_ratings(_own_plan(self._test), **cols, role="test",
+                                  implicit=implicit)
                     if self._test is not None else None)
             early = self.pmf_params().fit.early_stopping
+            dup = get(self.onDuplicate)
+            if dup == "sum" and not implicit:
+                raise ConfigError("onDuplicate: 'sum' adds implicit feedback "
+                                  "(implicitPrefs=True); ratings keep the 'latest' or refuse")
             data = prepare(clean, held, test_fraction=0.5, split_seed=get(self.seed) % (2**31),
-                           on_duplicate=get(self.onDuplicate),
+                           on_duplicate="sum" if implicit and dup == "latest" else dup,
                            validation_fraction=get(self.validationFraction) if early else 0.0,
                            holdout=None if held is not None else F.lit(False),
                            require_test=False)
