@@ -9,8 +9,8 @@ models see the same training pairs with value 1 and are scored the same way, in
 numpy from their factors: each user's top-10 of the items with training events, the
 user's training items excluded, relevant = any held-out pair. Rows:
 
-- ``pmf-spark defaults``: the job's implicit-feedback defaults (rank 30, lambda 50,
-  alpha 5, 20 epochs);
+- ``pmf-spark defaults``: the job's implicit-feedback defaults (rank 30, lambda 20,
+  alpha 1, 20 epochs: ``pmf_spark.config.IMPLICIT_DEFAULTS``);
 - ``mllib defaults``: ``ALS(implicitPrefs=True, rank=30, maxIter=20)`` with its own
   defaults (regParam 0.1, alpha 1.0);
 - ``mllib alpha 5``: the same with alpha 5 and the best regParam of a small grid
@@ -84,6 +84,11 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=10)
     args = ap.parse_args(argv)
     spark = session("implicit vs mllib")
+    # MLlib's ALS at 20 iterations overflows the JVM stack serialising its lineage unless
+    # it can checkpoint (checkpointInterval 10 needs a directory)
+    import tempfile
+
+    spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="implicit-vs-mllib-"))
     import logging
 
     logging.getLogger("pmf_spark").setLevel(logging.WARNING)
@@ -109,9 +114,12 @@ def main(argv=None) -> int:
     model = trainer.model(state)
     ours_s = time.perf_counter() - t0
     U, V = model.U[:, :params.model.rank], model.V[:, :params.model.rank]
+    f = params.fit
+    ours_settings = (f"rank {params.model.rank}, lambda {f.lambda_u:g}, alpha {f.alpha:g}, "
+                     f"{f.epochs} epochs")
     out["pmf-spark defaults"] = {**metrics(top_lists(U @ V.T, seen, args.k, trained),
                                            relevant, args.k), "fit_seconds": ours_s,
-                                 "settings": "rank 30, lambda 50, alpha 5, 20 epochs"}
+                                 "settings": ours_settings}
     trainer.release()
 
     train_df = data.ratings.where("kind = 0").select("u", "i", "rating").cache()

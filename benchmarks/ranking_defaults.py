@@ -157,7 +157,12 @@ def main(argv=None) -> int:
         grids = {"implicit": [dict(model="implicit", rank=rk, lambda_u=lam, lambda_v=lam,
                                    alpha=a)
                               for rk, lam, a in itertools.product(
-                                  (30, 64), (5.0, 10.0, 20.0, 50.0), (1.0, 2.0, 5.0, 10.0))]}
+                                  (30, 64), (5.0, 10.0, 20.0, 50.0), (1.0, 2.0, 5.0, 10.0))]
+                    # the best region of that grid has the smallest alpha: below it
+                    + [dict(model="implicit", rank=30, lambda_u=lam, lambda_v=lam, alpha=a)
+                       for lam, a in itertools.product((10.0, 20.0, 30.0), (0.25, 0.5))]
+                    + [dict(model="implicit", rank=30, lambda_u=30.0, lambda_v=30.0,
+                            alpha=1.0)]}
         if args.quick:
             grids = {"implicit": grids["implicit"][:1]}
     rows, results = [], []
