@@ -236,8 +236,30 @@ def numpy_floor(data, params, epochs=3, backend="numpy"):
                 out[:] = sol.x
             times.append(time.perf_counter() - t0)
     per = statistics.median(times)
-    print(f"{backend + ' floor (' + gram_dtype + ')':22s} {per:7.2f} s/epoch", flush=True)
-    return {"per_epoch": per, "epoch_seconds": times}
+    # the work of an epoch: every entry adds its k x k outer product to its row's Gram
+    # (a symmetric half, counted in full as the kernels compute it), every row one
+    # k x k Cholesky (k^3 / 3) and two triangular solves
+    nnz = U_csr[1].size
+    flops = 2 * (2 * nnz * k * k) + (data.n_users + data.n_items) * (k ** 3 / 3 + 2 * k * k)
+    gflops = flops / per / 1e9
+    print(f"{backend + ' floor (' + gram_dtype + ')':22s} {per:7.2f} s/epoch  "
+          f"{gflops:.1f} GFLOP/s", flush=True)
+    return {"per_epoch": per, "epoch_seconds": times, "gflops": gflops}
+
+
+def dgemm_rate(n: int = 2000, repeats: int = 3) -> float:
+    """One thread's matrix-multiply rate here, GFLOP/s: the machine's compute ceiling
+    the kernels are measured against."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).normal(size=(n, n))
+    best = float("inf")
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
 
 
 def main(argv=None) -> int:
@@ -315,6 +337,7 @@ def main(argv=None) -> int:
         floors["numba float64"] = numpy_floor(data, base, backend="numba")
         floors["numba float32"] = numpy_floor(data, base.replace(gram_dtype="float32"),
                                               backend="numba")
+    dgemm = dgemm_rate() if floors else None
     job_floor = spark_job_floor(spark, args.cores) if "job-floor" not in skip else None
     mem = memory(spark, sampler)
     info = machine(spark)
@@ -333,7 +356,10 @@ def main(argv=None) -> int:
                      f"{r.get('setup_seconds', r.get('fit_1_iter_seconds', 0)):.1f}",
                      f"{r['end_to_end']:.1f}", f"{r['test_rmse']:.4f}"])
     for name, f in floors.items():
-        rows.append([f"{name} floor", f"{f['per_epoch']:.2f}", "", "1.00x", "", "", "", ""])
+        share = f" ({f['gflops']:.1f} GFLOP/s, {f['gflops'] / dgemm:.0%} of dgemm)" \
+            if dgemm else ""
+        rows.append([f"{name} floor{share}", f"{f['per_epoch']:.2f}", "", "1.00x", "", "", "",
+                     ""])
     md = (f"# Seconds per epoch on {label} (rank {args.rank}, {args.iters} iterations, "
           f"local[{args.cores}])\n\n"
           + md_table(["run", "s/epoch", "vs MLlib", "vs one-process floor (same kernel)",
@@ -349,6 +375,8 @@ def main(argv=None) -> int:
           + " Per epoch: the half-step Spark jobs' wall time on the driver, and the Python "
             "tasks' seconds in all and inside the row kernels, summed and divided by the "
             "cores (mean over all epochs, the first included)."
+          + (f" A one-thread dgemm runs at {dgemm:.1f} GFLOP/s here; the floors' GFLOP/s "
+             f"count an epoch's Gram accumulation and Cholesky solves." if dgemm else "")
           + (f" One empty Spark job of a half-epoch's shape (broadcast, applyInPandas, "
              f"Arrow collect) takes {job_floor['per_job']:.2f} s; an epoch runs two."
              if job_floor else "") + "\n")
@@ -358,6 +386,7 @@ def main(argv=None) -> int:
                          "n_users": data.n_users, "n_items": data.n_items,
                          "n_train": data.n_train, "n_test": data.n_test,
                          "runs": runs, "numpy_floor": floors, "spark_job_floor": job_floor,
+                         "dgemm_gflops_one_thread": dgemm,
                          "memory": mem,
                          "machine": info}, md)
     print(md)

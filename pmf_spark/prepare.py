@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .errors import InputDataError
-from .indexing import build_vocabulary, index_ratings
+from .indexing import LOCAL_MAX_RATINGS, build_vocabulary, index_ratings
 from .io import CleanRatings
 from .layout import TEST, VALIDATION
 from .sparkutil import first
@@ -200,8 +200,9 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
     for p in parts:
         p.unpersist()
     n_train, n_test, sigma = _check_split(st, train, test, require_test)
-    users, n_users = build_vocabulary(combined, "user")
-    items, n_items = build_vocabulary(combined, "item")
+    local = train.n + (test.n if test is not None else 0) <= LOCAL_MAX_RATINGS
+    users, n_users = build_vocabulary(combined, "user", local)
+    items, n_items = build_vocabulary(combined, "item", local)
     n_cold = F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))
     cold = (first(users.agg(n_cold))[0] or 0, first(items.agg(n_cold))[0] or 0)
     indexed = index_ratings(combined, users, items).persist(StorageLevel.MEMORY_AND_DISK)

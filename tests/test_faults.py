@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,29 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.spark
 
 COMMON = ["--epochs", "8", "--blocks", "2", "--top-k", "0"]
+
+
+def wait_for_group_exit(pgid: int, timeout: float = 60.0) -> None:
+    """Until no live process (zombies aside) of process group ``pgid`` is left: a
+    SIGKILLed JVM and Python driver take a moment to exit after the shell is reaped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = False
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+                live = True
+                break
+        if not live:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process group {pgid} still running {timeout:.0f} s after SIGKILL")
 
 
 def files_of(path: Path) -> dict:
@@ -63,6 +87,7 @@ def test_driver_killed_mid_training_resumes_to_the_same_result(spark, uninterrup
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
+    wait_for_group_exit(proc.pid)
     assert files_of(out) == before                       # the killed run changed nothing
     assert (ck / "LATEST").read_text().strip() == "epoch-000004"
     # resume: only the epochs after the checkpoint are run again

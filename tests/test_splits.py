@@ -89,3 +89,29 @@ def test_the_job_refuses_a_time_based_split_without_timestamps(spark, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == (f"error: ratings {path}: --split temporal needs a "
                                      f"timestamp column (name it with --timestamp-col)")
+
+
+@pytest.mark.parametrize("ids", [
+    ["007", "7", "b", "B", "é", "e", "ß", "10", "9", "zz", "Z", "\u00a0x", "日本", "a b"],
+    [7, -3, 10**15, 0, 42, 5, 6, 2**40, -2**40],
+])
+def test_the_driver_side_vocabulary_equals_the_distributed_one(spark, ids):
+    """Small inputs order their vocabulary on the driver (Arrow); it must assign exactly
+    the indices the distributed sort does, ties by id in Spark's order."""
+    from pmf_spark.indexing import build_vocabulary
+
+    rng = np.random.default_rng(4)
+    rows = [(ids[j], int(rng.integers(0, 3)), int(rng.random() < 0.2)) for j in
+            rng.integers(0, len(ids), 200)] + [(x, 0, 0) for x in ids]
+    typ = "string" if isinstance(ids[0], str) else "bigint"
+    df = spark.createDataFrame(rows, f"user {typ}, item int, kind int")
+    got, n_local = build_vocabulary(df, "user", local=True)
+    want, n = build_vocabulary(df, "user")
+    assert n_local == n == len(set(ids))
+    assert got.schema == want.schema
+    a, b = got.toPandas(), want.toPandas()
+    pd.testing.assert_frame_equal(a.sort_values("idx").reset_index(drop=True),
+                                  b.sort_values("idx").reset_index(drop=True))
+    assert (a.sort_values("idx").n_ratings.diff().dropna() <= 0).all()
+    got.unpersist()
+    want.unpersist()
