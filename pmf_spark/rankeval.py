@@ -125,8 +125,8 @@ def summarise(stats: dict, spec: EvalSpec, n_catalogue: int) -> dict:
         at["novelty"] = float(stats["novelty"][j] / max(1.0, stats["pairs"][j]))
         at["by_activity"] = {
             name: {"users": int(stats["users"][b]),
-                   **{m: float(stats["sums"][j, i, b] / max(1.0, stats["users"][b]))
-                      for i, m in enumerate(("precision", "ndcg"))}}
+                   **{m: float(stats["sums"][j, METRICS.index(m), b]
+                               / max(1.0, stats["users"][b])) for m in ("precision", "ndcg")}}
             for b, name in enumerate(BUCKETS) if b > 0}
         out["at"][str(k)] = at
     return out

@@ -123,12 +123,15 @@ def rank_lists(engine, model: FactorModel, cfg: JobConfig, res: RunResults,
                    for name, st in res.ranked.stats.items()}
     res.ranking["ranked_by"] = ranked_by
     _log_ranking(res.ranking, topk.k, ranked_by)
-    res.note = ranking_note(ranked_by, res.ranker is not None)
+    res.note = ranking_note(ranked_by, res.ranker is not None, res.rates)
     log.info("%s", res.note)
 
 
-def ranking_note(ranked_by: str, beside: bool) -> str:
+def ranking_note(ranked_by: str, beside: bool, rates: bool = True) -> str:
     """The sentence the log and the report give: which model orders the lists, and why."""
+    if not rates:     # the only model is a ranking model (implicit feedback)
+        return (f"the lists are ranked by the {ranked_by} model, trained on implicit "
+                f"feedback: it models which items a user interacts with, not ratings")
     if not beside:
         return (f"the lists are ranked by the rating model's predictions; {WHY} (a ranking "
                 f"model beside it fixes that: --recommend-by missing-data)")

@@ -118,6 +118,8 @@ def test_the_job_on_counts(spark, tmp_path, capsys):
     assert code == 0, err
     assert "test rmse" not in err
     assert "judged by the ranking metrics (no RMSE)" in err
+    assert "the lists are ranked by the implicit model, trained on implicit feedback" in err
+    assert "rating model" not in err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["final"]["test_rmse"] is None and metrics["epochs"][0]["train_rmse"] is None
     assert metrics["ranking"]["model"]["relevance_threshold"] == 0.0

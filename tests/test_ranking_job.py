@@ -74,6 +74,13 @@ def test_movielens_default_lists_beat_popularity_twice(ml100k_model, report):
     assert row.score == pytest.approx(meta["mu"] + meta["sigma"] * zr)
     assert set(r["model"]["at"]) == {"5", "10", "20"}
     assert set(model["by_activity"]) == {"light", "medium", "heavy"}
+    # the buckets partition the evaluated users: their user-weighted means are the totals
+    for key in ("precision", "ndcg"):
+        for lst in (model, pop):
+            act = lst["by_activity"]
+            assert sum(a["users"] for a in act.values()) == lst["users"]
+            assert sum(a["users"] * a[key] for a in act.values()) / lst["users"] == \
+                pytest.approx(lst[key], rel=1e-9)
 
 
 def test_recommend_by_rating_lists_are_the_rating_models(spark, tmp_path):
