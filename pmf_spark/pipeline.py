@@ -245,8 +245,9 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
     if res.diagnostics is not None and res.bins is not None:
         from .report import figures, render_html
 
-        figs = figures(state.history, res.diagnostics, res.bins, trainer.counts["user"])
-        w.text("report.html", render_html(meta, figs, res.ranking))
+        rates = trainer.strategy.predicts_ratings
+        figs = figures(state.history, res.diagnostics, res.bins, trainer.counts["user"], rates)
+        w.text("report.html", render_html(meta, figs, res.ranking, rates))
     return w.commit(catalog)
 
 

@@ -119,8 +119,27 @@ def _error_vs_activity(diag: dict, user_counts: np.ndarray) -> bytes:
     return png
 
 
-def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray) -> dict:
-    """The report's figures as PNG bytes, by name."""
+def _objective_curve(history) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    plt, fig, ax = _figure()
+    ax.plot([m.epoch for m in history], [m.objective for m in history], "o-", ms=3)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("objective")
+    ax.set_title("Learning curve (the model's loss; it scores preferences, not ratings)")
+    ax.grid(alpha=0.3)
+    png = _png(fig)
+    plt.close(fig)
+    return png
+
+
+def figures(history, diag: dict, bins: np.ndarray, user_counts: np.ndarray,
+            rates: bool = True) -> dict:
+    """The report's figures as PNG bytes, by name (for a model of preferences, such as
+    implicit ALS, only its loss: rating errors do not apply)."""
+    if not rates:
+        return {"learning_curves": _objective_curve(history)}
     return {"learning_curves": _learning_curves(history),
             "rating_distribution": _predicted_vs_true(diag, bins),
             "error_vs_activity": _error_vs_activity(diag, user_counts)}
@@ -201,10 +220,20 @@ def _ranking_html(ranking: dict | None) -> str:
               "people choose; the predicted ratings still come from the rating model.</p>")
 
 
-def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
-    """report.html: self-contained (images inline), no scripts."""
+def render_html(meta: dict, figs: dict, ranking: dict | None, rates: bool = True) -> str:
+    """report.html: self-contained (images inline), no scripts. ``rates``: the model
+    predicts ratings (False for implicit ALS: no rating errors are shown)."""
     f = meta.get("final_metrics", {})
     d = meta.get("data", {})
+    errors = [
+        ["test RMSE / MAE", f"{f.get('test_rmse', float('nan')):.4f} / "
+                            f"{f.get('test_mae', float('nan')):.4f}"],
+        ["train RMSE / MAE", f"{f.get('train_rmse', float('nan')):.4f} / "
+                             f"{f.get('train_mae', float('nan')):.4f}"],
+        ["predicting the training mean", f"{meta.get('baseline_rmse', float('nan')):.4f}"],
+    ] if rates else [
+        ["RMSE / MAE", "not applicable: the model scores preferences (implicit feedback), "
+                       "not ratings; it is judged by the ranking metrics below"]]
     summary = _table(["", "value"], [
         *_run_rows(meta),
         ["users x items", f"{d.get('n_users')} x {d.get('n_items')}"],
@@ -213,15 +242,12 @@ def render_html(meta: dict, figs: dict, ranking: dict | None) -> str:
                   f"lambda_u {meta['fit']['lambda_u']}, lambda_v {meta['fit']['lambda_v']}, "
                   f"priors {meta['fit']['priors']}"],
         ["epochs run (reported)", f"{meta.get('epochs_run')} ({meta.get('best_epoch')})"],
-        ["test RMSE / MAE", f"{f.get('test_rmse', float('nan')):.4f} / "
-                            f"{f.get('test_mae', float('nan')):.4f}"],
-        ["train RMSE / MAE", f"{f.get('train_rmse', float('nan')):.4f} / "
-                             f"{f.get('train_mae', float('nan')):.4f}"],
-        ["predicting the training mean", f"{meta.get('baseline_rmse', float('nan')):.4f}"],
+        *errors,
     ])
     imgs = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,'
-        f'{base64.b64encode(figs[name]).decode()}"/></figure>' for name in FIGURES)
+        f'{base64.b64encode(figs[name]).decode()}"/></figure>' for name in FIGURES
+        if name in figs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pmf-spark report</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}
@@ -231,7 +257,7 @@ text-align:left}}figure{{display:inline-block;margin:0.5em}}img{{max-width:460px
 <h2>Run</h2>{summary}
 <h2>Figures</h2>{imgs}
 <h2>Ranking on the test split</h2>{_ranking_html(ranking)}
-<p>Errors are in rating units. The popularity baseline recommends the items with the most
-training ratings, excluding what each user already rated.</p>
+<p>{"Errors are in rating units. " if rates else ""}The popularity baseline recommends the
+items with the most training ratings, excluding what each user already rated.</p>
 </body></html>
 """

@@ -113,7 +113,7 @@ def test_the_job_on_counts(spark, tmp_path, capsys):
     code = train_pmf.main(["--ratings", str(tmp_path / "plays.csv"), "--feedback", "implicit",
                            "--value-col", "plays", "--user-col", "listener", "--item-col",
                            "track", "--output", str(out), "--epochs", "4", "--rank", "4",
-                           "--blocks", "2", "--no-report"], spark=spark)
+                           "--blocks", "2"], spark=spark)
     err = capsys.readouterr().err
     assert code == 0, err
     assert "test rmse" not in err
@@ -128,6 +128,9 @@ def test_the_job_on_counts(spark, tmp_path, capsys):
     assert meta["fit"]["model"] == "implicit" and meta["job"]["feedback"] == "implicit"
     recs = pd.read_parquet(out / "recommendations")
     assert recs.user_id.str.startswith("L").all() and len(recs) > 0
+    report = (out / "report.html").read_text()
+    assert "not applicable: the model scores preferences" in report
+    assert "test RMSE" not in report and "nan / nan" not in report
 
 
 @pytest.mark.movielens
