@@ -198,12 +198,9 @@ def _rules(model, args):
 
 
 def answer_user(model, args, k, cand, titles) -> None:
-    from pmf_spark.serve import relevance_threshold
-
     uid = model.parse_id(args.user)
-    threshold = relevance_threshold(
-        args.relevance_threshold if args.relevance_threshold is not None
-        else model.meta.get("job", {}).get("relevance_threshold"), model.lo, model.hi)
+    threshold = (args.relevance_threshold if args.relevance_threshold is not None
+                 else model.default_threshold)
     row = model.user_row(uid)
     if row is None or row[2] == 0:
         why = "is not in the model" if row is None else "has no training ratings"

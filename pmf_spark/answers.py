@@ -44,11 +44,15 @@ def model_sections(meta: dict) -> dict:
     return flat
 
 
-def relevance_threshold(given: float | None, lo: float, hi: float) -> float:
+def relevance_threshold(given: float | None, lo: float, hi: float,
+                        implicit: bool = False) -> float:
     """The rating at or above which a test rating counts as relevant: ``given``, or
-    three quarters of the way up the scale (as :mod:`pmf_spark.evaluate` computes it)."""
+    three quarters of the way up the scale, or 0 with implicit feedback (as
+    :mod:`pmf_spark.evaluate` computes it)."""
     if given is not None:
         return float(given)
+    if implicit:
+        return 0.0
     return float(lo + np.ceil(2 * 0.75 * (hi - lo)) / 2)
 
 
@@ -134,9 +138,8 @@ class ModelAnswers:
         job = meta.get("job", {})
         self.default_k = int(job.get("top_k") or 10)
         self.default_min_item_ratings = int(job.get("min_item_ratings", 1))
-        self.default_threshold = ((job.get("relevance_threshold") or 0.0)
-                                  if job.get("feedback") == "implicit" else
-                                  relevance_threshold(job.get("relevance_threshold"), lo, hi))
+        self.default_threshold = relevance_threshold(job.get("relevance_threshold"), lo, hi,
+                                                     job.get("feedback") == "implicit")
 
     # the item side under the names the Spark path has always used
     @property

@@ -128,12 +128,16 @@ def diagnostics(engine, model, bins: np.ndarray) -> dict:
     return out
 
 
-def relevance_threshold(given: float | None, lo: float, hi: float) -> float:
+def relevance_threshold(given: float | None, lo: float, hi: float,
+                        implicit: bool = False) -> float:
     """The rating at or above which a test rating counts as relevant: ``given``, or
     three quarters of the way up the scale [lo, hi] (4 on MovieLens' 1-5, the seed's
-    threshold; 8 on a 2-10 scale), snapped to the scale's half steps."""
+    threshold; 8 on a 2-10 scale), snapped to the scale's half steps; with implicit
+    feedback 0, every held-out event."""
     if given is not None:
         return float(given)
+    if implicit:
+        return 0.0
     return float(lo + math.ceil(2 * 0.75 * (hi - lo)) / 2)
 
 

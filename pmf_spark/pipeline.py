@@ -142,14 +142,15 @@ def check_driver_memory(spark: SparkSession, data: PreparedData, params: PMFPara
                           f"available; use a larger driver machine or a lower rank")
 
 
-def epoch_logger(total: int):
-    """The default per-epoch log line, with an ETA from the mean epoch time."""
+def epoch_logger(total: int, rates: bool = True):
+    """The default per-epoch log line, with an ETA from the mean epoch time; for a model
+    that does not predict ratings (``rates`` False) no errors, its objective."""
     times: list[float] = []
 
     def _log(m: EpochMetrics):
         times.append(m.seconds)
         eta = (total - m.epoch) * (sum(times) / len(times))
-        if m.test_rmse != m.test_rmse and m.train_rmse != m.train_rmse:  # a ranking model
+        if not rates:
             log.info("epoch %3d/%d  objective %.6g  lambda %.3g/%.3g  %6.2fs  eta %s",
                      m.epoch, total, m.objective, m.lambda_u, m.lambda_v, m.seconds,
                      _fmt_eta(eta))
@@ -337,7 +338,7 @@ def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
     log.info("packing the training ratings into blocks for %s ...", model_label(params))
     trainer.setup()
     check_worker_memory(spark, trainer.counts, params, trainer.engine.blocks)
-    log_epoch = epoch_logger(trainer.total_epochs)
+    log_epoch = epoch_logger(trainer.total_epochs, trainer.strategy.predicts_ratings)
     log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.engine.blocks,
              trainer.engine.setup_seconds)
 

@@ -153,11 +153,10 @@ def _check_split(st, train: CleanRatings, test: CleanRatings | None,
         raise InputDataError(f"ratings {where}: the split left no test ratings "
                              f"(raise --test-fraction or give --test)")
     sigma = float(st["sigma"])
-    if not sigma > 0.0 and not train.implicit:
-        # every training rating is the same: z-scores are 0, the model predicts the mean
-        log.warning("all training ratings equal %g; the model can only predict that value",
-                    st["mu"])
-    if not sigma > 0.0:       # z-scores would divide by 0 (presence data: every value 1)
+    if not sigma > 0.0:       # z-scores would divide by 0
+        if not train.implicit:        # (presence data: every value is 1 by design)
+            log.warning("all training ratings equal %g; the model can only predict that "
+                        "value", st["mu"])
         sigma = 1.0
     return n_train, n_test, sigma
 

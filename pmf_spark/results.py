@@ -105,8 +105,8 @@ def eval_spec(engine, cfg: JobConfig, k: int) -> EvalSpec:
     data, counts = engine.data, engine.counts
     return EvalSpec(
         ks=tuple(sorted(set(cfg.eval_ks) | {k})),
-        threshold=(cfg.relevance_threshold or 0.0) if cfg.feedback == "implicit" else
-        relevance_threshold(cfg.relevance_threshold, data.rating_lo, data.rating_hi),
+        threshold=relevance_threshold(cfg.relevance_threshold, data.rating_lo, data.rating_hi,
+                                      cfg.feedback == "implicit"),
         activity_edges=activity_edges(counts["user"]),
         info=self_information(counts["item"], int((counts["user"] > 0).sum())))
 
