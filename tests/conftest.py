@@ -29,7 +29,10 @@ def ml100k_dir() -> Path:
 def ml100k() -> Path:
     path = ml100k_dir()
     if not (path / "u.data").is_file():
-        pytest.fail(f"MovieLens 100K not found at {path} (set PMF_ML100K)")
+        message = f"MovieLens 100K not found at {path}: set PMF_ML100K to its directory"
+        if os.environ.get("PMF_REQUIRE_ML100K"):   # CI has the data: a skip there is a failure
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
