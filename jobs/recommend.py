@@ -262,13 +262,15 @@ def _read_ratings(model, path, layout, role):
 
 def answer_neighbours(model, args, k, titles) -> None:
     if args.similar_items is not None:
-        nb = model.similar_items(args.similar_items, k)
+        nb = model.similar_items(args.similar_items, k, args.min_item_ratings)
         iid = nb["item_id"].iloc[0] if len(nb) else model.parse_id(args.similar_items, "item")
         names = titles([iid, *nb["neighbor_id"]])
         title = names.get(str(iid), ("",))[0]
+        support = model.neighbour_support(args.min_item_ratings)
         _print_items(nb, "neighbor_id", ["similarity"], names if args.items else {},
                      f"Items most like item {iid}{f' ({title})' if title else ''} "
-                     f"(cosine of the item factors):")
+                     f"(cosine of the item factors; items with at least {support} training "
+                     f"ratings, --min-item-ratings to change):")
     elif args.similar_users is not None:
         nb = model.similar_users(args.similar_users, k)
         _print_items(nb, "neighbor_id", ["similarity"], {},

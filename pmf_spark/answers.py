@@ -27,7 +27,14 @@ from .errors import InputDataError
 from .foldin import FoldIn, fold_in_user, folded_users
 from .kernels import ReadOut
 from .params import PMFParams, group_of
-from .topk import candidate_items, neighbor_rows, recommend_rows, unit_rows, users_block
+from .topk import (
+    candidate_items,
+    neighbor_rows,
+    neighbour_support,
+    recommend_rows,
+    unit_rows,
+    users_block,
+)
 
 RECS_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
 ITEM_USERS_COLUMNS = ["item_id", "rank", "user_id", "predicted_rating", "score"]
@@ -326,18 +333,27 @@ class ModelAnswers:
             .reset_index(drop=True)
 
     # ---------------------------------------------------------------- neighbours
-    def _neighbours(self, side: Side, at: int, k: int) -> pd.DataFrame:
-        Mn, valid = unit_rows(side.F, side.counts)
+    def _neighbours(self, side: Side, at: int, k: int, at_least: int = 1) -> pd.DataFrame:
+        Mn, valid = unit_rows(side.F, side.counts, neighbour_support(side.counts, at_least))
         return neighbor_rows(Mn, valid, [at], side.tiebreak, k)
 
-    def similar_items(self, item_id, k: int = 10) -> pd.DataFrame:
-        """The k items most cosine-similar to ``item_id`` by their factors (trained
-        items only): (item_id, rank, neighbor_id, similarity), as ``item_neighbors/``."""
+    def neighbour_support(self, min_item_ratings: int | None = None) -> int:
+        """The training ratings an item needs to be listed as a neighbour
+        (:func:`pmf_spark.topk.neighbour_support`, never below ``min_item_ratings``,
+        by default the model's setting)."""
+        least = self.default_min_item_ratings if min_item_ratings is None else min_item_ratings
+        return neighbour_support(self.item_counts, least)
+
+    def similar_items(self, item_id, k: int = 10,
+                      min_item_ratings: int | None = None) -> pd.DataFrame:
+        """The k items most cosine-similar to ``item_id`` by their factors, among the
+        trained items with :meth:`neighbour_support` training ratings: (item_id, rank,
+        neighbor_id, similarity), as ``item_neighbors/``."""
         iid = self.parse_id(item_id, "item")
         at = self.item_idx([iid])[0]
         if at < 0:
             raise InputDataError(f"item {iid!r} is not in the model")
-        nb = self._neighbours(self.items, at, k)
+        nb = self._neighbours(self.items, at, k, self.neighbour_support(min_item_ratings))
         return pd.DataFrame({"item_id": iid, "rank": nb["rank"].to_numpy(),
                              "neighbor_id": self.item_ids[nb["j"].to_numpy()],
                              "similarity": nb["similarity"].to_numpy()})

@@ -33,6 +33,7 @@ from .topk import (
     rank_block,
     recommend_block,
     recommend_rows,
+    neighbour_support,
     unit_rows,
 )
 
@@ -217,8 +218,11 @@ def ranked_lists(engine, model, topk: TopK, spec, cold_start: str, ranker=None,
 
 
 def _neighbors(engine, M: np.ndarray, counts: np.ndarray, k: int,
-               tiebreak: np.ndarray) -> DataFrame:
-    Mn, valid = unit_rows(M, counts)
+               tiebreak: np.ndarray, at_least: int = 1) -> DataFrame:
+    support = neighbour_support(counts, at_least)
+    log.info("neighbours need at least %d training ratings (%s)", support,
+             "a fifth of the median count" if support > at_least else "min_item_ratings")
+    Mn, valid = unit_rows(M, counts, support)
     shared = engine.spark.sparkContext.broadcast((Mn, valid, tiebreak))
     fn = functools.partial(neighbors_block, shared=shared, k=k)
     blocks = max(1, engine.blocks)
@@ -227,9 +231,11 @@ def _neighbors(engine, M: np.ndarray, counts: np.ndarray, k: int,
     return ids.groupBy("block").applyInPandas(fn, NEIGHBORS_SCHEMA)
 
 
-def item_neighbors(engine, model, *, k: int, tiebreak: np.ndarray) -> DataFrame:
-    """k nearest items by cosine similarity of item factors (trained items only)."""
-    return _neighbors(engine, model.V, engine.counts["item"], k, tiebreak)
+def item_neighbors(engine, model, *, k: int, tiebreak: np.ndarray,
+                   min_item_ratings: int = 1) -> DataFrame:
+    """k nearest items by cosine similarity of item factors (trained items only; the
+    neighbours with the support of :func:`neighbour_support`)."""
+    return _neighbors(engine, model.V, engine.counts["item"], k, tiebreak, min_item_ratings)
 
 
 def user_neighbors(engine, model, *, k: int, tiebreak: np.ndarray) -> DataFrame:

@@ -154,7 +154,8 @@ def compute_results(engine, model: FactorModel, cfg: JobConfig,
             rank_lists(engine, model, cfg, res, tiebreak, ranked_by)
         if cfg.similar_items > 0:
             res.neighbors = item_neighbors(engine, model, k=cfg.similar_items,
-                                           tiebreak=tiebreak)
+                                           tiebreak=tiebreak,
+                                           min_item_ratings=cfg.min_item_ratings)
         res.user_tables = user_tables(engine, model, cfg, res.ranker, res.rates)
         if cfg.report and engine.data.n_test > 0:
             res.bins = rating_bins(engine.data.rating_lo, engine.data.rating_hi)

@@ -128,19 +128,36 @@ def fold_in(V, item_bias, items, ratings, *, lam: float, lam_bias: float, biases
     return x[:rank], (float(x[rank]) if biases else 0.0)
 
 
-def unit_rows(M: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows scaled to unit norm, valid mask): the rows that may be neighbours --
-    trained (count > 0) with a non-zero vector -- for cosine similarity."""
+def neighbour_support(counts: np.ndarray, at_least: int = 1) -> int:
+    """The training ratings a row needs to be listed as someone's neighbour: a fifth of
+    the median count of the trained rows, between 2 and 50, and never below
+    ``at_least`` (the job's ``min_item_ratings`` for items).
+
+    A row rated by one or two people has a factor that is mostly its prior and the
+    direction of those few raters: rows rated once by the same user get identical
+    factors and top each other's lists with a spurious similarity. The threshold is set
+    from the data's own scale (ML-100K: median 27 -> 5; ML-1M: median 123 -> 25)."""
+    trained = np.asarray(counts)[np.asarray(counts) > 0]
+    base = int(np.clip(round(0.2 * float(np.median(trained))), 2, 50)) if trained.size else 1
+    return max(base, int(at_least), 1)
+
+
+def unit_rows(M: np.ndarray, counts: np.ndarray,
+              min_support: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(rows scaled to unit norm, valid mask) for cosine similarity: every trained row
+    with a non-zero vector is scaled (and may be asked about); the rows that may be
+    *neighbours* (valid) also have at least ``min_support`` training ratings."""
     norms = np.linalg.norm(M, axis=1)
-    valid = (counts > 0) & (norms > 0)
-    return np.where(valid[:, None], M / np.where(norms > 0, norms, 1.0)[:, None], 0.0), valid
+    trained = (counts > 0) & (norms > 0)
+    Mn = np.where(trained[:, None], M / np.where(norms > 0, norms, 1.0)[:, None], 0.0)
+    return Mn, trained & (counts >= max(1, int(min_support)))
 
 
 def neighbor_rows(Mn, valid, rows, tiebreak, k) -> pd.DataFrame:
     """The k most cosine-similar rows of each of ``rows`` (never itself, only valid
     ones), ordered by similarity then ``tiebreak``: columns i, rank, j, similarity."""
     rows = np.asarray(rows, dtype=np.int64)
-    rows = rows[valid[rows]]
+    rows = rows[np.any(Mn[rows] != 0, axis=1)]     # trained rows with a factor
     out = []
     step = max(1, BATCH_CELLS // max(1, Mn.shape[0]))
     for a in range(0, rows.size, step):

@@ -98,14 +98,17 @@ def test_item_neighbors_equal_brute_force_cosine(spark, trained):
     data, trainer, model = trained
     tiebreak = item_tiebreak(data.items, data.n_items)
     counts = trainer.counts["item"]
-    nb = item_neighbors(trainer.engine, model, k=3, tiebreak=tiebreak).toPandas()
+    least = int(np.median(counts[counts > 0]))          # half the items fall below it
+    nb = item_neighbors(trainer.engine, model, k=3, tiebreak=tiebreak,
+                        min_item_ratings=least).toPandas()
     Vn = model.V / np.linalg.norm(model.V, axis=1, keepdims=True)
     S = Vn @ Vn.T
     np.fill_diagonal(S, -np.inf)
-    S[:, counts == 0] = -np.inf
+    S[:, counts < least] = -np.inf                      # never a neighbour below the support
     want = [(i, r, j) for i, r, j, _ in brute_top_k(S, 3, tiebreak)
-            if counts[i] > 0]
+            if counts[i] > 0]                           # but every trained item is asked about
     assert sorted(zip(nb.i, nb["rank"], nb.j)) == sorted(want)
+    assert set(nb.i) == set(np.flatnonzero(counts > 0))
 
 
 # ----------------------------------------------------------------------- through the job
@@ -158,6 +161,9 @@ def test_written_recommendations_respect_every_rule(spark, job_run):
     assert json.loads(open(f"{out}/metrics.json").read())["ranking"] == meta["ranking"]
     nb = spark.read.parquet(f"{out}/item_neighbors")
     assert nb.columns == ["item_id", "rank", "neighbor_id", "similarity"]
+    # --min-item-ratings holds for the neighbours too
+    rare = items.where(F.col("n_ratings") < 30).select(F.col("item_id").alias("neighbor_id"))
+    assert nb.count() > 0 and nb.join(rare, "neighbor_id").count() == 0
     assert nb.where("item_id = neighbor_id").count() == 0
     # the similarities are those of the written item factors, under the same ids
     fac = items.select("item_id", "features").toPandas().set_index("item_id")["features"]

@@ -112,3 +112,47 @@ def test_pandas_reference_on_a_hand_made_case():
     idcg2 = 1 + 1 / math.log2(3)
     assert math.isclose(got["ndcg"], ((1 / math.log2(3)) / idcg2 + 0.5 / idcg2) / 3)
     assert math.isclose(got["map"], ((1 / 2) / 2 + (1 / 3) / 2) / 3)
+
+
+def test_item_neighbours_need_support_on_planted_data():
+    """Two taste groups of items plus five items rated once each, all by one user: their
+    factors are nearly identical, so without a support threshold they lead each other's
+    neighbour lists with a spurious similarity; with the data's default support they
+    never appear as neighbours (they are still asked about) and an item's neighbours
+    come from its own group."""
+    from pmf_spark.localengine import LocalData, LocalEngine
+    from pmf_spark.params import PMFParams
+    from pmf_spark.topk import neighbor_rows, neighbour_support, unit_rows
+    from pmf_spark.train import Trainer
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, rare = 80, 40, 5
+    ug, ig = np.arange(n_users) % 2, np.arange(n_items) % 2
+    u, i = np.nonzero(rng.random((n_users, n_items)) < 0.5)
+    r = np.where(ug[u] == ig[i], 5.0, 1.0) - rng.integers(0, 2, u.size)
+    u = np.concatenate([u, np.zeros(rare, np.int64)])
+    i = np.concatenate([i, n_items + np.arange(rare)])
+    r = np.concatenate([r, np.full(rare, 5.0)])
+    data = LocalData.from_arrays(u, i, r, np.zeros(u.size, np.int8), n_users, n_items + rare)
+    trainer = Trainer(None, data, PMFParams.of(rank=4, epochs=8, lambda_u=2.0, lambda_v=2.0),
+                      engine=LocalEngine(data))
+    V = trainer.model(trainer.fit()).V
+    counts = np.bincount(i, minlength=n_items + rare)
+    tiebreak = np.arange(n_items + rare)
+    asked = np.arange(n_items + rare)
+
+    def lists(support):
+        Mn, valid = unit_rows(V, counts, support)
+        return neighbor_rows(Mn, valid, asked, tiebreak, 5)
+
+    unguarded = lists(1)
+    first = unguarded[(unguarded["rank"] == 1) & (unguarded["i"] >= n_items)]
+    assert (first["j"] >= n_items).all()                # the failure the threshold prevents
+    support = neighbour_support(counts)
+    assert 2 <= support <= counts[:n_items].min()
+    nb = lists(support)
+    assert not (nb["j"] >= n_items).any()
+    assert set(nb["i"]) == set(asked) and (nb.groupby("i").size() == 5).all()
+    grouped = nb[nb["i"] < n_items]
+    assert float((ig[grouped["j"]] == ig[grouped["i"]]).mean()) >= 0.9
+    assert neighbour_support(counts, at_least=30) == 30  # min_item_ratings is honoured
