@@ -151,14 +151,33 @@ class Titles:
         return {str(r.item_id): (r.title, r.genres or "") for r in t.itertuples(index=False)}
 
 
-def _print_recs(recs, titles: dict, heading: str, named: bool) -> None:
+def _order_words(model) -> str:
+    """What a list is ordered by, for its heading."""
+    if model.ranker is not None:
+        return f"ordered by the {model.ranking_params.fit.model} model's score"
+    return "ordered by predicted rating" if model.rates else "ordered by preference score"
+
+
+def _print_recs(recs, titles: dict, heading: str, named: bool, model=None) -> None:
+    """A top-k list: rank, the score it is ordered by (with a ranking model, or a model
+    that scores preferences), the predicted rating (models that predict ratings), the
+    item (and titles)."""
+    rates = model is None or model.rates
+    scored = model is not None and (model.ranker is not None or not model.rates)
+    cold = bool(len(recs)) and bool(recs["cold_start"].iloc[0]) if "cold_start" in recs else False
+    if model is not None:
+        heading = (f"{heading[:-1]}, {_order_words(model) if not cold else 'most popular'}:"
+                   if heading.endswith(":") else heading)
     print(heading)
     rows = []
     for r in recs.itertuples(index=False):
         names = list(titles.get(str(r.item_id), ("", ""))) if named else []
-        rows.append([r.rank, f"{r.predicted_rating:.2f}", r.item_id, *names])
-    header = ["rank", "predicted", "item"] + (["title", "genres"] if named else [])
-    print(_table(rows, header) if rows else "  (none)")
+        cells = [r.rank] + ([f"{r.score:.3f}"] if scored and not cold else []) \
+            + ([f"{r.predicted_rating:.2f}"] if rates else [])
+        rows.append([*cells, r.item_id, *names])
+    header = ["rank"] + (["score"] if scored and not cold else []) \
+        + (["predicted"] if rates else []) + ["item"] + (["title", "genres"] if named else [])
+    print(_table(rows, header, len(header) - (3 if named else 1)) if rows else "  (none)")
 
 
 def _print_items(df, key: str, values: list[str], titles: dict, heading: str) -> None:
@@ -214,16 +233,20 @@ def answer_user(model, args, k, cand, titles) -> None:
     recs = model.recommend_one(factors, bias, model.rated_items(uid), k, cand, ranking)
     test = model.test_ratings(uid, threshold)
     names = titles(list(test["item_id"]) + list(recs["item_id"]))
-    print(f"\nHighly rated in the test split (rating >= {threshold:g}):")
+    if model.rates:
+        print(f"\nHighly rated in the test split (rating >= {threshold:g}):")
+    else:
+        print("\nHeld out in the test split (implicit feedback: every held-out item counts):")
     named = bool(args.items)
     rows = [[f"{r.rating:g}", r.item_id,
              *(names.get(str(r.item_id), ("", "")) if named else ())]
             for r in test.itertuples(index=False)]
-    header = ["rating", "item"] + (["title", "genres"] if named else [])
+    header = ["rating" if model.rates else "value", "item"] \
+        + (["title", "genres"] if named else [])
     print(_table(rows, header) if rows else "  (none)")
     print()
     _print_recs(recs, names, f"Top {k} recommendations (items rated in training excluded):",
-                named)
+                named, model)
 
 
 def answer_new_user(model, args, k, cand, titles) -> None:
@@ -238,8 +261,12 @@ def answer_new_user(model, args, k, cand, titles) -> None:
         print(f"Folded in a new user from {used} of {len(items)} ratings (bias {bias:+.3f}).")
     recs = model.recommend_one(factors, bias, items, k, cand,
                                ranking=model.fold_in_ranking(items, ratings))
+    typical = model.typical_user_ratings()
+    if factors is not None and used < typical / 4:
+        print(f"With {used} ratings (trained users have {typical:g} at the median) the list "
+              f"leans on what is popular; more ratings make it more personal.")
     _print_recs(recs, titles(recs["item_id"]), f"\nTop {k} recommendations for the new user:",
-                bool(args.items))
+                bool(args.items), model)
 
 
 def _read_ratings(model, path, layout, role):

@@ -305,6 +305,12 @@ class ModelAnswers:
         return fold_in_user(spec.params, spec.V, spec.item_bias, spec.item_counts,
                             spec.readout, idx[keep], np.asarray(ratings, np.float64)[keep])
 
+    def typical_user_ratings(self) -> float:
+        """The median count of training ratings of the trained users."""
+        counts = self.user_side().counts
+        counts = counts[counts > 0]
+        return float(np.median(counts)) if counts.size else 0.0
+
     def fold_in_users(self, ratings: pd.DataFrame) -> pd.DataFrame:
         """New users from a frame (user_id, item_id, rating): one row per user with
         (user_id, features, bias, n_ratings = the ratings of known items used, rated =

@@ -217,8 +217,13 @@ def test_recommend_user_on_movielens_shows_latin1_titles(spark, ml100k, ml100k_m
     assert "Misérables, Les (1995)" in text
     assert "Highly rated in the test split (rating >= 4)" in text
     assert "Top 10 recommendations" in text
-    recs_block = text.split("Top 10 recommendations")[1].strip().splitlines()[2:]
+    heading, header, *recs_block = text.split("Top 10 recommendations")[1].strip().splitlines()
     assert len(recs_block) == 10
+    # the list says what orders it and shows that score, in rank order, beside the rating
+    assert "ordered by the missing-data model's score" in heading
+    assert header.split()[:4] == ["rank", "score", "predicted", "item"]
+    scores = [float(ln.split()[1]) for ln in recs_block]
+    assert scores == sorted(scores, reverse=True)
     assert all("|" in ln or any(g in ln for g in ("Drama", "Comedy")) for ln in recs_block)
 
 
