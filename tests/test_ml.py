@@ -81,6 +81,15 @@ def test_the_als_workflow_runs_unchanged_with_pmf(spark, ratings, tmp_path, repo
     assert ours["recs"].columns == mllib["recs"].columns == ["userIdx", "recommendations"]
     element = ours["recs"].schema["recommendations"].dataType.elementType
     assert element.names == mllib["recs"].schema["recommendations"].dataType.elementType.names
+    # ALS's types where a user's code notices: int ids (from StringIndexer's doubles)
+    assert ours["recs"].schema["userIdx"].dataType == mllib["recs"].schema["userIdx"].dataType
+    assert [f.dataType for f in element.fields] == \
+        [f.dataType for f in mllib["recs"].schema["recommendations"].dataType.elementType.fields]
+    # and 'rating' is a rating, as ALS's: inside the scale, beside transform's prediction
+    shown = ours["recs"].select(F.explode("recommendations.rating").alias("r"))
+    lo, hi = ratings.agg(F.min("rating"), F.max("rating")).first()
+    assert shown.where(F.col("r") < lo - 1e-6).count() == 0
+    assert shown.where(F.col("r") > hi + 1e-6).count() == 0
     # an honest model: better than predicting the training mean, in ALS's league
     train_mean = ratings.agg(F.avg("rating")).first()[0]
     base = ours["scored"].select(F.sqrt(F.avg((F.col("rating") - train_mean) ** 2))).first()[0]
@@ -161,8 +170,17 @@ def test_factors_and_recommendations_have_mllibs_shape(spark, ratings, fitted):
     by_item = fitted.recommendForItemSubset(ratings.where("item = 'i1003'"), 4).first()
     assert by_item["item"] == "i1003" and len(by_item["recommendations"]) == 4
     assert all((x["user"], "i1003") not in rated for x in by_item["recommendations"])
-    ratings_desc = [x["rating"] for x in by_item["recommendations"]]
-    assert ratings_desc == sorted(ratings_desc, reverse=True)
+    # 'rating' is ALS's: the predicted rating of the pair, whatever ordered the list
+    pairs = spark.createDataFrame([(x["user"], "i1003", float(x["rating"]))
+                                   for x in by_item["recommendations"]],
+                                  "user string, item string, shown double")
+    predicted = fitted.transform(pairs).collect()
+    assert all(abs(r["prediction"] - r["shown"]) < 1e-5 * max(1.0, abs(r["prediction"]))
+               for r in predicted)
+    flat = fitted.recommend_for_all_users(5).where("user_id = 'u107'").orderBy("rank")
+    assert [r["item_id"] for r in flat.collect()] == \
+        [x["item"] for x in fitted.recommendForUserSubset(
+            ratings.where("user = 'u107'"), 5).first()["recommendations"]]
     # an unknown user: left out under 'nan' (as ALS), the popular list under 'mean'
     who = spark.createDataFrame([("nobody",)], "user string")
     assert fitted.recommendForUserSubset(who, 3).count() == 0

@@ -116,6 +116,9 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
                     test = seen_ratings(held)
                 core = FactorCore.from_training(trainer, state, seen_ratings(clean), test,
                                                 seconds)
+                core.meta["data"]["input_id_types"] = {
+                    side: dataset.schema[get(col)].dataType.simpleString()
+                    for side, col in (("user", self.userCol), ("item", self.itemCol))}
             finally:
                 data.release()
                 if trainer is not None:

@@ -75,21 +75,47 @@ def top_k(spark: SparkSession, core: FactorCore, side: str, k: int,
 def nested(flat: DataFrame, core: FactorCore, side: str, query_col: str,
            other_col: str) -> DataFrame:
     """MLlib's shape of a top-k: ``(query_col, recommendations array<struct<other_col,
-    rating float>>)``, each array in rank order; ``rating`` is the score that ranked it:
-    the ranking model's when one was trained beside the rating model (the job's
-    default), else the unclipped prediction in rating units (the prediction with the
-    sigmoid link); for cold-start rows, ranked by popularity, the predicted rating."""
+    rating float>>)``, each array in rank order.
+
+    ``rating`` means what it means in ALS: the predicted rating (in rating units, as
+    ``transform`` predicts it) for a model that predicts ratings, the preference score
+    for implicit feedback. The order is the job's: by the ranking model's score when one
+    was trained beside the rating model (the default; :meth:`recommend_for_all_users`
+    gives that score), so ``rating`` need not fall along the array. The id columns are
+    ``int``, as ALS's, when the model was fitted on integer or floating-point id columns
+    other than ``bigint`` and every id fits one; else the model's id type."""
     other = OTHER[side]
     ranked = (F.col("score") if core.readout.link == "linear" or core.ranking is not None
               else F.col("predicted_rating"))
-    value = F.when(F.col("cold_start") & F.col("predicted_rating").isNotNull()
-                   & ~F.isnan("predicted_rating"), F.col("predicted_rating")).otherwise(ranked)
+    usable = F.col("predicted_rating").isNotNull() & ~F.isnan("predicted_rating")
+    if core.rates:
+        rating = F.when(usable, F.col("predicted_rating")).otherwise(ranked)
+    else:
+        rating = ranked
     grouped = flat.groupBy(f"{side}_id").agg(F.sort_array(F.collect_list(
-        F.struct(F.col("rank"), F.col(f"{other}_id").alias("o"), value.alias("v"))))
+        F.struct(F.col("rank"), F.col(f"{other}_id").alias("o"), rating.alias("v"))))
         .alias("r"))
-    recs = F.transform("r", lambda s: F.struct(s["o"].alias(other_col),
-                                               s["v"].cast("float").alias("rating")))
-    return grouped.select(F.col(f"{side}_id").alias(query_col), recs.alias("recommendations"))
+    recs = F.transform("r", lambda s: F.struct(
+        _as_input(s["o"], core, other).alias(other_col), s["v"].cast("float").alias("rating")))
+    return grouped.select(_as_input(F.col(f"{side}_id"), core, side).alias(query_col),
+                          recs.alias("recommendations"))
+
+
+#: Spark types of a fitted id column whose ids ALS would hand back as ``int``
+NARROW_TYPES = ("tinyint", "smallint", "int", "float", "double")
+
+
+def _as_input(col, core: FactorCore, side: str):
+    """``col`` (the model's id type) as ALS's ``int`` when the fitted DataFrame's id
+    column was narrower than ``bigint`` (StringIndexer's doubles, an ``int`` column) and
+    every id of the side fits an int (a cast that loses nothing)."""
+    typed = (core.meta.get("data") or {}).get("input_id_types") or {}
+    if core.id_type != "long" or typed.get(side) not in NARROW_TYPES:
+        return col
+    ids = core.side(side).ids
+    if ids.size and (int(ids.min()) < -(2**31) or int(ids.max()) >= 2**31):
+        return col
+    return col.cast("int")
 
 
 def query_ids(dataset: DataFrame, column: str) -> DataFrame:
