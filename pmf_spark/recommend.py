@@ -30,10 +30,10 @@ from .topk import (
     RECS_COLUMNS,
     RECS_SCHEMA,
     neighbors_block,
+    neighbour_support,
     rank_block,
     recommend_block,
     recommend_rows,
-    neighbour_support,
     unit_rows,
 )
 
