@@ -47,6 +47,36 @@ def compiled(backend: str = "auto"):
     return _Compiled.module
 
 
+def kernels_cached() -> bool:
+    """Whether this machine's numba disk cache already holds the compiled kernels (an
+    index file of :mod:`pmf_spark.compiled` under ``NUMBA_CACHE_DIR``)."""
+    import glob
+    import os
+
+    root = os.environ.get("NUMBA_CACHE_DIR")
+    return bool(root) and bool(glob.glob(os.path.join(str(root), "**", "compiled.*.nbi"),
+                                         recursive=True))
+
+
+def prepare_kernels(backend: str = "auto", say=None) -> float:
+    """Compile (or load) the compiled kernels in this process before the first Spark
+    job, so that on one machine (local mode) the workers load them from the disk cache;
+    ``say`` (a callable taking one line) is told when compiling is needed, which happens
+    on the first run on a machine only. Returns the seconds it took (0 for numpy)."""
+    if backend == "numpy" or _Compiled.tried:
+        return 0.0
+    try:
+        import numba  # noqa: F401
+    except Exception:  # numba missing: the numpy kernels run, the engine says so
+        return 0.0
+    from . import compiled as _  # noqa: F401  (sets NUMBA_CACHE_DIR before the check)
+
+    if say is not None and not kernels_cached():
+        say("compiling the row kernels (first run on this machine only; cached afterwards)")
+    compiled("auto")
+    return kernel_compile_seconds()
+
+
 def kernel_backend() -> str:
     """What the last row kernel of this process ran on ('numba' or 'numpy', with the
     reason numba could not be loaded when it fell back)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 import uuid
 
@@ -150,6 +151,8 @@ class Engine:
         self.resident = _ResidentProtocol(params.resident_mb)
         self.setup_seconds = 0.0
         self.backends: set[str] = set()
+        #: seconds the workers spent compiling kernels (one-off costs, not an epoch's)
+        self.compile_seconds = 0.0
         #: where the half-steps' time went: Spark jobs run, their wall seconds on the
         #: driver, and the seconds the Python tasks took in all and inside the kernels
         self.timing = {"jobs": 0, "wall_s": 0.0, "task_s": 0.0, "kernel_s": 0.0}
@@ -241,9 +244,11 @@ class Engine:
             elif name.startswith("numpy (") and self.params.kernel == "auto":
                 log.warning("numba could not be loaded in the Python workers %s: the numpy "
                             "kernels run instead (2-6x slower per epoch)", name[6:])
+        self.compile_seconds += compile_s
         if compile_s > 0.5:
             log.info("the workers compiled the numba kernels in %.1fs (cached for later runs "
-                     "in the temporary directory)", compile_s)
+                     "in %s; left out of the ETA)", compile_s,
+                     os.environ.get("NUMBA_CACHE_DIR", "the temporary directory"))
         self.backends |= names
 
     def half_step(self, solving: str, tasks: list[KernelTask],

@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from . import interrupt
+from .backends import prepare_kernels
 from .catalog import CatalogTables
 from .checkpoint import Checkpointer, check_resumable, fingerprint
 from .commit import AtomicOutput
@@ -142,13 +143,19 @@ def check_driver_memory(spark: SparkSession, data: PreparedData, params: PMFPara
                           f"available; use a larger driver machine or a lower rank")
 
 
-def epoch_logger(total: int, rates: bool = True):
+def epoch_logger(total: int, rates: bool = True, one_off=None):
     """The default per-epoch log line, with an ETA from the mean epoch time; for a model
-    that does not predict ratings (``rates`` False) no errors, its objective."""
+    that does not predict ratings (``rates`` False) no errors, its objective.
+
+    ``one_off``: a callable giving the seconds spent so far on one-off costs (compiling
+    the kernels): they are left out of the epoch times the ETA is estimated from."""
     times: list[float] = []
+    spent = [0.0]
 
     def _log(m: EpochMetrics):
-        times.append(m.seconds)
+        now = float(one_off()) if one_off is not None else 0.0
+        times.append(max(m.seconds - (now - spent[0]), 0.0))
+        spent[0] = now
         eta = (total - m.epoch) * (sum(times) / len(times))
         if not rates:
             log.info("epoch %3d/%d  objective %.6g  lambda %.3g/%.3g  %6.2fs  eta %s",
@@ -334,11 +341,15 @@ def _run(spark: SparkSession, cfg: JobConfig, params: PMFParams, callback,
     check_driver_memory(spark, data, params)
     check_prepared(spark, out, cfg, data, params)
     t_prep = time.perf_counter()
+    compile_s = prepare_kernels(params.engine.kernel, say=log.info)
+    if compile_s > 0.5:
+        log.info("row kernels ready in %.1fs", compile_s)
     trainer = Trainer(spark, data, params)
     log.info("packing the training ratings into blocks for %s ...", model_label(params))
     trainer.setup()
     check_worker_memory(spark, trainer.counts, params, trainer.engine.blocks)
-    log_epoch = epoch_logger(trainer.total_epochs, trainer.strategy.predicts_ratings)
+    log_epoch = epoch_logger(trainer.total_epochs, trainer.strategy.predicts_ratings,
+                             one_off=lambda: getattr(trainer.engine, "compile_seconds", 0.0))
     log.info("packed the ratings into %d block(s) per side in %.1fs", trainer.engine.blocks,
              trainer.engine.setup_seconds)
 

@@ -66,3 +66,29 @@ def test_the_spark_free_relevance_threshold_is_the_job_s(scale):
     from pmf_spark.serve import relevance_threshold as local
 
     assert local(None, *scale) == job(None, *scale) and local(3.5, *scale) == 3.5
+
+
+def test_compiling_the_kernels_is_left_out_of_the_eta(caplog):
+    # epoch 1 took 45 s of which 40 s compiling numba's kernels (a cold cache): the ETA
+    # reads the remaining 9 epochs at 5 s each, not 45 s each
+    import logging
+
+    from pmf_spark.evaluate import EpochMetrics
+    from pmf_spark.pipeline import epoch_logger
+
+    compiled = [40.0]
+    log_epoch = epoch_logger(10, one_off=lambda: compiled[0])
+
+    def epoch(n, seconds):
+        return EpochMetrics(n, 0.9, 0.7, 0.95, 0.75, 1.0, seconds)
+
+    with caplog.at_level(logging.INFO, logger="pmf_spark"):
+        log_epoch(epoch(1, 45.0))
+        log_epoch(epoch(2, 5.0))      # no more compiling: 5 s is an epoch's time
+    lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
+    assert lines[0].endswith("eta 45s") and lines[1].endswith("eta 40s"), lines
+    # without the one-off costs the first ETA would read 9 x 45 s
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pmf_spark"):
+        epoch_logger(10)(epoch(1, 45.0))
+    assert caplog.records[-1].getMessage().endswith("eta 6m45s")
