@@ -50,6 +50,9 @@ class FormatSpec:
     scale: tuple[float, float] | None
     integer_ids: bool
     describe: str
+    #: text without column types: an id column is integer when every value is an
+    #: integer written as a 64-bit integer prints (no leading zero, no '+'), else string
+    infer_ids: bool = False
 
 
 SPECS = {
@@ -65,7 +68,7 @@ SPECS = {
                                 "userId", "movieId", "rating", "timestamp", (0.5, 5.0), True,
                                 "a header userId,movieId,rating,timestamp"),
     "csv": FormatSpec("csv", ",", True, None, None, None, None, None, None, False,
-                      "a header row and one rating per line"),
+                      "a header row and one rating per line", infer_ids=True),
     "parquet": FormatSpec("parquet", None, False, None, None, None, None, None, None, False,
                           "Parquet"),
 }

@@ -282,7 +282,8 @@ class JobConfig(Params):
     format: str = doc("input format: auto (from the file name), movielens-100k, movielens-dat, "
                        "movielens-csv, csv, parquet", default="auto")
     id_type: str = doc("ids as written: 'auto' (integers where the format or the column type "
-                        "says so: MovieLens files, integer Parquet columns; otherwise strings, "
+                        "says so: MovieLens files, integer Parquet columns, CSV columns whose "
+                        "every id is a plain integer, no leading zero; otherwise strings, "
                         "exactly as written), 'string', or 'integer' (parse them)",
                         default="auto")
     feedback: str = doc("'explicit' ratings, or 'implicit' feedback: (user, item) events "

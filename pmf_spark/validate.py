@@ -8,6 +8,7 @@ row), ``_bad`` (the raw line of a row with the wrong number of fields, else null
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class _IdExprs:
     id_type: str          # "long" or "string"
     null: Column
     problems: dict[str, Column]
+    #: a text column whose type its values decide: (the value as a long, when the
+    #: value is an integer written exactly as the long prints); None otherwise
+    whole: tuple[Column, Column] | None = None
 
 
 def _refuse_type(typ: str, where: str, name: str, kind: str, expected: str) -> InputDataError:
@@ -66,19 +70,28 @@ def _numeric_id(d: Column) -> dict[str, Column]:
             "huge": d.isNotNull() & finite & (d == F.round(d, 0)) & (F.abs(d) >= _MAX_EXACT)}
 
 
-def _string_ids(col: Column, integer: bool, suspicious: bool) -> _IdExprs:
+def _string_ids(col: Column, integer: bool, suspicious: bool, infer: bool = False,
+                plain: bool = False) -> _IdExprs:
     s = col.cast("string")
     null = s.isNull() | (F.trim(s) == "")
     if integer:
         as_long = F.trim(s).try_cast("long")
-        return _IdExprs(as_long, "long", null, {"nonint": ~null & as_long.isNull()})
+        problems = {"nonint": ~null & as_long.isNull()}
+        if plain:   # '007' is not the training ratings' 7
+            problems["unplain"] = ~null & as_long.isNotNull() & (as_long.cast("string") != s)
+        return _IdExprs(as_long, "long", null, problems)
     if not suspicious:
         return _IdExprs(s, "string", null, {})
     d = F.trim(s).try_cast("double")
     finite = d.isNotNull() & ~F.isnan(d) & (F.abs(d) != float("inf"))
+    whole = None
+    if infer:   # '7' is the integer 7; '007', '+7', '-0', ' 7', 20 digits are not
+        as_long = s.try_cast("long")
+        whole = (as_long, as_long.isNotNull() & (as_long.cast("string") == s))
     # kept exactly as written; a column of numbers with fractions is most likely not ids
     return _IdExprs(s, "string", null, {"numeric": ~null & finite,
-                                         "strfrac": ~null & finite & (d != F.round(d, 0))})
+                                         "strfrac": ~null & finite & (d != F.round(d, 0))},
+                    whole)
 
 
 def _decimal_ids(col: Column, typ: str, mode: str) -> _IdExprs:
@@ -93,10 +106,12 @@ def _decimal_ids(col: Column, typ: str, mode: str) -> _IdExprs:
 
 
 def _id_exprs(typ: str, c: str, mode: str, where: str, name: str, kind: str) -> _IdExprs:
-    """The id column ``c`` of Spark type ``typ`` read in ``mode`` ('auto', 'string',
-    'integer'): integer columns give integer ids, string columns strings exactly as
-    written (unless ``mode`` is 'integer'), floating-point and decimal columns integer
-    ids when every value is one. Every cast is safe under ANSI mode."""
+    """The id column ``c`` of Spark type ``typ`` read in ``mode`` ('auto', 'infer',
+    'string', 'integer', 'plain'): integer columns give integer ids, string columns
+    strings exactly as written (unless ``mode`` is 'integer', or 'plain': integers
+    written plainly; with 'infer', text such as CSV, integers when every value is one
+    written plainly: :func:`_settle`), floating-point and decimal columns integer ids
+    when every value is one. Every cast is safe under ANSI mode."""
     col = F.col(c)
     as_string = mode == "string"
     if typ in _INTEGER_TYPES:
@@ -108,9 +123,11 @@ def _id_exprs(typ: str, c: str, mode: str, where: str, name: str, kind: str) -> 
         return _IdExprs(value.cast("string") if as_string else value,
                         "string" if as_string else "long", col.isNull(), _numeric_id(d))
     if typ.startswith("decimal("):
-        return _decimal_ids(col, typ, mode)
+        return _decimal_ids(col, typ, {"infer": "auto", "plain": "integer"}.get(mode, mode))
     if typ == "string":
-        return _string_ids(col, integer=mode == "integer", suspicious=mode == "auto")
+        return _string_ids(col, integer=mode in ("integer", "plain"),
+                           suspicious=mode in ("auto", "infer"), infer=mode == "infer",
+                           plain=mode == "plain")
     raise _refuse_type(typ, where, name, kind, "integers or strings")
 
 
@@ -169,13 +186,17 @@ def _aggregations(ids: dict[str, _IdExprs], r_val: Column, ts_bad: Column,
         for problem, cond in ids[side].problems.items():
             conds[f"{side}_{problem}"] = (good & cond, [s[side]])
         conds[f"{side}_present"] = (good & ~ids[side].null, [s[side]])
+    aggs = {"n": F.count(F.lit(1))}
+    for side in ("u", "i"):
+        whole = ids[side].whole
+        if whole is not None:
+            aggs[f"{side}_whole"] = _count(good & ~ids[side].null & whole[1])
     if implicit:
         conds["r_negative"] = (good & r_ok & (r_val < 0), [s["r"], s["u"], s["i"]])
         conds["r_zero"] = (good & r_ok & (r_val == 0), [s["u"], s["i"]])
     if lo is not None:
         conds["r_range"] = (good & r_ok & ((r_val < F.lit(lo)) | (r_val > F.lit(hi))),
                             [s["r"], s["u"], s["i"]])
-    aggs = {"n": F.count(F.lit(1))}
     for name, (cond, values) in conds.items():
         aggs[name] = _count(cond)
         aggs[name + "_ex"] = _example(cond, *values)
@@ -191,6 +212,9 @@ def _id_message(problem: str, ex, n: int, why: str, typ: str) -> str:
         if re.fullmatch(r"\s*[+-]?[0-9]+\s*", str(value)):
             return f"id {value.strip()!r} does not fit a 64-bit integer ({n} row(s)); {why}"
         return f"non-integer id {value!r} ({n} row(s)); {why}"
+    if problem == "unplain":
+        return (f"id {value!r} is not written as an integer id is ({n} row(s)); {why} "
+                f"(pass --id-type string to read every id as a string)")
     if problem in ("frac", "strfrac"):
         hint = " (pass --id-type string if these are ids)" if problem == "strfrac" else ""
         return f"fractional id {value!s} ({n} row(s)); ids must be integers or strings{hint}"
@@ -258,16 +282,32 @@ class _Report:
 
 
 def _mode(spec, id_type: str, role: str) -> tuple[str, str]:
-    """(how ids are read: 'auto' | 'string' | 'integer', why integers are required)."""
+    """(how ids are read: 'auto' | 'infer' | 'string' | 'integer' | 'plain' (integers
+    written plainly), why integers are required)."""
     if id_type == "long":     # the training ratings' type, for a test split
-        return "integer", "the training ratings' ids are integers"
+        mode = "plain" if getattr(spec, "infer_ids", False) else "integer"
+        return mode, "the training ratings' ids are integers"
     if id_type == "integer":
         return "integer", "--id-type integer reads ids as integers"
     if id_type == "string":
         return "string", ""
     if spec.integer_ids:
         return "integer", f"{spec.name} ids are integers"
+    if getattr(spec, "infer_ids", False):
+        return "infer", ""
     return "auto", ""
+
+
+def _settle(ids: dict[str, _IdExprs], stats: dict) -> dict[str, _IdExprs]:
+    """A text id column (CSV, with or without a header) whose every value is an
+    integer written as a 64-bit integer prints ('7', '-3'; not '007', '+7', ' 7' or
+    20 digits, which would not read back as written) holds integer ids; otherwise
+    its ids stay strings exactly as written."""
+    out = dict(ids)
+    for side, e in ids.items():
+        if e.whole is not None and 0 < stats[f"{side}_present"] == stats[f"{side}_whole"]:
+            out[side] = dataclasses.replace(e, value=e.whole[0], id_type="long")
+    return out
 
 
 def validate_raw(raw: DataFrame, spec, path: str, *, role: str = "ratings",
@@ -303,6 +343,7 @@ def validate_raw(raw: DataFrame, spec, path: str, *, role: str = "ratings",
     if implicit and stats["r_zero"]:
         log.info("%s %s: %d row(s) with value 0 carry no event and are left out, e.g. user "
                  "%s item %s", role, path, stats["r_zero"], *stats["r_zero_ex"][1:])
+    ids = _settle(ids, stats)
     if ids["u"].id_type != ids["i"].id_type:     # e.g. an integer and a string column
         ids = {c: _id_exprs(dtypes[c], c, "string", where, "", "") for c in ("u", "i")}
     df = raw.select(ids["u"].value.alias("user"), ids["i"].value.alias("item"),

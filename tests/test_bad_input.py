@@ -144,6 +144,28 @@ def test_headerless_csv_is_read_by_position(spark, capsys, tmp_path):
     assert code == 2 and len(lines) == 1 and "two.csv: no header row and 2 field(s)" in lines[0]
 
 
+def test_integer_ids_have_one_type_whatever_the_header(spark, capsys, tmp_path):
+    # the same integer ids, with and without a header row, give integer id columns
+    # (they came back as strings without the header); '007' keeps its column strings
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = "".join(f"{u},{i},{(u * i) % 5 + 1}\n" for u in range(1, 13) for i in range(1, 10))
+    types = {}
+    for name, text in (("bare", rows), ("headed", "user,item,rating\n" + rows),
+                       ("zeros", rows.replace("\n7,", "\n007,"))):
+        out = tmp_path / name
+        code = train_pmf.main(["--ratings", write(tmp_path, f"{name}.csv", text), "--output",
+                               str(out), "--epochs", "1", "--rank", "2", "--no-report",
+                               "--top-k", "0"], spark=spark)
+        assert code == 0, capsys.readouterr().err
+        types[name] = [pq.read_table(out / f"{side}_factors").schema.field(f"{side}_id").type
+                       for side in ("user", "item")]
+        ids = pq.read_table(out / "user_factors").column("user_id").to_pylist()
+        assert len(ids) == 12 and ("007" in ids if name == "zeros" else 7 in ids)
+    assert types["bare"] == types["headed"] == [pa.int64(), pa.int64()]
+    assert types["zeros"] == [pa.string(), pa.string()]
+
+
 def test_tsv_semicolons_and_other_column_names(spark, capsys, tmp_path):
     # a 2-10 scale: "relevant" defaults to 3/4 up the scale, 8, not MovieLens' 4
     rows = "".join(f"{u}\t{i}\t{2 * ((u * i) % 5 + 1)}\n" for u in range(12) for i in range(9))
