@@ -243,8 +243,9 @@ def test_both_engines_print_the_same_answers(spark, trained_dir, capsys):
         assert capsys.readouterr().out == local, q
         assert "rank" in local
     allowed = {x for x in (base / "allowed.txt").read_text().split()}
-    shown = local.split("recommendations")[1].strip().splitlines()[2:]
-    assert len(shown) == 4 and {ln.split()[2] for ln in shown} <= allowed
+    block = local.split("recommendations")[1].strip().splitlines()
+    at, shown = block[1].split().index("item"), block[2:]
+    assert len(shown) == 4 and {ln.split()[at] for ln in shown} <= allowed
 
 
 @pytest.mark.spark
