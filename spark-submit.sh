@@ -71,17 +71,19 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 
-# the job's arguments, checked before the JVM starts (exit 10: handled, e.g. --help)
-if [[ $app_index -ge 0 && "${PMF_SPARK_CHECK_ARGS:-1}" != "0" ]]; then
-  rc=0
-  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$DRIVER_PY" -m pmf_spark.cli check \
-    "${args[$app_index]}" "${args[@]:$((app_index + 1))}" || rc=$?
-  if [[ $rc -eq 10 ]]; then exit 0; elif [[ $rc -ne 0 ]]; then exit "$rc"; fi
-fi
-
 local_master=0
 if [[ -z "$master" || "$master" == local* ]]; then
   local_master=1
+fi
+
+# the job's arguments, checked before the JVM starts (exit 10: handled, e.g. --help);
+# with a local master, scheme-less input paths are this machine's files, checked too
+if [[ $app_index -ge 0 && "${PMF_SPARK_CHECK_ARGS:-1}" != "0" ]]; then
+  rc=0
+  PMF_SPARK_LOCAL_MASTER="$local_master" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+    "$DRIVER_PY" -m pmf_spark.cli check \
+    "${args[$app_index]}" "${args[@]:$((app_index + 1))}" || rc=$?
+  if [[ $rc -eq 10 ]]; then exit 0; elif [[ $rc -ne 0 ]]; then exit "$rc"; fi
 fi
 
 extra=()

@@ -32,6 +32,7 @@ from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
+    check_inputs,
     report_error,
     run_guarded,
     setup_logging,
@@ -472,6 +473,10 @@ def check_args(argv: list[str] | None) -> int | None:
         return int(exc.code or 0)
     try:
         _check(args)
+        check_inputs(None, {"model": args.model, "users": args.users,
+                            "ratings-for-new-user": args.ratings_for_new_user,
+                            "new-users": args.new_users, "items": args.items,
+                            "exclude-items": args.exclude_items, "candidates": args.candidates})
     except PMFError as exc:
         return report_error(exc)
     return None

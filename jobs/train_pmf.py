@@ -18,6 +18,7 @@ from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
+    check_inputs,
     report_error,
     run_guarded,
     setup_logging,
@@ -164,6 +165,10 @@ def check_args(argv: list[str] | None) -> int | None:
     if args.print_config:
         print(to_toml(job, params), end="")
         return 0
+    try:
+        check_inputs(job)
+    except PMFError as exc:
+        return report_error(exc)
     return None
 
 

@@ -22,6 +22,7 @@ from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
+    check_inputs,
     report_error,
     run_guarded,
     setup_logging,
@@ -182,7 +183,8 @@ def check_args(argv: list[str] | None) -> int | None:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        settings(args)
+        job = settings(args)[0]
+        check_inputs(job)
     except PMFError as exc:
         return report_error(exc)
     return None

@@ -130,6 +130,38 @@ def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> in
                 signal.signal(signal.SIGTERM, previous)
 
 
+def inputs_on_this_machine() -> bool:
+    """Whether a scheme-less path names a file on this machine: the master is local
+    (``spark-submit.sh`` says so in ``PMF_SPARK_LOCAL_MASTER``) and no Hadoop
+    configuration could make another filesystem (HDFS) the default. ``file:`` paths
+    are on this machine always."""
+    return (os.environ.get("PMF_SPARK_LOCAL_MASTER") == "1"
+            and not os.environ.get("HADOOP_CONF_DIR") and not os.environ.get("YARN_CONF_DIR"))
+
+
+def check_inputs(job, paths: dict[str, str | None] | None = None) -> None:
+    """Before Spark starts: the job's input files on this machine exist, and the ratings'
+    (and the test split's) first line has the columns the options name, so a typo costs
+    a second, not a JVM start (:func:`pmf_spark.io.check_local_input`). ``paths``: more
+    inputs that must exist ({role: path}); ``job``: a JobConfig, or None."""
+    from .io import check_local_input
+
+    here = inputs_on_this_machine()
+    if job is not None:
+        opts = dict(user_col=job.user_col, item_col=job.item_col, rating_col=job.rating_col,
+                    timestamp_col=job.timestamp_col, sep=job.sep, feedback=job.feedback,
+                    value_col=job.value_col)
+        for role in ("ratings", "test"):
+            path = getattr(job, role)
+            if path is not None:
+                check_local_input(path, job.format, role=role, on_local_fs=here, **opts)
+        paths = {"exclude-items": job.exclude_items, "candidates": job.candidates,
+                 "warm-start": job.warm_start, **(paths or {})}
+    for role, path in (paths or {}).items():
+        if path is not None:
+            check_local_input(path, role=role, on_local_fs=here, columns=False)
+
+
 def _defines_check(app: str) -> bool:
     """Whether the file defines ``check_args`` at its top level (read, not run: a
     script that does its work on import must not run twice)."""

@@ -182,7 +182,15 @@ def _text_layout(spark: SparkSession, inputs: InputFiles, fmt: str, spec: Format
                  sep: str | None, path: str, role: str,
                  implicit: bool = False) -> tuple[FormatSpec, list[str], str]:
     """(spec, column names, separator) of a text input, from every file's first line."""
-    lines = first_lines(spark, inputs.files, role)
+    return layout_of(first_lines(spark, inputs.files, role), fmt, spec, sep, path, role,
+                     implicit)
+
+
+def layout_of(lines: list[tuple[str, str | None]], fmt: str, spec: FormatSpec,
+              sep: str | None, path: str, role: str,
+              implicit: bool = False) -> tuple[FormatSpec, list[str], str]:
+    """(spec, column names, separator) of a text input from its files' first lines
+    ((file, line or None when empty), as :func:`~pmf_spark.inputs.first_lines` gives)."""
     delim = sep or (_sniff_sep(lines, path) if fmt == "csv" else spec.sep) or ","
     if not spec.header:
         return spec, list(spec.columns or ()), delim
@@ -202,11 +210,14 @@ def _auto_format(spark: SparkSession, inputs: InputFiles, path: str, role: str) 
     name = path if inputs.single or not inputs.files else inputs.files[0]
     fmt = guess_format(path) if inputs.single else guess_format(name)
     if fmt == "movielens-csv":
-        # ratings.csv is MovieLens' only with MovieLens' header
-        line = next((ln for _, ln in first_lines(spark, inputs.files[:1], role) if ln), "")
-        if not {"userId", "movieId"} <= set(fields_of(line, ",")):
-            fmt = "csv"
+        fmt = _movielens_or_csv(first_lines(spark, inputs.files[:1], role))
     return fmt
+
+
+def _movielens_or_csv(lines: list[tuple[str, str | None]]) -> str:
+    """ratings.csv is MovieLens' only with MovieLens' header."""
+    line = next((ln for _, ln in lines if ln), "")
+    return "movielens-csv" if {"userId", "movieId"} <= set(fields_of(line, ",")) else "csv"
 
 
 def _value_column(kind_col: str | None, spec_col: str | None, columns, path: str,
@@ -261,17 +272,25 @@ def read_raw(spark: SparkSession, path: str, fmt: str, *, user_col=None, item_co
               .option("ignoreLeadingWhiteSpace", True).option("ignoreTrailingWhiteSpace", True)
               .csv(inputs.read_path))
         bad = F.col(CORRUPT)
-    u = _pick("user", user_col, spec.user, columns, path)
-    i = _pick("item", item_col, spec.item, columns, path)
-    r = _value_column(rating_col, spec.rating, columns, path, implicit, value_col)
-    t = _pick("timestamp", timestamp_col, spec.timestamp, columns, path, required=False)
-    _distinct(path, u, i, r, implicit)
+    u, i, r, t = _columns(spec, columns, path, user_col, item_col, rating_col, timestamp_col,
+                          implicit, value_col)
     source = F.lit(path) if inputs.single else F.col("_metadata.file_path")
     out = df.select(
         F.col(f"`{u}`").alias("u"), F.col(f"`{i}`").alias("i"), _rating_or_one(r).alias("r"),
         (F.col(f"`{t}`") if t else F.lit(None).cast("string")).alias("ts"),
         source.alias("_file"), bad.alias("_bad"))
     return out, dataclasses.replace(spec, user=u, item=i, rating=r, timestamp=t)
+
+
+def _columns(spec: FormatSpec, columns: list[str], path: str, user_col, item_col, rating_col,
+             timestamp_col, implicit: bool, value_col: str | None):
+    """(user, item, rating or None, timestamp or None) column names of an input."""
+    u = _pick("user", user_col, spec.user, columns, path)
+    i = _pick("item", item_col, spec.item, columns, path)
+    r = _value_column(rating_col, spec.rating, columns, path, implicit, value_col)
+    t = _pick("timestamp", timestamp_col, spec.timestamp, columns, path, required=False)
+    _distinct(path, u, i, r, implicit)
+    return u, i, r, t
 
 
 def load_ratings(spark: SparkSession, path: str, fmt: str = "auto", *, user_col=None,
@@ -371,3 +390,65 @@ def read_id_list(spark: SparkSession, path: str, id_type: str, role: str) -> Dat
             raise InputDataError(f"{role} {short(bad[0])}: {bad[1]!r} is not an integer id")
         return ids.select("id")
     return lines.select(F.col("v").alias("id"))
+
+
+def _local_first_line(path: str) -> str | None | bool:
+    """The first line of a local file (None when empty; False when its codec is not
+    one Python reads here, so the check is left to Spark)."""
+    import bz2
+    import gzip
+
+    low = path.lower()
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(posixpath.splitext(low)[1], open)
+    if opener is open and strip_compression(low) != low:
+        return False
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        line = fh.readline()
+    return line.rstrip("\r\n").lstrip("\ufeff") if line else None
+
+
+def check_local_input(path: str, fmt: str = "auto", *, role: str = "ratings",
+                      on_local_fs: bool = True, user_col=None, item_col=None, rating_col=None,
+                      timestamp_col=None, sep=None, feedback: str = "explicit",
+                      value_col: str | None = None, columns: bool = True) -> None:
+    """The checks of :func:`read_raw` that need no Spark, for an input on this machine:
+    the path exists (or is a glob that matches), an archive Spark cannot read is refused,
+    and a single text file's first line has the columns the options name. Raises
+    :class:`InputDataError` with the message reading it with Spark would give; inputs
+    elsewhere (a URI, or a scheme-less path when ``on_local_fs`` is False because the
+    default filesystem may not be this machine's) are left to the job. ``columns``
+    False: only that the path exists."""
+    import glob
+    import os
+
+    from .fs import local_path
+    from .inputs import check_readable
+
+    local = local_path(path) if on_local_fs or path.startswith("file:") else None
+    if local is None:
+        return
+    if not os.path.exists(local):
+        if "{" not in local and not glob.glob(local):
+            raise InputDataError(f"{path}: no such file or directory")
+        return
+    if not columns or not os.path.isfile(local):
+        return
+    check_readable(posixpath.basename(local), path)
+    if fmt == "auto":
+        fmt = guess_format(path)
+    if fmt not in SPECS or fmt == "parquet":
+        return
+    try:
+        line = _local_first_line(local)
+    except OSError as exc:
+        raise InputDataError(f"{role} {path}: cannot be read ({exc.strerror or exc})") from None
+    if line is False:
+        return
+    lines = [(path, line)]
+    if fmt == "movielens-csv":
+        fmt = _movielens_or_csv(lines)
+    spec = SPECS[fmt]
+    implicit = feedback == "implicit"
+    spec, columns, _ = layout_of(lines, fmt, spec, sep, path, role, implicit)
+    _columns(spec, columns, path, user_col, item_col, rating_col, timestamp_col, implicit,
+             value_col)

@@ -92,3 +92,66 @@ def test_compiling_the_kernels_is_left_out_of_the_eta(caplog):
     with caplog.at_level(logging.INFO, logger="pmf_spark"):
         epoch_logger(10)(epoch(1, 45.0))
     assert caplog.records[-1].getMessage().endswith("eta 6m45s")
+
+
+def test_input_mistakes_are_caught_before_the_jvm_starts(tmp_path):
+    # a missing file, a header without the needed columns, a gzipped one, a missing test
+    # split: one line and exit 2 from spark-submit.sh's plain-Python check, before the
+    # wrapper says it is starting Spark (which took 43-46 s to report them)
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "cols.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "cols.csv.gz").write_bytes(gzip.compress(b"who,what,stars\n1,2,3\n"))
+    (tmp_path / "ok.csv").write_text("user,item,rating\n1,2,3\n")
+    cases = {
+        ("--ratings", "nope.csv"): "error: nope.csv: no such file or directory",
+        ("--ratings", "cols.csv"): "error: cols.csv: cannot find the user column (columns: "
+                                   "a, b, c); name it with --user-col",
+        ("--ratings", "cols.csv", "--user-col", "a", "--item-col", "b", "--rating-col", "z"):
+            "error: cols.csv: no column 'z' for the rating (columns: a, b, c)",
+        ("--ratings", "cols.csv.gz"): "error: cols.csv.gz: cannot find the user column "
+                                      "(columns: who, what, stars)",
+        ("--ratings", "ok.csv", "--test", "gone.csv"): "error: gone.csv: no such file",
+        ("--ratings", "ok.csv", "--exclude-items", "gone.txt"): "error: gone.txt: no such",
+    }
+    for argv, expected in cases.items():
+        proc = subprocess.run([str(root / "spark-submit.sh"), str(root / "jobs/train_pmf.py"),
+                               *argv, "--output", "out"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), (argv, proc.stderr)
+    proc = subprocess.run([str(root / "spark-submit.sh"), str(root / "jobs/recommend.py"),
+                           "--model", "no-model", "--user", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "error: no-model: no such file or directory", proc.stderr
+
+
+def test_scheme_less_paths_are_checked_only_when_they_are_this_machine_s(monkeypatch, tmp_path):
+    # on a cluster master a scheme-less path is the default filesystem's (HDFS): the
+    # check leaves it to the job; a file: path is this machine's everywhere
+    from pmf_spark.cli import check_inputs
+    from pmf_spark.errors import InputDataError
+    from pmf_spark.params import JobConfig
+
+    missing = str(tmp_path / "ratings.csv")
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    monkeypatch.delenv("YARN_CONF_DIR", raising=False)
+    monkeypatch.setenv("PMF_SPARK_LOCAL_MASTER", "0")
+    check_inputs(JobConfig(ratings=missing))
+    with pytest.raises(InputDataError, match="no such file or directory"):
+        check_inputs(JobConfig(ratings="file:" + missing))
+    monkeypatch.setenv("PMF_SPARK_LOCAL_MASTER", "1")
+    with pytest.raises(InputDataError, match="no such file or directory"):
+        check_inputs(JobConfig(ratings=missing))
+    monkeypatch.setenv("HADOOP_CONF_DIR", "/etc/hadoop/conf")
+    check_inputs(JobConfig(ratings=missing))
+    # a glob that matches is not a missing file
+    monkeypatch.setenv("PMF_SPARK_LOCAL_MASTER", "1")
+    monkeypatch.delenv("HADOOP_CONF_DIR")
+    (tmp_path / "part-1.csv").write_text("user,item,rating\n1,2,3\n")
+    check_inputs(JobConfig(ratings=str(tmp_path / "part-*.csv")))
+
