@@ -207,7 +207,9 @@ def _ranking_html(ranking: dict | None) -> str:
                  [[name] + [f"{a['precision']:.4f} / {a['ndcg']:.4f}"
                             for a in ranking[src]["by_activity"].values()]
                   for name, src in lists])
-    return (f"<p>The lists are ranked by the <b>{html.escape(by)}</b> model. At k = {k}; "
+    said = (f"<p><b>{html.escape(ranking['verdict'][0].upper() + ranking['verdict'][1:])}"
+            f".</b></p>" if ranking.get("verdict") else "")
+    return (said + f"<p>The lists are ranked by the <b>{html.escape(by)}</b> model. At k = {k}; "
             f"relevant = test rating &ge; {m['relevance_threshold']}; over {m['users']} users "
             f"with a relevant test rating.</p>" + _table(head, rows)
             + "<h3>At every k</h3>" + at

@@ -125,6 +125,28 @@ def rank_lists(engine, model: FactorModel, cfg: JobConfig, res: RunResults,
     _log_ranking(res.ranking, topk.k, ranked_by)
     res.note = ranking_note(ranked_by, res.ranker is not None, res.rates)
     log.info("%s", res.note)
+    res.ranking["verdict"] = verdict(res.ranking, topk.k)
+    (log.info if res.ranking["verdict"].startswith("the lists beat") else log.warning)(
+        "%s", res.ranking["verdict"])
+
+
+def verdict(ranking: dict, k: int) -> str:
+    """Whether the lists beat the most-popular list on the test split, said plainly
+    (precision and NDCG at ``k``): the ranking model is there to beat it, and on data
+    where it does not, the log and the report say so."""
+    m, p = ranking["model"], ranking["popular"]
+    nums = (f"precision@{k} {m['precision']:.4f} vs {p['precision']:.4f}, ndcg@{k} "
+            f"{m['ndcg']:.4f} vs {p['ndcg']:.4f}")
+    if m["precision"] > p["precision"] and m["ndcg"] > p["ndcg"]:
+        ratio = m["ndcg"] / p["ndcg"] if p["ndcg"] > 0 else float("inf")
+        return f"the lists beat the most-popular list on the test split ({nums}; {ratio:.2f}x " \
+               f"the ndcg)"
+    if m["precision"] <= p["precision"] and m["ndcg"] <= p["ndcg"]:
+        return (f"the lists did NOT beat the most-popular list on the test split ({nums}): "
+                f"on this data recommending what is popular is as good; try jobs/tune.py or "
+                f"another --recommend-by")
+    return (f"the lists and the most-popular list are mixed on the test split ({nums}): "
+            f"neither is better on both")
 
 
 def ranking_note(ranked_by: str, beside: bool, rates: bool = True) -> str:
