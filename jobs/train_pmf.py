@@ -19,8 +19,10 @@ from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
     check_inputs,
+    metavar,
     report_error,
     run_guarded,
+    said_default,
     setup_logging,
 )
 from pmf_spark.config import load_config_file, resolve, to_toml
@@ -121,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"{doc} (default: {'on' if default else 'off'})")
             else:
                 g.add_argument(flag, dest=dest, type=typ, choices=CHOICES.get(name),
-                               default=argparse.SUPPRESS, metavar=None if name in CHOICES
-                               else name.split("_")[-1].upper(),
-                               help=f"{doc} (default: {default})")
+                               default=argparse.SUPPRESS,
+                               metavar=None if name in CHOICES else metavar(name, typ),
+                               help=doc + said_default(name, doc, default))
             if name == "lambda_v":
                 g.add_argument("--lambda", dest="lambda_both", type=float,
                                default=argparse.SUPPRESS, metavar="LAMBDA",

@@ -23,12 +23,14 @@ from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
     check_inputs,
+    job_flag,
     report_error,
     run_guarded,
     setup_logging,
 )
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import ConfigError, PMFError
+from pmf_spark.params import FORMATS, ID_TYPES, SYNTHETIC_SHAPES
 
 log = logging.getLogger("pmf_spark")
 
@@ -44,41 +46,50 @@ def build_parser():
     p = OneLineErrorParser(prog="tune.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", metavar="FILE", help="base job configuration (TOML)")
     g = p.add_argument_group("input (as the training job)")
-    for flag in ("ratings", "format", "test", "user-col", "item-col", "rating-col",
-                 "timestamp-col", "sep"):
-        g.add_argument(f"--{flag}")
-    g.add_argument("--id-type", choices=("auto", "string", "integer"))
-    g.add_argument("--synthetic")
-    g.add_argument("--test-fraction", type=float)
-    g.add_argument("--split-seed", type=int)
+    for name in ("ratings", "format", "id_type", "test", "user_col", "item_col", "rating_col",
+                 "timestamp_col", "sep", "synthetic", "test_fraction", "split_seed"):
+        job_flag(g, name, {"format": FORMATS, "id_type": ID_TYPES,
+                           "synthetic": SYNTHETIC_SHAPES}.get(name))
     s = p.add_argument_group("search")
-    s.add_argument("--trials", type=int, default=20, help="trials incl. the base (default 20)")
-    s.add_argument("--folds", type=int, default=1,
-                   help="1 = one validation split, k > 1 = k-fold CV (default 1)")
-    s.add_argument("--validation-fraction", type=float, default=0.15,
-                   help="share of the training ratings validated on when --folds 1")
-    s.add_argument("--ranks", default="10,20,30,50,80", help="ranks to draw from")
-    s.add_argument("--lambda-range", default="1,100", help="log-uniform range of lambda_u/v")
-    s.add_argument("--lambda-bias-range", default="1,100", help="log-uniform range of lambda_bias")
-    s.add_argument("--priors", default="fixed", help="prior modes to draw from, e.g. "
-                                                     "fixed,spherical,diagonal")
-    s.add_argument("--metric", default="rmse",
+    s.add_argument("--trials", type=int, metavar="N", default=20,
+                   help="trials incl. the base (default: 20)")
+    s.add_argument("--folds", type=int, metavar="K", default=1,
+                   help="1 = one validation split, k > 1 = k-fold CV (default: 1)")
+    s.add_argument("--validation-fraction", type=float, metavar="X", default=0.15,
+                   help="share of the training ratings validated on when --folds 1 "
+                        "(default: 0.15)")
+    s.add_argument("--ranks", metavar="D,...", default="10,20,30,50,80",
+                   help="ranks to draw from (default: 10,20,30,50,80)")
+    s.add_argument("--lambda-range", metavar="LO,HI", default="1,100",
+                   help="log-uniform range of lambda_u/v (default: 1,100)")
+    s.add_argument("--lambda-bias-range", metavar="LO,HI", default="1,100",
+                   help="log-uniform range of lambda_bias (default: 1,100)")
+    s.add_argument("--priors", metavar="MODE,...", default="fixed",
+                   help="prior modes to draw from, e.g. fixed,spherical,diagonal (default: fixed)")
+    s.add_argument("--metric", metavar="METRIC", default="rmse",
                    help="what to optimise on validation: rmse (the rating model) or a ranking "
                         "metric of the top-k lists, e.g. ndcg@10, precision@10, recall@20, "
-                        "map@10 (the ranking model that orders them)")
-    s.add_argument("--models", default="missing-data,implicit",
-                   help="ranking models to draw from (ranking metrics)")
-    s.add_argument("--missing-weight-range", default="0.01,0.5",
-                   help="log-uniform range of missing_weight (missing-data)")
-    s.add_argument("--alpha-range", default="0.5,50", help="log-uniform range of alpha (implicit)")
-    s.add_argument("--epochs", type=int, help="epochs per trial (default: the base config's)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the search")
-    s.add_argument("--parallel", type=int, default=0,
-                   help="trials trained at once; 0 = cores // blocks")
-    s.add_argument("--blocks", type=int, default=0, help="blocks per trial; 0 = cores")
+                        "map@10 (the ranking model that orders them) (default: rmse)")
+    s.add_argument("--models", metavar="MODEL,...", default="missing-data,implicit",
+                   help="ranking models to draw from (ranking metrics; default: "
+                        "missing-data,implicit)")
+    s.add_argument("--missing-weight-range", metavar="LO,HI", default="0.01,0.5",
+                   help="log-uniform range of missing_weight (missing-data; default: 0.01,0.5)")
+    s.add_argument("--alpha-range", metavar="LO,HI", default="0.5,50",
+                   help="log-uniform range of alpha (implicit; default: 0.5,50)")
+    s.add_argument("--epochs", type=int, metavar="N",
+                   help="epochs per trial (default: the base config's)")
+    s.add_argument("--seed", type=int, metavar="SEED", default=0,
+                   help="seed of the search (default: 0)")
+    s.add_argument("--parallel", type=int, metavar="N", default=0,
+                   help="trials trained at once; 0 = cores // blocks (default: 0)")
+    s.add_argument("--blocks", type=int, metavar="N", default=0,
+                   help="blocks per trial; 0 = cores (default: 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--output", default="out/tune")
-    p.add_argument("--verbose", action="store_true")
+    o.add_argument("--output", metavar="DIR", default="out/tune",
+                   help="where results.parquet, results.json and best.toml go, replaced "
+                        "atomically (default: out/tune)")
+    p.add_argument("--verbose", action="store_true", help="keep Spark's own log messages")
     return p
 
 
@@ -114,15 +125,18 @@ def settings(args):
     return job, base, sample_trials(space, base, args.trials, args.seed, args.metric), space
 
 
-def best_toml(job, params, quality: str) -> str:
+def best_toml(job, params, quality: str, epochs_given: bool = False) -> str:
     """The best trial's model settings ([model], [fit], [engine], [ranker]) as TOML: data
     and output stay on the command line, so training with it never overwrites another
-    run's output or records the wrong input."""
+    run's output or records the wrong input. The epochs are the trials' (said in a
+    comment when the search's --epochs set them)."""
     source = job.ratings or f"the built-in synthetic data {job.synthetic!r}"
+    epochs = (f"# epochs = {params.fit.epochs} is the search's --epochs per trial; "
+              f"train longer with the training job's --epochs\n" if epochs_given else "")
     return ("# the best trial of jobs/tune.py on " + source + f" ({quality}); model settings "
             "only:\n# give the data and the output on the command line, e.g.\n"
             "#   ./spark-submit.sh jobs/train_pmf.py --config best.toml --ratings FILE "
-            "--output DIR\n" + to_toml(None, params.replace(blocks=0)))
+            "--output DIR\n" + epochs + to_toml(None, params.replace(blocks=0)))
 
 
 def write_results(spark, args, job, base, space, results, out) -> None:
@@ -130,7 +144,7 @@ def write_results(spark, args, job, base, space, results, out) -> None:
     (opened before the search)."""
     import pandas as pd
 
-    from pmf_spark.tuning import best_params, higher_is_better
+    from pmf_spark.tuning import best_params, describe_trial, higher_is_better, spread
 
     sign = -1.0 if higher_is_better(args.metric) else 1.0
     rows = sorted((r.row() for r in results), key=lambda r: sign * r["val_score"])
@@ -142,13 +156,15 @@ def write_results(spark, args, job, base, space, results, out) -> None:
                                     "best_trial": best.trial})
     out.write_text("best.toml", best_toml(
         job, best_params(base, best.params, args.metric),
-        f"validation {args.metric} {best.mean:.4f} +- {best.sd:.4f}"))
+        f"validation {args.metric} {spread(best.mean, best.sd, args.folds)}",
+        args.epochs is not None))
     out.commit({"tables": {"results.parquet": len(rows)}})
-    m, f = best.params.model, best.params.fit
-    log.info("best: trial %d  %s rank %d  lambda_u %.3f  lambda_v %.3f  lambda_bias %.3f  "
-             "priors %s  w_m %.3f  alpha %.2f  validation %s %.4f +- %.4f  ->  %s/best.toml",
-             best.trial, f.model, m.rank, f.lambda_u, f.lambda_v, f.lambda_bias, f.priors,
-             f.missing_weight, f.alpha, args.metric, best.mean, best.sd, args.output)
+    log.info("best: trial %d  %s  validation %s %s  ->  %s/best.toml", best.trial,
+             describe_trial(best.params), args.metric, spread(best.mean, best.sd, args.folds),
+             args.output)
+    if args.epochs is not None:
+        log.info("best.toml keeps the search's --epochs %d per trial: give the training job "
+                 "--epochs to train longer", args.epochs)
 
 
 def run(spark, args, job, base, trials, space) -> None:
@@ -184,7 +200,7 @@ def check_args(argv: list[str] | None) -> int | None:
         return int(exc.code or 0)
     try:
         job = settings(args)[0]
-        check_inputs(job)
+        check_inputs(job.replace(test=None))      # a --test file is never read here
     except PMFError as exc:
         return report_error(exc)
     return None

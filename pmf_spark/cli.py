@@ -207,3 +207,52 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+#: what a flag's value is, where its type does not say it (int: N, float: X)
+METAVARS = {"ratings": "PATH", "ratings_table": "TABLE", "test": "PATH", "sep": "SEP",
+            "output": "DIR", "output_table_prefix": "PREFIX", "exclude_items": "PATH",
+            "candidates": "PATH", "users_per_item_items": "PATH", "checkpoint_dir": "DIR",
+            "warm_start": "DIR", "eval_k": "K[,K...]", "top_k": "K", "rank": "D",
+            "ranking_rank": "D", "lambda_u": "LAMBDA", "lambda_v": "LAMBDA",
+            "lambda_bias": "LAMBDA", "ranking_lambda": "LAMBDA", "rating_min": "RATING",
+            "rating_max": "RATING", "missing_rating": "RATING",
+            "relevance_threshold": "RATING", "resident_mb": "MB", "seed": "SEED",
+            "split_seed": "SEED"}
+
+
+def metavar(name: str, typ) -> str:
+    """The placeholder of a flag's value in --help: what it is (PATH, COL, LAMBDA, ...)
+    rather than the last word of its name (--burn-in IN, --warm-start START)."""
+    if name in METAVARS:
+        return METAVARS[name]
+    if name.endswith("_col"):
+        return "COL"
+    return {int: "N", float: "X"}.get(typ, "VALUE")
+
+
+def said_default(name: str, doc: str, default) -> str:
+    """' (default: ...)' after a flag's help, unless the help already says what happens
+    without the flag; parameters implicit-feedback runs set otherwise say both."""
+    if default is None or "default" in doc.lower():
+        return ""
+    from .config import IMPLICIT_DEFAULTS
+
+    implicit = IMPLICIT_DEFAULTS.get(name)
+    if implicit is not None and implicit != default:
+        return f" (default: {default}; {implicit} with --feedback implicit)"
+    return f" (default: {default})"
+
+
+def job_flag(group, name: str, choices=None) -> None:
+    """``--name`` of a :class:`~pmf_spark.params.JobConfig` field on ``group``, with the
+    training job's help text and placeholder, and no default of its own (None: the
+    configuration's)."""
+    from .params import JobConfig
+
+    f = JobConfig.__dataclass_fields__[name]
+    doc = f.metadata.get("doc", "")
+    typ = {"int": int, "float": float}.get(str(f.type).split()[0].split("|")[0], str)
+    group.add_argument("--" + name.replace("_", "-"), type=typ, choices=choices,
+                       metavar=None if choices else metavar(name, typ),
+                       help=doc + said_default(name, doc, f.default))

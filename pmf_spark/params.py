@@ -298,9 +298,11 @@ class JobConfig(Params):
     user_col: str | None = doc("user id column (csv/parquet; default by format)", default=None)
     item_col: str | None = doc("item id column (csv/parquet; default by format)", default=None)
     rating_col: str | None = doc("rating column (csv/parquet; default by format)", default=None)
-    timestamp_col: str | None = doc("timestamp column used to keep the latest duplicate",
+    timestamp_col: str | None = doc("timestamp column used to keep the latest duplicate "
+                                          "(csv/parquet; default by format)",
                                      default=None)
-    sep: str | None = doc("field separator for csv", default=None)
+    sep: str | None = doc("field separator for csv; default: the one of , tab ; | that "
+                          "occurs most on the first line", default=None)
     rating_min: float | None = doc("lowest valid rating; default by format or the data's minimum",
                                     default=None)
     rating_max: float | None = doc("highest valid rating; default by format or the data's maximum",

@@ -1,4 +1,4 @@
-"""Seeded MovieLens-shaped ratings with a planted model: the built-in default data.
+r"""Seeded MovieLens-shaped ratings with a planted model: the built-in default data.
 
 Generative model (rating units):
 

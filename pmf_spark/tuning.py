@@ -146,6 +146,28 @@ def best_params(base: PMFParams, best: PMFParams, metric: str) -> PMFParams:
                         missing_rating=f.missing_rating, alpha=f.alpha)
 
 
+def describe_trial(params: PMFParams) -> str:
+    """A trial's settings as a log line shows them: only what its model uses (no
+    lambda_bias without biases, no alpha for a model without confidences)."""
+    from .models import REGISTRY
+
+    f = params.fit
+    strategy = REGISTRY[f.model]
+    parts = [f"{f.model} rank {params.model.rank:3d}", f"lambda_u {f.lambda_u:8.3f}",
+             f"lambda_v {f.lambda_v:8.3f}"]
+    if strategy.normalize_model(params.model).biases:
+        parts.append(f"lambda_bias {f.lambda_bias:8.3f}")
+    if f.priors != "fixed":
+        parts.append(f"priors {f.priors}")
+    parts += [f"{short} {getattr(f, name):.3g}" for name, short in strategy.own_params]
+    return "  ".join(parts)
+
+
+def spread(mean: float, sd: float, folds: int) -> str:
+    """``mean +- sd`` over folds; one validation split has no spread to show."""
+    return f"{mean:.4f} +- {sd:.4f}" if folds > 1 else f"{mean:.4f}"
+
+
 def fold_holdouts(folds: int, seed: int, validation_fraction: float) -> list[F.Column]:
     """One boolean column per fold marking its validation ratings."""
     if folds == 1:
@@ -262,12 +284,8 @@ def run_search(spark: SparkSession, ratings: CleanRatings, trials: list[PMFParam
                     r = results[i]
                     r.fold_scores.append(score)
                     r.seconds += secs
-                    p = r.params.fit
-                    log.info("fold %d/%d trial %3d: %s rank %3d  lambda_u %8.3f  lambda_v "
-                             "%8.3f  lambda_bias %8.3f  w_m %.3f  alpha %.2f  validation %s "
-                             "%.4f  (%.1fs)", f + 1, folds, i, p.model, r.params.model.rank,
-                             p.lambda_u, p.lambda_v, p.lambda_bias, p.missing_weight, p.alpha,
-                             metric, score, secs)
+                    log.info("fold %d/%d trial %3d: %s  validation %s %.4f  (%.1fs)",
+                             f + 1, folds, i, describe_trial(r.params), metric, score, secs)
         finally:
             base.release()
             data.release()

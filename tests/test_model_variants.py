@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -146,3 +147,28 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
     assert trained["job"]["ratings"] == str(clean) and trained["rank"] == best["rank"]
     table = pd.read_parquet(tmp_path / "clean" / "results.parquet")
     assert len(table) == 3 and table.val_rmse.is_monotonic_increasing
+
+
+def test_trial_lines_show_what_each_model_uses():
+    from pmf_spark.params import PMFParams
+    from pmf_spark.tuning import describe_trial, spread
+
+    base = PMFParams()
+    rating = describe_trial(base)
+    assert "lambda_bias" in rating and "alpha" not in rating and "w_m" not in rating
+    implicit = describe_trial(base.replace(model="implicit", alpha=2.5))
+    assert "alpha 2.5" in implicit and "lambda_bias" not in implicit and "w_m" not in implicit
+    md = describe_trial(base.replace(model="missing-data", missing_weight=0.05))
+    assert "w_m 0.05" in md and "alpha" not in md
+    assert spread(0.91234, 0.0, 1) == "0.9123"                  # one split: no spread
+    assert spread(0.91234, 0.012, 3) == "0.9123 +- 0.0120"
+
+
+def test_best_toml_says_when_it_keeps_the_search_s_epochs():
+    from pmf_spark.params import PMFParams
+
+    params = PMFParams().replace(epochs=5)
+    said = tune_job.best_toml(JobConfig(), params, "validation rmse 0.9", epochs_given=True)
+    assert "epochs = 5 is the search's --epochs per trial" in said
+    assert re.search(r"^epochs = 5 ", said, re.M)            # and the TOML keeps them
+    assert "--epochs per trial" not in tune_job.best_toml(JobConfig(), params, "q")

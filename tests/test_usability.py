@@ -90,8 +90,53 @@ def test_help_groups_options_with_defaults(capsys):
     for group in ("input:", "model:", "output:", "recommendations and evaluation:",
                   "fault tolerance:", "spark and performance:"):
         assert group in text
-    assert "--rank RANK" in text and "(default: 30)" in text
-    assert "--lambda-u" in text and "(default: 12.0)" in text
+    options = _options(text)
+    assert options["--rank"].startswith("D ") and "(default: 30)" in options["--rank"]
+    assert options["--lambda-u"].startswith("LAMBDA ")
+    assert options["--lambda-u"].endswith("(default: 12.0; 20.0 with --feedback implicit)")
+
+
+def _options(text: str) -> dict[str, str]:
+    """--flag -> its help text, from argparse's --help."""
+    out, flag = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        m = re.match(r"\s{2}(--[\w-]+)(.*)", line)
+        if m:
+            flag = m.group(1)
+            out[flag] = m.group(2)
+        elif flag and line.startswith(" " * 6):
+            out[flag] += " " + line.strip()
+        else:
+            flag = None
+    return {k: " ".join(v.split()) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("job", ["train_pmf", "tune"])
+def test_help_says_each_default_once_with_placeholders_that_say_what_goes_there(job, capsys):
+    import tune
+
+    assert {"train_pmf": train_pmf, "tune": tune}[job].main(["--help"]) == 0
+    options = _options(capsys.readouterr().out)
+    assert len(options) > 20
+    for flag, text in options.items():
+        assert "(default: None)" not in text, flag
+        assert text.lower().count("default") <= 1 or "(default: " not in text, (flag, text)
+        if flag not in ("--help", "--print-config", "--verbose", "--biases", "--clip",
+                        "--resume", "--report"):
+            assert len(text.split()) > 2, (flag, text)       # a placeholder and a description
+    for flag, shown in {"--burn-in": "N", "--warm-start": "DIR", "--users-per-item": "N",
+                        "--ratings": "PATH", "--rank": "D", "--user-col": "COL"}.items():
+        if flag in options:
+            assert options[flag].split()[0] == shown, (flag, options[flag])
+
+
+def test_help_gives_implicit_runs_their_own_defaults(capsys):
+    assert train_pmf.main(["--help"]) == 0
+    alpha = _options(capsys.readouterr().out)["--alpha"]
+    _, params = resolve(None, {"job": {"feedback": "implicit"}, "params": {}})
+    _, explicit = resolve(None, None)
+    assert f"(default: {explicit.fit.alpha}; {params.fit.alpha} with --feedback implicit)" \
+        in alpha
 
 
 def test_python_api_fit_transform_save_load(spark, tmp_path):

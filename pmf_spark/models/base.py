@@ -197,6 +197,9 @@ class Strategy:
     ranks: ClassVar[bool] = False
     #: its predictions are ratings (a model of preferences, like implicit ALS, is not)
     predicts_ratings: ClassVar[bool] = True
+    #: (parameter, short name) of the hyperparameters only this model has, that a
+    #: search draws and a trial line shows
+    own_params: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, params, ctx: TrainContext):
         self.params = params

@@ -105,6 +105,7 @@ class ImplicitALS(Strategy):
     name = "implicit"
     ranks = True
     predicts_ratings = False
+    own_params = (("alpha", "alpha"),)
 
     @classmethod
     def check(cls, fit) -> None:

@@ -96,6 +96,7 @@ class MissingDataPMF(Strategy):
 
     name = "missing-data"
     ranks = True
+    own_params = (("missing_weight", "w_m"),)
 
     @classmethod
     def check(cls, fit) -> None:
