@@ -280,7 +280,7 @@ def test_fold_in_recovers_a_trained_user(spark, ml100k_model, tmp_path, capsys):
     assert code == 0 and f"from {len(ratings)} of {len(ratings)} ratings" in text
     table = spark.read.parquet(f"{ml100k_model}/recommendations") \
         .where(f"user_id = {uid} and rank <= 5").orderBy("rank").toPandas()
-    block = text.split("new user:")[1].strip().splitlines()
-    at = block[0].split().index("item")
-    shown = [int(ln.split()[at]) for ln in block[1:]]
+    block = text.split("recommendations for the new user")[1].strip().splitlines()
+    at = block[1].split().index("item")                  # block[0]: the heading's rest
+    shown = [int(ln.split()[at]) for ln in block[2:]]
     assert len(set(shown) & set(table.item_id)) >= 4
