@@ -50,7 +50,8 @@ def test_job_reads_and_publishes_metastore_tables_and_a_failed_run_keeps_them(sp
     pdf = random_ratings(4, 40, 25, 0.3).rename(columns={"user": "customer", "item": "sku"})
     spark.createDataFrame(pdf).write.parquet(str(src))
     job = ["--ratings-table", "shop.events", "--user-col", "customer", "--item-col", "sku",
-           "--rank", "3", "--epochs", "2", "--top-k", "3", "--no-report",
+           "--rank", "3", "--epochs", "1", "--recommend-by", "rating", "--top-k", "3",
+           "--no-report",
            "--output-partitions", "2", "--output-table-prefix", "shop.pmf_",
            "--output", str(tmp_path / "out")]
     code, text = submit(tmp_path, str(ROOT / "tests" / "hive_driver.py"), "train", str(src),
