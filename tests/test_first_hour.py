@@ -186,3 +186,31 @@ def test_the_log_says_plainly_whether_the_lists_beat_popularity():
     lost = verdict(ranking(0.116, 0.185, 0.136, 0.209), 10)
     assert "did NOT beat" in lost and "precision@10 0.1160 vs 0.1360" in lost
     assert "mixed" in verdict(ranking(0.2, 0.1, 0.1, 0.2), 10)
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_movielens_its_tests_skip_with_one_line_and_ci_refuses_that(required, tmp_path):
+    """On a fresh machine (no ../shared) the suite passes: a test that needs ML-100K is
+    skipped with one line naming PMF_ML100K; CI, which has the data, sets
+    PMF_REQUIRE_ML100K and a skip there fails."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PMF_ML100K": str(tmp_path / "nowhere")}
+    env.pop("PMF_REQUIRE_ML100K", None)
+    if required:
+        env["PMF_REQUIRE_ML100K"] = "1"
+    test = "tests/test_readme.py::test_readme_commands_run_as_written_in_a_fresh_clone"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           test], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    said = [ln for ln in proc.stdout.splitlines() if "PMF_ML100K" in ln]
+    assert said and f"MovieLens 100K not found at {tmp_path / 'nowhere'}" in said[-1], \
+        proc.stdout[-2000:]
+    if required:
+        assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout[-2000:]
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
