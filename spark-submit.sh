@@ -53,7 +53,7 @@ export MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 
 # Which master, and did the caller bring their own properties / driver java options /
 # py-files? Where is the application (the rest are its own arguments)?
-master=""; own_props=0; own_jopts=0; own_pyfiles=""; app_index=-1
+master=""; own_props=0; own_jopts=0; own_pyfiles=""; app_index=-1; other_fs=0
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
@@ -65,6 +65,11 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --driver-java-options=*) own_jopts=1 ;;
     --py-files) own_pyfiles="${args[$((i + 1))]:-}"; i=$((i + 1)) ;;
     --py-files=*) own_pyfiles="${args[$i]#--py-files=}" ;;
+    --conf|-c)  # a master or default filesystem set here may not be this machine's
+      case "${args[$((i + 1))]:-}" in
+        spark.master=*|*fs.defaultFS=*|*fs.default.name=*) other_fs=1 ;;
+      esac
+      i=$((i + 1)) ;;
     --verbose|-v|--supervise|--help|-h|--version|--*=*) ;;
     --*) i=$((i + 1)) ;;  # a spark-submit option and its value
     *) app_index=$i; break ;;  # the application: the rest are its own arguments
@@ -75,12 +80,21 @@ local_master=0
 if [[ -z "$master" || "$master" == local* ]]; then
   local_master=1
 fi
+# scheme-less input paths are this machine's files only with a local master, this
+# wrapper's own properties and no Hadoop configuration that could make another
+# filesystem (HDFS) the default: spark-env.sh or core-site.xml in Spark's conf directory
+inputs_local=$local_master
+conf_dir="${SPARK_CONF_DIR:-$SPARK_HOME/conf}"
+if [[ $own_props -eq 1 || $other_fs -eq 1 || -e "$conf_dir/spark-env.sh" \
+      || -e "$conf_dir/core-site.xml" ]]; then
+  inputs_local=0
+fi
 
 # the job's arguments, checked before the JVM starts (exit 10: handled, e.g. --help);
 # with a local master, scheme-less input paths are this machine's files, checked too
 if [[ $app_index -ge 0 && "${PMF_SPARK_CHECK_ARGS:-1}" != "0" ]]; then
   rc=0
-  PMF_SPARK_LOCAL_MASTER="$local_master" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+  PMF_SPARK_LOCAL_MASTER="$inputs_local" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
     "$DRIVER_PY" -m pmf_spark.cli check \
     "${args[$app_index]}" "${args[@]:$((app_index + 1))}" || rc=$?
   if [[ $rc -eq 10 ]]; then exit 0; elif [[ $rc -ne 0 ]]; then exit "$rc"; fi

@@ -200,7 +200,10 @@ def check_args(argv: list[str] | None) -> int | None:
         return int(exc.code or 0)
     try:
         job = settings(args)[0]
-        check_inputs(job.replace(test=None))      # a --test file is never read here
+        # the ratings only: a --test file, exclusions, candidates or a warm start in the
+        # base configuration are the training job's, never read here
+        check_inputs(job.replace(test=None, exclude_items=None, candidates=None,
+                                 warm_start=None))
     except PMFError as exc:
         return report_error(exc)
     return None

@@ -48,14 +48,26 @@ def compiled(backend: str = "auto"):
 
 
 def kernels_cached() -> bool:
-    """Whether this machine's numba disk cache already holds the compiled kernels (an
-    index file of :mod:`pmf_spark.compiled` under ``NUMBA_CACHE_DIR``)."""
+    """Whether numba's disk cache already holds the compiled kernels, where numba itself
+    looks for them (``NUMBA_CACHE_DIR`` for an installed package; a per-user directory
+    keyed by the zip's path when the package is imported from the zip spark-submit.sh
+    ships): an index file of every compiled kernel of :mod:`pmf_spark.compiled`."""
     import glob
     import os
 
-    root = os.environ.get("NUMBA_CACHE_DIR")
-    return bool(root) and bool(glob.glob(os.path.join(str(root), "**", "compiled.*.nbi"),
-                                         recursive=True))
+    import numba
+
+    from . import compiled as module
+
+    kernels = [f for f in vars(module).values()
+               if isinstance(f, numba.core.registry.CPUDispatcher)]
+    for f in kernels:
+        cache = getattr(f, "_cache", None)
+        path = getattr(cache, "_cache_path", None)
+        name = getattr(f, "__name__", "")
+        if not path or not glob.glob(os.path.join(str(path), f"*.{name}-*.nbi")):
+            return False
+    return bool(kernels)
 
 
 def prepare_kernels(backend: str = "auto", say=None) -> float:

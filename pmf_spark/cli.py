@@ -131,10 +131,12 @@ def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> in
 
 
 def inputs_on_this_machine() -> bool:
-    """Whether a scheme-less path names a file on this machine: the master is local
-    (``spark-submit.sh`` says so in ``PMF_SPARK_LOCAL_MASTER``) and no Hadoop
-    configuration could make another filesystem (HDFS) the default. ``file:`` paths
-    are on this machine always."""
+    """Whether a scheme-less path names a file on this machine: the master is local and
+    nothing could make another filesystem (HDFS) the default (``spark-submit.sh`` says so
+    in ``PMF_SPARK_LOCAL_MASTER``: a local master, its own properties, no ``--conf`` of a
+    master or ``fs.defaultFS``, no spark-env.sh or core-site.xml in Spark's conf
+    directory), and no HADOOP_CONF_DIR or YARN_CONF_DIR. ``file:`` paths are on this
+    machine always."""
     return (os.environ.get("PMF_SPARK_LOCAL_MASTER") == "1"
             and not os.environ.get("HADOOP_CONF_DIR") and not os.environ.get("YARN_CONF_DIR"))
 

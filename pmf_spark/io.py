@@ -392,19 +392,22 @@ def read_id_list(spark: SparkSession, path: str, id_type: str, role: str) -> Dat
     return lines.select(F.col("v").alias("id"))
 
 
-def _local_first_line(path: str) -> str | None | bool:
-    """The first line of a local file (None when empty; False when its codec is not
-    one Python reads here, so the check is left to Spark)."""
+def _local_first_line(path: str) -> tuple[bool, str | None]:
+    """(read here, the first line of a local file or None when it is empty); not read
+    here when its codec is not one Python reads, so the check is left to Spark."""
     import bz2
     import gzip
+    from collections.abc import Callable
+    from typing import Any
 
     low = path.lower()
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(posixpath.splitext(low)[1], open)
+    openers: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open}
+    opener = openers.get(posixpath.splitext(low)[1], open)
     if opener is open and strip_compression(low) != low:
-        return False
+        return False, None
     with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
         line = fh.readline()
-    return line.rstrip("\r\n").lstrip("\ufeff") if line else None
+    return True, (line.rstrip("\r\n").lstrip("\ufeff") if line else None)
 
 
 def check_local_input(path: str, fmt: str = "auto", *, role: str = "ratings",
@@ -438,17 +441,22 @@ def check_local_input(path: str, fmt: str = "auto", *, role: str = "ratings",
         fmt = guess_format(path)
     if fmt not in SPECS or fmt == "parquet":
         return
+    import zlib
+
     try:
-        line = _local_first_line(local)
+        read, line = _local_first_line(local)
     except OSError as exc:
         raise InputDataError(f"{role} {path}: cannot be read ({exc.strerror or exc})") from None
-    if line is False:
+    except (EOFError, zlib.error) as exc:       # a truncated or corrupt archive
+        raise InputDataError(f"{role} {path}: cannot be read (a truncated or corrupt "
+                             f"archive: {exc})") from None
+    if not read:
         return
     lines = [(path, line)]
     if fmt == "movielens-csv":
         fmt = _movielens_or_csv(lines)
     spec = SPECS[fmt]
     implicit = feedback == "implicit"
-    spec, columns, _ = layout_of(lines, fmt, spec, sep, path, role, implicit)
-    _columns(spec, columns, path, user_col, item_col, rating_col, timestamp_col, implicit,
+    spec, names, _ = layout_of(lines, fmt, spec, sep, path, role, implicit)
+    _columns(spec, names, path, user_col, item_col, rating_col, timestamp_col, implicit,
              value_col)

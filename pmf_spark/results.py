@@ -75,12 +75,16 @@ WHY = ("a model fitted to observed ratings alone ranks rarely rated items with a
        "to see")
 
 
-def _log_ranking(ranking: dict, k: int, ranked_by: str) -> None:
+def _log_ranking(ranking: dict, k: int, ranked_by: str, rates: bool = True) -> None:
+    """The lists' metrics in the log; ``rates`` False (implicit feedback, no ratings):
+    every held-out pair is relevant, said so rather than as a rating threshold."""
     for name, label in (("model", ranked_by), ("popular", "most popular")):
         r = ranking[name]
-        log.info("%-12s @%d (relevant >= %g, %d users): precision %.4f recall %.4f ndcg %.4f "
+        relevant = (f"relevant >= {r['relevance_threshold']:g}" if rates
+                    else "every held-out pair relevant")
+        log.info("%-12s @%d (%s, %d users): precision %.4f recall %.4f ndcg %.4f "
                  "map %.4f mrr %.4f hit rate %.4f coverage %.4f novelty %.2f", label[:12], k,
-                 r["relevance_threshold"], r["users"], r["precision"], r["recall"], r["ndcg"],
+                 relevant, r["users"], r["precision"], r["recall"], r["ndcg"],
                  r["map"], r["mrr"], r["hit_rate"], r["coverage"], r["novelty"])
     for name, label in (("model", ranked_by), ("popular", "most popular")):
         act = ranking[name]["by_activity"]
@@ -122,19 +126,23 @@ def rank_lists(engine, model: FactorModel, cfg: JobConfig, res: RunResults,
     res.ranking = {name: ranking_entry(summarise(st, spec, n_cat), topk.k)
                    for name, st in res.ranked.stats.items()}
     res.ranking["ranked_by"] = ranked_by
-    _log_ranking(res.ranking, topk.k, ranked_by)
+    _log_ranking(res.ranking, topk.k, ranked_by, res.rates)
     res.note = ranking_note(ranked_by, res.ranker is not None, res.rates)
     log.info("%s", res.note)
-    res.ranking["verdict"] = verdict(res.ranking, topk.k)
+    res.ranking["verdict"] = verdict(res.ranking, topk.k, res.rates)
     (log.info if res.ranking["verdict"].startswith("the lists beat") else log.warning)(
         "%s", res.ranking["verdict"])
 
 
-def verdict(ranking: dict, k: int) -> str:
+def verdict(ranking: dict, k: int, rates: bool = True) -> str:
     """Whether the lists beat the most-popular list on the test split, said plainly
     (precision and NDCG at ``k``): the ranking model is there to beat it, and on data
-    where it does not, the log and the report say so."""
+    where it does not, the log and the report say so. ``rates`` False (implicit
+    feedback): the lists' model is fixed, so the advice is to tune it."""
     m, p = ranking["model"], ranking["popular"]
+    if not m.get("users"):
+        return ("the lists could not be compared with the most-popular list: no test user "
+                "has a relevant held-out item")
     nums = (f"precision@{k} {m['precision']:.4f} vs {p['precision']:.4f}, ndcg@{k} "
             f"{m['ndcg']:.4f} vs {p['ndcg']:.4f}")
     if m["precision"] > p["precision"] and m["ndcg"] > p["ndcg"]:
@@ -143,8 +151,8 @@ def verdict(ranking: dict, k: int) -> str:
                f"the ndcg)"
     if m["precision"] <= p["precision"] and m["ndcg"] <= p["ndcg"]:
         return (f"the lists did NOT beat the most-popular list on the test split ({nums}): "
-                f"on this data recommending what is popular is as good; try jobs/tune.py or "
-                f"another --recommend-by")
+                f"on this data recommending what is popular is as good; try jobs/tune.py"
+                + (" or another --recommend-by" if rates else " (--metric ndcg@10)"))
     return (f"the lists and the most-popular list are mixed on the test split ({nums}): "
             f"neither is better on both")
 

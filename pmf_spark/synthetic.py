@@ -4,8 +4,8 @@ Generative model (rating units):
 
 .. math::
 
-    r_{ij} = \\mathrm{clip}_{[0.5, 5]}\\big(\\mathrm{round}_{0.5}(\\mu + a_i + b_j + u_i^\\top v_j
-             + \\varepsilon_{ij})\\big), \\quad \\varepsilon_{ij} \\sim N(0, \\sigma^2)
+    r_{ij} = \mathrm{clip}_{[0.5, 5]}\big(\mathrm{round}_{0.5}(\mu + a_i + b_j + u_i^\top v_j
+             + \varepsilon_{ij})\big), \quad \varepsilon_{ij} \sim N(0, \sigma^2)
 
 with u_i, v_j ~ N(0, s^2 I) of dimension ``planted_rank``, user and item
 effects a_i, b_j Gaussian, every user rating at least 20 items (long-tailed
@@ -51,7 +51,7 @@ class Shape:
     n_items: int
     n_ratings: int
     planted_rank: int = 8
-    mean: float = 3.1    # 3.5 observed: users rate what they expect to like (exposure_taste)
+    mean: float = 3.1    # ~3.6 observed: users rate what they expect to like (exposure_taste)
     user_effect_std: float = 0.35
     item_effect_std: float = 0.45
     interaction_std: float = 0.6

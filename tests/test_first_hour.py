@@ -115,7 +115,10 @@ def test_input_mistakes_are_caught_before_the_jvm_starts(tmp_path):
                                       "(columns: who, what, stars)",
         ("--ratings", "ok.csv", "--test", "gone.csv"): "error: gone.csv: no such file",
         ("--ratings", "ok.csv", "--exclude-items", "gone.txt"): "error: gone.txt: no such",
+        ("--ratings", "cut.csv.gz"): "error: ratings cut.csv.gz: cannot be read (a truncated "
+                                     "or corrupt archive",
     }
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(b"user,item,rating\n" * 50)[:20])
     for argv, expected in cases.items():
         proc = subprocess.run([str(root / "spark-submit.sh"), str(root / "jobs/train_pmf.py"),
                                *argv, "--output", "out"], cwd=tmp_path, capture_output=True,
@@ -128,6 +131,22 @@ def test_input_mistakes_are_caught_before_the_jvm_starts(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == \
         "error: no-model: no such file or directory", proc.stderr
+    # with another default filesystem named, a scheme-less path is not this machine's: the
+    # check lets it through to Spark (stopped here once the wrapper starts the JVM)
+    import os
+    import signal
+
+    for conf in ("spark.hadoop.fs.defaultFS=hdfs://namenode:8020", "spark.master=yarn"):
+        proc = subprocess.Popen([str(root / "spark-submit.sh"), "--conf", conf,
+                                 str(root / "jobs/train_pmf.py"), "--ratings", "nope.csv",
+                                 "--output", "out"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            first = proc.stdout.readline()
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert first.startswith("spark-submit.sh: starting Spark for"), (conf, first)
 
 
 def test_scheme_less_paths_are_checked_only_when_they_are_this_machine_s(monkeypatch, tmp_path):
@@ -178,14 +197,17 @@ def test_the_built_in_data_is_rated_by_taste_and_popularity():
 def test_the_log_says_plainly_whether_the_lists_beat_popularity():
     from pmf_spark.results import verdict
 
-    def ranking(p, n, pp, pn):
-        return {"model": {"precision": p, "ndcg": n}, "popular": {"precision": pp, "ndcg": pn}}
+    def ranking(p, n, pp, pn, users=50):
+        return {"model": {"precision": p, "ndcg": n, "users": users},
+                "popular": {"precision": pp, "ndcg": pn, "users": users}}
 
     won = verdict(ranking(0.21, 0.34, 0.15, 0.24), 10)
     assert won.startswith("the lists beat the most-popular list") and "1.42x" in won
     lost = verdict(ranking(0.116, 0.185, 0.136, 0.209), 10)
     assert "did NOT beat" in lost and "precision@10 0.1160 vs 0.1360" in lost
     assert "mixed" in verdict(ranking(0.2, 0.1, 0.1, 0.2), 10)
+    assert "could not be compared" in verdict(ranking(0.0, 0.0, 0.0, 0.0, users=0), 10)
+    assert "--recommend-by" not in verdict(ranking(0.1, 0.1, 0.2, 0.2), 10, rates=False)
 
 
 @pytest.mark.parametrize("required", [False, True])
@@ -214,3 +236,17 @@ def test_without_movielens_its_tests_skip_with_one_line_and_ci_refuses_that(requ
         assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout[-2000:]
     else:
         assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_a_cold_kernel_cache_is_seen_where_numba_looks(tmp_path):
+    """'compiling the row kernels (first run on this machine only)' is said when numba's
+    own cache for the kernels (the directory its locator picks) has no index for them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")}
+    proc = subprocess.run([sys.executable, "-c", "from pmf_spark.backends import "
+                           "kernels_cached; print(kernels_cached())"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
