@@ -310,13 +310,19 @@ def _prepared(spark: SparkSession, cfg: JobConfig, params: PMFParams) -> Prepare
                    on_duplicate=cfg.on_duplicate, split=cfg.split, leave_last=cfg.leave_last,
                    validation_fraction=cfg.validation_fraction
                    if params.fit.early_stopping else 0.0)
-    log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "
-             "range [%g, %g]", data.n_users, data.n_items, data.n_train, data.n_test,
-             data.mu, data.sigma, data.rating_lo, data.rating_hi)
+    rates = REGISTRY[params.fit.model].predicts_ratings
+    if rates:
+        log.info("%d users x %d items; %d training and %d test ratings; mean %.3f, std %.3f, "
+                 "range [%g, %g]", data.n_users, data.n_items, data.n_train, data.n_test,
+                 data.mu, data.sigma, data.rating_lo, data.rating_hi)
+    else:       # events: their values are confidences, not ratings with a mean and a scale
+        log.info("%d users x %d items; %d training and %d test pairs (implicit feedback)",
+                 data.n_users, data.n_items, data.n_train, data.n_test)
     if data.cold_users or data.cold_items:
-        log.info("%d user(s) and %d item(s) have no training ratings: kept at the prior mean, "
-                 "predicted from the mean plus the known side's bias",
-                 data.cold_users, data.cold_items)
+        log.info("%d user(s) and %d item(s) have no training %s: kept at the prior mean, %s",
+                 data.cold_users, data.cold_items, "ratings" if rates else "events",
+                 ("predicted from the mean plus the known side's bias" if params.model.biases
+                  else "predicted as the training mean") if rates else "their scores are 0")
     return data
 
 

@@ -188,9 +188,10 @@ def _run_rows(meta: dict) -> list[list[str]]:
 RANKING_KEYS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "novelty")
 
 
-def _ranking_html(ranking: dict | None) -> str:
+def _ranking_html(ranking: dict | None, rates: bool = True) -> str:
     """The lists' metrics next to the popularity baseline's, at every k, by activity,
-    and why a rating model alone ranks poorly."""
+    and why a rating model alone ranks poorly (``rates`` False, implicit feedback: every
+    held-out pair is relevant and there is no rating model)."""
     if not ranking:
         return "<p>Top-k was not computed (<code>--top-k 0</code>).</p>"
     m = ranking["model"]
@@ -209,17 +210,20 @@ def _ranking_html(ranking: dict | None) -> str:
                   for name, src in lists])
     said = (f"<p><b>{html.escape(ranking['verdict'][0].upper() + ranking['verdict'][1:])}"
             f".</b></p>" if ranking.get("verdict") else "")
+    relevant = (f"relevant = test rating &ge; {m['relevance_threshold']}; over {m['users']} "
+                f"users with a relevant test rating" if rates else
+                f"every held-out pair is relevant; over {m['users']} users with a held-out pair")
+    why = ("<p>Why a second model ranks the lists: a model fitted to observed ratings alone "
+           "ranks rarely rated items with a few high ratings first, because ratings are "
+           "missing not at random (people rate what they chose to see), so on its own it "
+           "loses to the most-popular list. The ranking model also learns which items "
+           "people choose; the predicted ratings still come from the rating model.</p>"
+           if rates else "")
     return (said + f"<p>The lists are ranked by the <b>{html.escape(by)}</b> model. At k = {k}; "
-            f"relevant = test rating &ge; {m['relevance_threshold']}; over {m['users']} users "
-            f"with a relevant test rating.</p>" + _table(head, rows)
+            f"{relevant}.</p>" + _table(head, rows)
             + "<h3>At every k</h3>" + at
             + f"<h3>By user activity (precision@{k} / ndcg@{k}; light, medium, heavy = "
-              "terciles of training ratings)</h3>" + act
-            + "<p>Why a second model ranks the lists: a model fitted to observed ratings alone "
-              "ranks rarely rated items with a few high ratings first, because ratings are "
-              "missing not at random (people rate what they chose to see), so on its own it "
-              "loses to the most-popular list. The ranking model also learns which items "
-              "people choose; the predicted ratings still come from the rating model.</p>")
+              "terciles of training ratings)</h3>" + act + why)
 
 
 def render_html(meta: dict, figs: dict, ranking: dict | None, rates: bool = True) -> str:
@@ -258,7 +262,7 @@ text-align:left}}figure{{display:inline-block;margin:0.5em}}img{{max-width:460px
 </head><body><h1>pmf-spark training report</h1>
 <h2>Run</h2>{summary}
 <h2>Figures</h2>{imgs}
-<h2>Ranking on the test split</h2>{_ranking_html(ranking)}
+<h2>Ranking on the test split</h2>{_ranking_html(ranking, rates)}
 <p>{"Errors are in rating units. " if rates else ""}The popularity baseline recommends the
 items with the most training ratings, excluding what each user already rated.</p>
 </body></html>

@@ -120,6 +120,10 @@ def test_the_job_on_counts(spark, tmp_path, capsys):
     assert "judged by the ranking metrics (no RMSE)" in err
     assert "the lists are ranked by the implicit model, trained on implicit feedback" in err
     assert "rating model" not in err
+    # no rating words for events: no mean/std/range of values, no threshold of 0, no biases
+    assert "test pairs (implicit feedback)" in err and ", std " not in err
+    assert "every held-out pair relevant" in err and "relevant >=" not in err
+    assert "known side's bias" not in err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["final"]["test_rmse"] is None and metrics["epochs"][0]["train_rmse"] is None
     assert metrics["ranking"]["model"]["relevance_threshold"] == 0.0
@@ -131,6 +135,7 @@ def test_the_job_on_counts(spark, tmp_path, capsys):
     report = (out / "report.html").read_text()
     assert "not applicable: the model scores preferences" in report
     assert "test RMSE" not in report and "nan / nan" not in report
+    assert "every held-out pair is relevant" in report and "test rating &ge;" not in report
 
 
 @pytest.mark.movielens
