@@ -24,6 +24,7 @@ from pmf_spark.cli import (
     run_guarded,
     said_default,
     setup_logging,
+    type_of,
 )
 from pmf_spark.config import load_config_file, resolve, to_toml
 from pmf_spark.errors import PMFError
@@ -85,16 +86,6 @@ def _field(section: str, name: str):
     return cls.__dataclass_fields__[name]
 
 
-def _type_of(annotation: str):
-    if annotation.startswith("bool"):
-        return bool
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="train_pmf.py",
@@ -115,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
             flag = "--" + name.replace("_", "-")
             doc = f.metadata.get("doc", "")
             default = f.default
-            typ = _type_of(str(f.type))
+            typ = type_of(str(f.type))
             dest = f"{section}.{name}"
             if typ is bool:
                 g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,

@@ -43,6 +43,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser():
+    from pmf_spark.tuning import SearchSpace
+
     p = OneLineErrorParser(prog="tune.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", metavar="FILE", help="base job configuration (TOML)")
     g = p.add_argument_group("input (as the training job)")
@@ -60,10 +62,13 @@ def build_parser():
                         "(default: 0.15)")
     s.add_argument("--ranks", metavar="D,...", default="10,20,30,50,80",
                    help="ranks to draw from (default: 10,20,30,50,80)")
-    s.add_argument("--lambda-range", metavar="LO,HI", default="1,100",
-                   help="log-uniform range of lambda_u/v (default: 1,100)")
-    s.add_argument("--lambda-bias-range", metavar="LO,HI", default="1,100",
-                   help="log-uniform range of lambda_bias (default: 1,100)")
+    space = SearchSpace()
+    for name, what in (("lambda_range", "lambda_u/v"), ("lambda_bias_range", "lambda_bias"),
+                       ("missing_weight_range", "missing_weight (missing-data)"),
+                       ("alpha_range", "alpha (implicit)")):
+        default = ",".join(f"{x:g}" for x in getattr(space, name))
+        s.add_argument("--" + name.replace("_", "-"), metavar="LO,HI", default=default,
+                       help=f"log-uniform range of {what} (default: {default})")
     s.add_argument("--priors", metavar="MODE,...", default="fixed",
                    help="prior modes to draw from, e.g. fixed,spherical,diagonal (default: fixed)")
     s.add_argument("--metric", metavar="METRIC", default="rmse",
@@ -73,10 +78,6 @@ def build_parser():
     s.add_argument("--models", metavar="MODEL,...", default="missing-data,implicit",
                    help="ranking models to draw from (ranking metrics; default: "
                         "missing-data,implicit)")
-    s.add_argument("--missing-weight-range", metavar="LO,HI", default="0.01,0.5",
-                   help="log-uniform range of missing_weight (missing-data; default: 0.01,0.5)")
-    s.add_argument("--alpha-range", metavar="LO,HI", default="0.5,50",
-                   help="log-uniform range of alpha (implicit; default: 0.5,50)")
     s.add_argument("--epochs", type=int, metavar="N",
                    help="epochs per trial (default: the base config's)")
     s.add_argument("--seed", type=int, metavar="SEED", default=0,

@@ -246,6 +246,14 @@ def said_default(name: str, doc: str, default) -> str:
     return f" (default: {default})"
 
 
+def type_of(annotation: str):
+    """The argparse type of a parameter's annotation ('int', 'float | None', ...)."""
+    for name, typ in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.startswith(name):
+            return typ
+    return str
+
+
 def job_flag(group, name: str, choices=None) -> None:
     """``--name`` of a :class:`~pmf_spark.params.JobConfig` field on ``group``, with the
     training job's help text and placeholder, and no default of its own (None: the
@@ -254,7 +262,7 @@ def job_flag(group, name: str, choices=None) -> None:
 
     f = JobConfig.__dataclass_fields__[name]
     doc = f.metadata.get("doc", "")
-    typ = {"int": int, "float": float}.get(str(f.type).split()[0].split("|")[0], str)
+    typ = type_of(str(f.type))
     group.add_argument("--" + name.replace("_", "-"), type=typ, choices=choices,
                        metavar=None if choices else metavar(name, typ),
                        help=doc + said_default(name, doc, f.default))
