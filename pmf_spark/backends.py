@@ -49,9 +49,9 @@ def compiled(backend: str = "auto"):
 
 def kernels_cached() -> bool:
     """Whether numba's disk cache already holds the compiled kernels, where numba itself
-    looks for them (``NUMBA_CACHE_DIR`` for an installed package; a per-user directory
-    keyed by the zip's path when the package is imported from the zip spark-submit.sh
-    ships): an index file of every compiled kernel of :mod:`pmf_spark.compiled`."""
+    looks for them (the kernels' locator: ``NUMBA_CACHE_DIR`` / a directory named by the
+    source's hash, see :class:`pmf_spark.compiled.ContentCacheLocator`): an index file of
+    every compiled kernel of :mod:`pmf_spark.compiled`."""
     import glob
     import os
 

@@ -12,14 +12,17 @@ Everything here is an implementation of :mod:`pmf_spark.kernels`' contracts (sam
 arguments, same results to ~1e-12 in float64); that module falls back to its numpy
 code when numba is missing. JIT-compiled code is cached on disk (``NUMBA_CACHE_DIR``,
 by default a per-user directory under the system's temporary directory, which
-executors can write even when the package is shipped as a zip), so a worker compiles
-once per machine, not per task or epoch.
+executors can write even when the package is shipped as a zip), in a directory named by
+the hash of this file's source (:class:`ContentCacheLocator`), so a process compiles once
+per machine and code version, not per task, epoch or application.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import zipfile
 
 if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(
@@ -27,6 +30,68 @@ if "NUMBA_CACHE_DIR" not in os.environ:
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from numba.core import caching  # noqa: E402
+
+
+def _source_bytes(path: str) -> bytes:
+    """This module's source, from a directory or from inside a zip (``.../x.zip/pmf_spark/
+    compiled.py``, as spark-submit's ``--py-files`` ships it)."""
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            return fh.read()
+    parts = path.replace(os.sep, "/").split("/")
+    for i, part in enumerate(parts):
+        if part.endswith(".zip"):
+            with zipfile.ZipFile("/".join(parts[:i + 1])) as z:
+                return z.read("/".join(parts[i + 1:]))
+    raise OSError(f"cannot read the source of {path}")
+
+
+class ContentCacheLocator(caching._CacheLocator):
+    """numba's cache locator for this module's kernels: ``NUMBA_CACHE_DIR`` /
+    ``pmf_spark-<hash of this file's source>``, wherever the file was imported from.
+
+    numba's own locators key the cache by the source file's *path*; spark-submit copies
+    ``--py-files`` into a new per-application directory (and the driver imports from
+    that copy once its session has started), so every application compiled the kernels
+    again in every process. Keyed by content, they compile once per machine and code
+    version (the source hash is also the freshness stamp)."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._digest = hashlib.sha256(_source_bytes(py_file)).hexdigest()
+        self._cache_path = os.path.join(os.environ["NUMBA_CACHE_DIR"],
+                                        f"pmf_spark-{self._digest[:16]}")
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    def get_source_stamp(self):
+        return self._digest
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if getattr(py_func, "__module__", None) != __name__:
+            return None                  # every other library keeps numba's own locators
+        try:
+            self = cls(py_func, py_file)
+            self.ensure_cache_path()
+        except OSError:
+            return None                  # unreadable or unwritable: numba's locators decide
+        return self
+
+
+# the locator list lives on numba's cache-implementation base class (CacheImpl, or
+# _CacheImpl in older releases); its subclasses share the list object
+for _impl in [v for v in vars(caching).values()
+              if isinstance(v, type) and "_locator_classes" in vars(v)]:
+    _classes: list = vars(_impl)["_locator_classes"]
+    if ContentCacheLocator not in _classes:
+        _classes.insert(0, ContentCacheLocator)
 
 #: compiled once per machine (cached on disk), vectorised with fast math, no GIL held
 jit = numba.njit(cache=True, fastmath=True, nogil=True)

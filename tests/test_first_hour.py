@@ -250,3 +250,44 @@ def test_a_cold_kernel_cache_is_seen_where_numba_looks(tmp_path):
                            "kernels_cached; print(kernels_cached())"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+def test_kernels_compiled_once_serve_every_copy_of_the_shipped_zip(tmp_path):
+    """spark-submit copies --py-files into a new directory per application (the driver
+    imports from that copy once its session is up, the executors always do): the kernel
+    cache is keyed by the source, so a copy of the zip at another path, and the package
+    installed from its directory, find what one process compiled."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    first = tmp_path / "app-1" / "pmf_spark.zip"
+    first.parent.mkdir()
+    with zipfile.ZipFile(first, "w") as z:
+        for f in sorted((root / "pmf_spark").rglob("*.py")):
+            z.write(f, f.relative_to(root).as_posix())
+    second = tmp_path / "app-2" / "pmf_spark.zip"
+    second.parent.mkdir()
+    shutil.copy(first, second)
+    probe = ("import pmf_spark, pmf_spark.compiled as c; from pmf_spark.backends import "
+             "kernels_cached; print(pmf_spark.__file__, kernels_cached(), "
+             "c.ridge_rows_fused._cache._cache_path); {warm}")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(path, warm):
+        proc = subprocess.run([sys.executable, "-c", probe.format(warm=warm)],
+                              env={**env, "PYTHONPATH": str(path)}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    where, cached, cache_dir = run(first, "c.warm_up()")
+    assert where.startswith(str(first)) and cached == "False"
+    assert cache_dir.startswith(str(tmp_path / "cache"))
+    for path in (second, root):             # another application's copy; the source tree
+        where, cached, other = run(path, "")
+        assert where.startswith(str(path)) and cached == "True" and other == cache_dir
