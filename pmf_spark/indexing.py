@@ -23,6 +23,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from .sparkutil import first
+
 VOCAB_COLUMNS = ("id", "idx", "n_ratings")
 #: vocabularies of inputs up to this many ratings are ordered on the driver (the ids are
 #: then at most this many; the driver holds ~250 bytes of factors per id anyway)
@@ -54,14 +56,15 @@ def positions(ordered: DataFrame, name: str = "_idx") -> tuple[DataFrame, int, D
 
 
 def build_vocabulary(ratings: DataFrame, id_col: str,
-                     local: bool = False) -> tuple[DataFrame, int]:
+                     local: bool = False) -> tuple[DataFrame, int, int]:
     """Vocabulary of ``id_col`` over ``ratings`` (which has ``kind``, 0 = training);
     ``local``: order it on the driver (small inputs, see the module docstring).
 
     Returns:
-        (vocab, size): vocab has columns ``id`` (the raw id), ``idx`` (int, dense
+        (vocab, size, cold): vocab has columns ``id`` (the raw id), ``idx`` (int, dense
         0..size-1) and ``n_ratings`` (int, training ratings of the id); it is
-        persisted, call ``unpersist`` when done.
+        persisted, call ``unpersist`` when done. ``cold``: the ids with no training
+        rating (``n_ratings`` 0).
     """
     trained = F.when(F.col("kind") == 0, 1).otherwise(0)
     counts = (ratings.groupBy(F.col(id_col).alias("id"))
@@ -72,12 +75,12 @@ def build_vocabulary(ratings: DataFrame, id_col: str,
     placed, total, tagged = positions(ordered)
     vocab = (placed.select("id", F.col("_idx").cast("int").alias("idx"), "n_ratings")
              .persist(StorageLevel.MEMORY_AND_DISK))
-    vocab.count()
+    cold = first(vocab.agg(F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))))[0]
     tagged.unpersist()
-    return vocab, total
+    return vocab, total, int(cold or 0)
 
 
-def _local_vocabulary(ratings: DataFrame, counts: DataFrame) -> tuple[DataFrame, int]:
+def _local_vocabulary(ratings: DataFrame, counts: DataFrame) -> tuple[DataFrame, int, int]:
     """:func:`build_vocabulary` with the ordering done on the driver by Arrow."""
     tbl = counts.toArrow()
     order = pc.sort_indices(tbl, sort_keys=[("n_ratings", "descending"), ("id", "ascending")])
@@ -89,7 +92,8 @@ def _local_vocabulary(ratings: DataFrame, counts: DataFrame) -> tuple[DataFrame,
     vocab = (ratings.sparkSession.createDataFrame(local, schema=f"id {schema}, idx int, "
                                                                f"n_ratings int")
              .persist(StorageLevel.MEMORY_AND_DISK))     # cached on first use
-    return vocab, n
+    n_ratings = tbl.column("n_ratings").to_numpy(zero_copy_only=False)
+    return vocab, n, int(np.count_nonzero(n_ratings == 0))
 
 
 def index_ratings(ratings: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:

@@ -200,10 +200,8 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
         p.unpersist()
     n_train, n_test, sigma = _check_split(st, train, test, require_test)
     local = train.n + (test.n if test is not None else 0) <= LOCAL_MAX_RATINGS
-    users, n_users = build_vocabulary(combined, "user", local)
-    items, n_items = build_vocabulary(combined, "item", local)
-    n_cold = F.sum(F.when(F.col("n_ratings") == 0, 1).otherwise(0))
-    cold = (first(users.agg(n_cold))[0] or 0, first(items.agg(n_cold))[0] or 0)
+    users, n_users, cold_users = build_vocabulary(combined, "user", local)
+    items, n_items, cold_items = build_vocabulary(combined, "item", local)
     indexed = index_ratings(combined, users, items).persist(StorageLevel.MEMORY_AND_DISK)
     indexed.count()
     combined.unpersist()
@@ -217,5 +215,5 @@ def prepare(train: CleanRatings, test: CleanRatings | None, *, test_fraction: fl
         n_train=n_train, n_test=n_test, n_val=int(st["n_val"] or 0), mu=float(st["mu"]),
         sigma=sigma, rating_lo=lo_train, rating_hi=hi_train, id_type=train.id_type,
         float32_exact=train.float32_exact and (test is None or test.float32_exact),
-        duplicates_dropped=dropped, cold_users=int(cold[0]), cold_items=int(cold[1]),
+        duplicates_dropped=dropped, cold_users=cold_users, cold_items=cold_items,
         fingerprint=f"{int(st['fingerprint'] or 0):x}")

@@ -102,16 +102,18 @@ def test_the_driver_side_vocabulary_equals_the_distributed_one(spark, ids):
 
     rng = np.random.default_rng(4)
     rows = [(ids[j], int(rng.integers(0, 3)), int(rng.random() < 0.2)) for j in
-            rng.integers(0, len(ids), 200)] + [(x, 0, 0) for x in ids]
+            rng.integers(0, len(ids) // 2, 200)] + [
+                (x, 0, j % 2) for j, x in enumerate(ids)]     # the second half's odd: cold
     typ = "string" if isinstance(ids[0], str) else "bigint"
     df = spark.createDataFrame(rows, f"user {typ}, item int, kind int")
-    got, n_local = build_vocabulary(df, "user", local=True)
-    want, n = build_vocabulary(df, "user")
+    got, n_local, cold_local = build_vocabulary(df, "user", local=True)
+    want, n, cold = build_vocabulary(df, "user")
     assert n_local == n == len(set(ids))
     assert got.schema == want.schema
     a, b = got.toPandas(), want.toPandas()
     pd.testing.assert_frame_equal(a.sort_values("idx").reset_index(drop=True),
                                   b.sort_values("idx").reset_index(drop=True))
     assert (a.sort_values("idx").n_ratings.diff().dropna() <= 0).all()
+    assert cold_local == cold == int((a.n_ratings == 0).sum()) > 0
     got.unpersist()
     want.unpersist()
