@@ -80,7 +80,7 @@ class ContentCacheLocator(caching._CacheLocator):
         try:
             self = cls(py_func, py_file)
             self.ensure_cache_path()
-        except OSError:
+        except (OSError, KeyError, zipfile.BadZipFile):
             return None                  # unreadable or unwritable: numba's locators decide
         return self
 
