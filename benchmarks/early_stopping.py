@@ -8,7 +8,7 @@ test ratings are dropped: ML-100K (when present) and the built-in synthetic data
 job's default, 'small'). From the training ratings left, three folds hold out 15% (at
 random with two seeds, and 15% of each user's ratings); the held-out part plays the
 unseen test set. On each fold the default model is trained single-process with the
-job's strategies and kernels (:mod:`pmf_spark.localengine`):
+job's strategies and kernels (:mod:`pmf_spark.engine.local`):
 
 - ``off``: every remaining rating trains, the last of the default epochs is kept;
 - ``patience P, V%``: V% of the remaining ratings (seeded, at random) are held out as the
@@ -44,9 +44,9 @@ SETTINGS = [("off", 0, 0.0), ("patience 2, 5%", 2, 0.05), ("patience 3, 5%", 3, 
 def job_training_part(spark, path: str | None):
     """(u, i, rating, n_users, n_items, lo, hi) of the training job's training split of
     a ratings file, or of the built-in synthetic data with ``path`` None."""
-    from pmf_spark.params import JobConfig
-    from pmf_spark.pipeline import load_inputs
-    from pmf_spark.prepare import prepare
+    from pmf_spark.config.params import JobConfig
+    from pmf_spark.prepare.ratings import prepare
+    from pmf_spark.train.job import load_inputs
 
     clean, _ = load_inputs(spark, JobConfig(ratings=path))
     data = prepare(clean, None, test_fraction=0.15, split_seed=0, on_duplicate="latest")
@@ -60,8 +60,8 @@ def job_training_part(spark, path: str | None):
 
 def run(params, u, i, r, kind, n_users, n_items, lo, hi):
     """(held-out RMSE of the kept model, its epoch, held-out RMSE per epoch)."""
-    from pmf_spark.localengine import LocalData, LocalEngine
-    from pmf_spark.train import Trainer
+    from pmf_spark.engine.local import LocalData, LocalEngine
+    from pmf_spark.train.loop import Trainer
 
     data = LocalData.from_arrays(u, i, r, kind, n_users, n_items, lo, hi)
     trainer = Trainer(None, data, params, engine=LocalEngine(data))
@@ -71,7 +71,7 @@ def run(params, u, i, r, kind, n_users, n_items, lo, hi):
 
 
 def main(argv=None) -> int:
-    from pmf_spark.params import PMFParams
+    from pmf_spark.config.params import PMFParams
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ml100k_dir() / "u.data"))

@@ -10,7 +10,7 @@ numpy from their factors: each user's top-10 of the items with training events, 
 user's training items excluded, relevant = any held-out pair. Rows:
 
 - ``pmf-spark defaults``: the job's implicit-feedback defaults (rank 30, lambda 20,
-  alpha 1, 20 epochs: ``pmf_spark.config.IMPLICIT_DEFAULTS``);
+  alpha 1, 20 epochs: ``pmf_spark.config.files.IMPLICIT_DEFAULTS``);
 - ``mllib defaults``: ``ALS(implicitPrefs=True, rank=30, maxIter=20)`` with its own
   defaults (regParam 0.1, alpha 1.0);
 - ``mllib alpha 5``: the same with alpha 5 and the best regParam of a small grid
@@ -74,10 +74,10 @@ def mllib_factors(spark, train_df, n_users, n_items, rank, iters, reg, alpha, se
 
 
 def main(argv=None) -> int:
-    from pmf_spark.config import resolve
-    from pmf_spark.io import load_ratings
-    from pmf_spark.prepare import prepare
-    from pmf_spark.train import Trainer
+    from pmf_spark.config.files import resolve
+    from pmf_spark.inputs.read import load_ratings
+    from pmf_spark.prepare.ratings import prepare
+    from pmf_spark.train.loop import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ml100k_dir() / "u.data"))

@@ -37,8 +37,8 @@ VARIANTS = ("seed", "default", "tuned", "diagonal", "bpmf", "mllib")
 
 
 def variant_params(name: str):
-    from pmf_spark.config import load_config_file, resolve
-    from pmf_spark.params import PMFParams
+    from pmf_spark.config.files import load_config_file, resolve
+    from pmf_spark.config.params import PMFParams
 
     if name == "seed":
         _, p = resolve(load_config_file(str(Path(__file__).resolve().parents[1] / "conf"
@@ -54,7 +54,7 @@ def variant_params(name: str):
 
 
 def load_split(spark, data_dir: Path, split: str):
-    from pmf_spark.io import load_ratings
+    from pmf_spark.inputs.read import load_ratings
 
     if split == "random":
         train = load_ratings(spark, str(data_dir / "u.data"))
@@ -65,8 +65,8 @@ def load_split(spark, data_dir: Path, split: str):
 
 
 def tune_ours(spark, train_clean, split: str, trials: int, seed: int):
-    from pmf_spark.params import PMFParams
-    from pmf_spark.tuning import SearchSpace, run_search, sample_trials, training_part
+    from pmf_spark.config.params import PMFParams
+    from pmf_spark.train.tuning import SearchSpace, run_search, sample_trials, training_part
 
     space = SearchSpace(ranks=(30, 50, 100), lambda_range=(6.0, 25.0),
                         lambda_bias_range=(1.0, 10.0))
@@ -98,8 +98,8 @@ def mllib_tuned(spark, data, train_clean, split: str):
     best retrained on all training ratings and scored on the test split."""
     from pyspark.sql import functions as F
 
-    from pmf_spark.prepare import prepare, split_column
-    from pmf_spark.tuning import fold_holdouts
+    from pmf_spark.prepare.ratings import prepare, split_column
+    from pmf_spark.train.tuning import fold_holdouts
 
     keep = ~split_column(0, 0.15) if split == "random" else None
     val_data = prepare(train_clean, None, test_fraction=0.5, split_seed=0,
@@ -120,8 +120,8 @@ def mllib_tuned(spark, data, train_clean, split: str):
 
 
 def run_split(spark, data_dir: Path, split: str, variants, trials: int) -> dict:
-    from pmf_spark.prepare import prepare
-    from pmf_spark.train import Trainer
+    from pmf_spark.prepare.ratings import prepare
+    from pmf_spark.train.loop import Trainer
 
     train_clean, test_clean = load_split(spark, data_dir, split)
     data = prepare(train_clean, test_clean, test_fraction=0.15, split_seed=0,

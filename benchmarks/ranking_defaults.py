@@ -6,7 +6,7 @@ The training job's seeded 85/15 split (seed 0) is made first and its test rating
 dropped before anything else: every number here comes from validation folds carved
 from the training ratings (15% of them at random, two seeds, and a per-user 15% fold).
 On each fold it trains, single-process with the same strategies and kernels as the
-job (:mod:`pmf_spark.localengine`), the rating model (the defaults), missing-data PMF
+job (:mod:`pmf_spark.engine.local`), the rating model (the defaults), missing-data PMF
 and implicit ALS over a grid, and scores top-10 lists (training items excluded;
 relevant = a held-out rating >= 4, as the job's default; with --presence, the defaults of
 --feedback implicit: ratings as presence, any held-out pair relevant) next to the most-popular
@@ -32,8 +32,8 @@ from common import machine, md_table, ml100k_dir, session, write_results  # noqa
 
 def training_ratings(path: str):
     """(u, i, rating, n_users, n_items, lo, hi) of the job's training split only."""
-    from pmf_spark.io import load_ratings
-    from pmf_spark.prepare import prepare
+    from pmf_spark.inputs.read import load_ratings
+    from pmf_spark.prepare.ratings import prepare
 
     spark = session("ranking defaults")
     data = prepare(load_ratings(spark, path), None, test_fraction=0.15, split_seed=0,
@@ -66,7 +66,7 @@ def folds(u, seed_list=(1, 2)):
 
 def ranking(scores_fn, u, i, r, val, n_users, n_items, k=10, threshold=4.0):
     """Mean precision@k and NDCG@k over users with a relevant validation rating."""
-    from pmf_spark.kernels import top_k
+    from pmf_spark.kernels.rows import top_k
 
     fit = ~val
     seen = np.zeros((n_users, n_items), bool)
@@ -99,8 +99,8 @@ def popularity(pop):
 
 
 def fit(params, u, i, r, val, n_users, n_items, lo, hi):
-    from pmf_spark.localengine import LocalData, LocalEngine
-    from pmf_spark.train import Trainer
+    from pmf_spark.engine.local import LocalData, LocalEngine
+    from pmf_spark.train.loop import Trainer
 
     kind = np.where(val, 2, 0).astype(np.int8)
     data = LocalData.from_arrays(u, i, r, kind, n_users, n_items, lo, hi)
@@ -123,7 +123,7 @@ def refine_grid(lo: float) -> dict:
 
 
 def main(argv=None) -> int:
-    from pmf_spark.params import PMFParams
+    from pmf_spark.config.params import PMFParams
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ml100k_dir() / "u.data"))

@@ -114,7 +114,7 @@ def memory(spark, sampler) -> dict:
 
 
 def run_ours(spark, data, params, label):
-    from pmf_spark.train import Trainer
+    from pmf_spark.train.loop import Trainer
 
     t0 = time.perf_counter()
     trainer = Trainer(spark, data, params)
@@ -204,7 +204,7 @@ def numpy_floor(data, params, epochs=3, backend="numpy"):
     kernel or the compiled one (``backend='numba'``)."""
     from threadpoolctl import threadpool_limits
 
-    from pmf_spark.kernels import ridge_rows
+    from pmf_spark.kernels.rows import ridge_rows
 
     tbl = data.ratings.where("kind = 0").select("u", "i", "rating").toArrow()
     u = tbl.column("u").to_numpy()
@@ -285,10 +285,10 @@ def main(argv=None) -> int:
     import logging
 
     logging.getLogger("pmf_spark").setLevel(logging.WARNING)
-    from pmf_spark.io import load_ratings
-    from pmf_spark.params import JobConfig, PMFParams
-    from pmf_spark.pipeline import load_inputs
-    from pmf_spark.prepare import prepare
+    from pmf_spark.config.params import JobConfig, PMFParams
+    from pmf_spark.inputs.read import load_ratings
+    from pmf_spark.prepare.ratings import prepare
+    from pmf_spark.train.job import load_inputs
 
     t0 = time.perf_counter()
     if args.data:

@@ -31,9 +31,9 @@ from common import machine, md_table, ml100k_dir, session  # noqa: E402
 
 
 def load(spark, data: str):
-    from pmf_spark.io import load_ratings
-    from pmf_spark.params import JobConfig
-    from pmf_spark.pipeline import load_inputs
+    from pmf_spark.config.params import JobConfig
+    from pmf_spark.inputs.read import load_ratings
+    from pmf_spark.train.job import load_inputs
 
     if data == "ml-100k":
         return load_ratings(spark, str(ml100k_dir() / "u.data"))
@@ -49,11 +49,11 @@ def epochs_to_reach(history, target: float, tolerance: float) -> int | None:
 
 
 def run(args) -> dict:
-    from pmf_spark.params import JobConfig, PMFParams
-    from pmf_spark.pipeline import write_outputs
-    from pmf_spark.prepare import prepare, split_column
-    from pmf_spark.train import Trainer
-    from pmf_spark.warmstart import warm_start_state
+    from pmf_spark.config.params import JobConfig, PMFParams
+    from pmf_spark.prepare.ratings import prepare, split_column
+    from pmf_spark.train.job import write_outputs
+    from pmf_spark.train.loop import Trainer
+    from pmf_spark.train.warmstart import warm_start_state
 
     spark = session("pmf-spark warm start benchmark")
     params = PMFParams.of(epochs=args.epochs)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="results directory (default: benchmarks/results)")
     args = p.parse_args(argv)
-    from pmf_spark.fs import dumps
+    from pmf_spark.storage.hadoop import dumps
 
     from common import RESULTS
 

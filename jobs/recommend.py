@@ -16,7 +16,7 @@ many users or many new users on Spark.
 
 Only the model directory is read (model.json, factor tables, the rating splits);
 nothing is retrained. Both engines give the same answers (the numpy is shared,
-:mod:`pmf_spark.serve`). Exit codes: 0 success, 2 bad input, 4 an output could not be
+:mod:`pmf_spark.serve.local`). Exit codes: 0 success, 2 bad input, 4 an output could not be
 written (one line on stderr).
 """
 
@@ -28,7 +28,6 @@ import os
 import sys
 import time
 
-from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
@@ -38,6 +37,7 @@ from pmf_spark.cli import (
     setup_logging,
 )
 from pmf_spark.errors import InputDataError, PMFError, PMFUserError
+from pmf_spark.runtime import interrupt
 
 log = logging.getLogger("pmf_spark")
 
@@ -143,10 +143,10 @@ class Titles:
         if not self.args.items or not ids:
             return {}
         if self.spark is None:
-            from pmf_spark.titles import read_titles_local
+            from pmf_spark.inputs.titles import read_titles_local
 
             return read_titles_local(self.args.items, ids, self.args.items_encoding)
-        from pmf_spark.titles import read_item_titles
+        from pmf_spark.inputs.titles import read_item_titles
 
         t = read_item_titles(self.spark, self.args.items, ids, self.args.items_encoding)
         return {str(r.item_id): (r.title, r.genres or "") for r in t.itertuples(index=False)}
@@ -199,13 +199,13 @@ def _print_items(df, key: str, values: list[str], titles: dict, heading: str) ->
 
 def _rules(model, args):
     """(k, candidate mask) from the flags and the model's settings."""
-    from pmf_spark.localio import read_id_file
+    from pmf_spark.serve.files import read_id_file
 
     def listed(path, role):
         if path is None:
             return None
         if model.spark_session is not None:
-            from pmf_spark.io import read_id_list
+            from pmf_spark.inputs.read import read_id_list
 
             return [r[0] for r in read_id_list(model.spark_session, path, model.id_type,
                                                role).collect()]
@@ -272,11 +272,11 @@ def answer_new_user(model, args, k, cand, titles) -> None:
 
 def _read_ratings(model, path, layout, role):
     """A ratings file as a pandas frame, parsed the same way by both engines."""
-    from pmf_spark.localio import check_ratings, parse_rating_lines, read_rating_file
+    from pmf_spark.serve.files import check_ratings, parse_rating_lines, read_rating_file
 
     if model.spark_session is None:
         return read_rating_file(path, layout, model.id_type, model.lo, model.hi, role)
-    from pmf_spark.fs import path_exists
+    from pmf_spark.storage.hadoop import path_exists
 
     if not path_exists(model.spark_session, path):
         raise InputDataError(f"{role} {path}: no such file")
@@ -326,7 +326,7 @@ def _check_output(args, exists, is_ours) -> None:
 
 
 def answer_many_local(model, args, k, cand) -> None:
-    from pmf_spark.localio import (
+    from pmf_spark.serve.files import (
         factors_table,
         is_answer_output,
         read_id_file,
@@ -356,8 +356,8 @@ def _log_written(k, users, cold, output) -> None:
 
 
 def answer_many_spark(spark, model, args, k, cand) -> None:
-    from pmf_spark.commit import AtomicOutput
-    from pmf_spark.io import read_id_list
+    from pmf_spark.inputs.read import read_id_list
+    from pmf_spark.outputs.commit import AtomicOutput
 
     if not args.output:
         what = "--users" if args.users else "--new-users"
@@ -388,7 +388,7 @@ def answer_many_spark(spark, model, args, k, cand) -> None:
 
 
 def _is_empty_dir(spark, path) -> bool:
-    from pmf_spark.fs import jvm_fs
+    from pmf_spark.storage.hadoop import jvm_fs
 
     fs, jpath = jvm_fs(spark, path)
     return fs.getFileStatus(jpath).isDirectory() and len(fs.listStatus(jpath)) == 0
@@ -400,8 +400,8 @@ def _spark_ratings(spark, model, path):
 
     from pyspark.sql import functions as F
 
-    from pmf_spark.fs import path_exists
-    from pmf_spark.localio import parse_partition
+    from pmf_spark.serve.files import parse_partition
+    from pmf_spark.storage.hadoop import path_exists
 
     if not path_exists(spark, path):
         raise InputDataError(f"new-users {path}: no such file or directory")
@@ -441,7 +441,7 @@ def answer(model, args, titles) -> None:
 
 
 def run_local(args) -> None:
-    from pmf_spark.serve import LocalModel
+    from pmf_spark.serve.local import LocalModel
 
     t0 = time.perf_counter()
     model = LocalModel(args.model)
@@ -450,7 +450,7 @@ def run_local(args) -> None:
 
 
 def run_spark(spark, args) -> None:
-    from pmf_spark.saved import SavedModel
+    from pmf_spark.serve.saved import SavedModel
 
     model = SavedModel(spark, args.model)
     answer(model, args, Titles(args, spark))

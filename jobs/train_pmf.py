@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
@@ -26,10 +25,8 @@ from pmf_spark.cli import (
     setup_logging,
     type_of,
 )
-from pmf_spark.config import load_config_file, resolve, to_toml
-from pmf_spark.errors import PMFError
-from pmf_spark.models import REGISTRY
-from pmf_spark.params import (
+from pmf_spark.config.files import load_config_file, resolve, to_toml
+from pmf_spark.config.params import (
     COLD_START,
     CONFIDENCES,
     DUPLICATE_POLICIES,
@@ -46,6 +43,9 @@ from pmf_spark.params import (
     JobConfig,
     group_of,
 )
+from pmf_spark.errors import PMFError
+from pmf_spark.models import REGISTRY
+from pmf_spark.runtime import interrupt
 
 OPTION_GROUPS = {
     "input": ("job", ["ratings", "ratings_table", "format", "id_type", "feedback",
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None, spark=None) -> int:
         if args.print_config:
             print(to_toml(job, params), end="")
             return 0
-        from pmf_spark.pipeline import run_training
+        from pmf_spark.train.job import run_training
 
         state["output"] = job.output
         state["spark"] = spark or session("pmf-spark train", args.verbose)

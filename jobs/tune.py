@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from pmf_spark import interrupt
 from pmf_spark.cli import (
     OneLineErrorParser,
     announce_driver,
@@ -28,9 +27,10 @@ from pmf_spark.cli import (
     run_guarded,
     setup_logging,
 )
-from pmf_spark.config import load_config_file, resolve, to_toml
+from pmf_spark.config.files import load_config_file, resolve, to_toml
+from pmf_spark.config.params import FORMATS, ID_TYPES, SYNTHETIC_SHAPES
 from pmf_spark.errors import ConfigError, PMFError
-from pmf_spark.params import FORMATS, ID_TYPES, SYNTHETIC_SHAPES
+from pmf_spark.runtime import interrupt
 
 log = logging.getLogger("pmf_spark")
 
@@ -43,7 +43,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser():
-    from pmf_spark.tuning import SearchSpace
+    from pmf_spark.train.tuning import SearchSpace
 
     p = OneLineErrorParser(prog="tune.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", metavar="FILE", help="base job configuration (TOML)")
@@ -96,7 +96,7 @@ def build_parser():
 
 def settings(args):
     """(job, trials, space) from the flags and the --config file."""
-    from pmf_spark.tuning import SearchSpace, parse_metric, sample_trials
+    from pmf_spark.train.tuning import SearchSpace, parse_metric, sample_trials
 
     file_values = load_config_file(args.config) if args.config else None
     job_flags = {k: v for k, v in {
@@ -145,7 +145,7 @@ def write_results(spark, args, job, base, space, results, out) -> None:
     (opened before the search)."""
     import pandas as pd
 
-    from pmf_spark.tuning import best_params, describe_trial, higher_is_better, spread
+    from pmf_spark.train.tuning import best_params, describe_trial, higher_is_better, spread
 
     sign = -1.0 if higher_is_better(args.metric) else 1.0
     rows = sorted((r.row() for r in results), key=lambda r: sign * r["val_score"])
@@ -169,9 +169,9 @@ def write_results(spark, args, job, base, space, results, out) -> None:
 
 
 def run(spark, args, job, base, trials, space) -> None:
-    from pmf_spark.pipeline import load_inputs
-    from pmf_spark.preflight import open_output
-    from pmf_spark.tuning import run_search, training_part
+    from pmf_spark.train.job import load_inputs
+    from pmf_spark.train.preflight import open_output
+    from pmf_spark.train.tuning import run_search, training_part
 
     with open_output(spark, job.replace(checkpoint_dir=None, resume=False), "pmf-spark tune",
                      output=args.output) as out:

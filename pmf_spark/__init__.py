@@ -1,11 +1,12 @@
 """pmf-spark: probabilistic matrix factorisation (PMF) trained by ALS on Spark.
 
-See :mod:`pmf_spark.train` for the model and the Spark design, and
+See :mod:`pmf_spark.train.loop` for the model and the Spark design, and
 :mod:`pmf_spark.ml` for the Spark ML estimator, also the notebook API
 (``from pmf_spark import PMF``).
 """
 
-__version__ = "0.1.0"
+from .version import __version__
+
 __all__ = ["PMF", "PMFModel", "__version__"]
 
 

@@ -94,10 +94,10 @@ def announce_driver() -> None:
 
 def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> int:
     """Run a job's body: known errors and the failures a person causes (see
-    :func:`pmf_spark.failures.user_failure`) as one line with their exit code;
+    :func:`pmf_spark.runtime.failures.user_failure`) as one line with their exit code;
     Ctrl-C or SIGTERM as ``interrupted; <output> was left as it was`` and 130 (once
-    the body has a session, :func:`pmf_spark.interrupt.watch` handles them)."""
-    from . import interrupt
+    the body has a session, :func:`pmf_spark.runtime.interrupt.watch` handles them)."""
+    from pmf_spark.runtime import interrupt
 
     interrupt.clear()
     previous = None
@@ -118,7 +118,7 @@ def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> in
     except Exception as exc:
         if interrupt.requested():        # the action a cancel interrupted
             return interrupted()
-        from .failures import user_failure
+        from pmf_spark.runtime.failures import user_failure
 
         known = user_failure(exc)
         if known is None:
@@ -144,9 +144,9 @@ def inputs_on_this_machine() -> bool:
 def check_inputs(job, paths: dict[str, str | None] | None = None) -> None:
     """Before Spark starts: the job's input files on this machine exist, and the ratings'
     (and the test split's) first line has the columns the options name, so a typo costs
-    a second, not a JVM start (:func:`pmf_spark.io.check_local_input`). ``paths``: more
+    a second, not a JVM start (:func:`pmf_spark.inputs.read.check_local_input`). ``paths``: more
     inputs that must exist ({role: path}); ``job``: a JobConfig, or None."""
-    from .io import check_local_input
+    from pmf_spark.inputs.read import check_local_input
 
     here = inputs_on_this_machine()
     if job is not None:
@@ -238,7 +238,7 @@ def said_default(name: str, doc: str, default) -> str:
     without the flag; parameters implicit-feedback runs set otherwise say both."""
     if default is None or "default" in doc.lower():
         return ""
-    from .config import IMPLICIT_DEFAULTS
+    from pmf_spark.config.files import IMPLICIT_DEFAULTS
 
     implicit = IMPLICIT_DEFAULTS.get(name)
     if implicit is not None and implicit != default:
@@ -255,10 +255,10 @@ def type_of(annotation: str):
 
 
 def job_flag(group, name: str, choices=None) -> None:
-    """``--name`` of a :class:`~pmf_spark.params.JobConfig` field on ``group``, with the
+    """``--name`` of a :class:`~pmf_spark.config.params.JobConfig` field on ``group``, with the
     training job's help text and placeholder, and no default of its own (None: the
     configuration's)."""
-    from .params import JobConfig
+    from pmf_spark.config.params import JobConfig
 
     f = JobConfig.__dataclass_fields__[name]
     doc = f.metadata.get("doc", "")

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
-from pmf_spark.io import CleanRatings
-from pmf_spark.prepare import prepare
+from pmf_spark.inputs.read import CleanRatings
+from pmf_spark.prepare.ratings import prepare
 
 
 def random_ratings(seed: int, n_users: int, n_items: int, density: float) -> pd.DataFrame:

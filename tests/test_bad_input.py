@@ -150,7 +150,7 @@ def test_integer_ids_have_one_type_whatever_the_header(spark, capsys, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pmf_spark.io import load_ratings
+    from pmf_spark.inputs.read import load_ratings
 
     rows = "".join(f"{u},{i},{(u * i) % 5 + 1}\n" for u in range(1, 13) for i in range(1, 10))
     read = {}
@@ -190,7 +190,7 @@ def test_tsv_semicolons_and_other_column_names(spark, capsys, tmp_path):
 
 
 def test_relevance_threshold_default_follows_the_scale():
-    from pmf_spark.evaluate import relevance_threshold
+    from pmf_spark.evaluate.metrics import relevance_threshold
 
     assert relevance_threshold(None, 1, 5) == 4.0          # MovieLens 100K, the seed's
     assert relevance_threshold(None, 0.5, 5) == 4.0        # half-star MovieLens

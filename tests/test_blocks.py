@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmf_spark import reference
-from pmf_spark.blocks import SOLVED_COLUMNS, solve_block
-from pmf_spark.kernels import ReadOut
-from pmf_spark.layout import PACKED_COLUMNS, decode_chunk, pack_block
+from pmf_spark.engine.blocks import SOLVED_COLUMNS, solve_block
+from pmf_spark.engine.layout import PACKED_COLUMNS, decode_chunk, pack_block
+from pmf_spark.kernels import reference
+from pmf_spark.kernels.rows import ReadOut
 from pmf_spark.models.pmf import RidgePayload, ridge_kernel
 
 
@@ -125,7 +125,7 @@ def test_sigmoid_link_metrics_use_the_sigmoid_read_out():
 
 
 def test_resident_store_hits_misses_and_sizes():
-    from pmf_spark import layout
+    from pmf_spark.engine import layout
     rng = np.random.default_rng(4)
     df = ratings_frame(rng, 12, 9, 0.5, test_fraction=0.2)
     packed = pack_block((3,), df, chunk_ratings=1000, val_dtype="float64", with_test=True)

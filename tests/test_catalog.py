@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from pmf_spark.outputs import bucket_column, user_bucket
+from pmf_spark.outputs.tables import bucket_column, user_bucket
 
 import train_pmf
 from helpers import random_ratings

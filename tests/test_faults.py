@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pmf_spark import pipeline
+from pmf_spark.config.params import PMFParams
 from pmf_spark.errors import ConfigError
-from pmf_spark.params import PMFParams
+from pmf_spark.train import job as pipeline
 
 import train_pmf
 from helpers import random_ratings

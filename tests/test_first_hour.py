@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from pmf_spark.fs import dumps
-from pmf_spark.io import guess_format, load_ratings
+from pmf_spark.inputs.read import guess_format, load_ratings
+from pmf_spark.storage.hadoop import dumps
 
 
 @pytest.mark.parametrize("name, fmt", [
@@ -62,8 +62,8 @@ def test_json_is_standard_with_nulls_for_non_finite_numbers():
 
 @pytest.mark.parametrize("scale", [(1.0, 5.0), (0.5, 5.0), (2.0, 10.0), (1.0, 10.0), (0, 1)])
 def test_the_spark_free_relevance_threshold_is_the_job_s(scale):
-    from pmf_spark.evaluate import relevance_threshold as job
-    from pmf_spark.serve import relevance_threshold as local
+    from pmf_spark.evaluate.metrics import relevance_threshold as job
+    from pmf_spark.serve.local import relevance_threshold as local
 
     assert local(None, *scale) == job(None, *scale) and local(3.5, *scale) == 3.5
 
@@ -73,8 +73,8 @@ def test_compiling_the_kernels_is_left_out_of_the_eta(caplog):
     # reads the remaining 9 epochs at 5 s each, not 45 s each
     import logging
 
-    from pmf_spark.evaluate import EpochMetrics
-    from pmf_spark.pipeline import epoch_logger
+    from pmf_spark.evaluate.metrics import EpochMetrics
+    from pmf_spark.train.job import epoch_logger
 
     compiled = [40.0]
     log_epoch = epoch_logger(10, one_off=lambda: compiled[0])
@@ -153,8 +153,8 @@ def test_scheme_less_paths_are_checked_only_when_they_are_this_machine_s(monkeyp
     # on a cluster master a scheme-less path is the default filesystem's (HDFS): the
     # check leaves it to the job; a file: path is this machine's everywhere
     from pmf_spark.cli import check_inputs
+    from pmf_spark.config.params import JobConfig
     from pmf_spark.errors import InputDataError
-    from pmf_spark.params import JobConfig
 
     missing = str(tmp_path / "ratings.csv")
     monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
@@ -181,7 +181,7 @@ def test_the_built_in_data_is_rated_by_taste_and_popularity():
     population's, and popular items are still rated most."""
     from dataclasses import replace
 
-    from pmf_spark.synthetic import generate_users, get_shape, item_model
+    from pmf_spark.inputs.synthetic import generate_users, get_shape, item_model
 
     shape = replace(get_shape("small"), n_users=300, n_ratings=30_000)
     by_taste = generate_users(shape, 0, 0, 300)
@@ -195,7 +195,7 @@ def test_the_built_in_data_is_rated_by_taste_and_popularity():
 
 
 def test_the_log_says_plainly_whether_the_lists_beat_popularity():
-    from pmf_spark.results import verdict
+    from pmf_spark.train.results import verdict
 
     def ranking(p, n, pp, pn, users=50):
         return {"model": {"precision": p, "ndcg": n, "users": users},
@@ -246,7 +246,7 @@ def test_a_cold_kernel_cache_is_seen_where_numba_looks(tmp_path):
     import sys
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")}
-    proc = subprocess.run([sys.executable, "-c", "from pmf_spark.backends import "
+    proc = subprocess.run([sys.executable, "-c", "from pmf_spark.kernels.backends import "
                            "kernels_cached; print(kernels_cached())"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
@@ -273,7 +273,8 @@ def test_kernels_compiled_once_serve_every_copy_of_the_shipped_zip(tmp_path):
     second = tmp_path / "app-2" / "pmf_spark.zip"
     second.parent.mkdir()
     shutil.copy(first, second)
-    probe = ("import pmf_spark, pmf_spark.compiled as c; from pmf_spark.backends import "
+    probe = ("import pmf_spark, pmf_spark.kernels.compiled as c; "
+             "from pmf_spark.kernels.backends import "
              "kernels_cached; print(pmf_spark.__file__, kernels_cached(), "
              "c.ridge_rows_fused._cache._cache_path); {warm}")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pmf_spark import outlock
 from pmf_spark.errors import ConfigError, InputDataError
-from pmf_spark.io import load_ratings
+from pmf_spark.inputs.read import load_ratings
+from pmf_spark.outputs import lock as outlock
 
 import train_pmf
 
@@ -309,7 +309,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(spark, capsys, tmp_path
 def test_a_live_lock_elsewhere_is_respected_a_silent_one_taken_over(spark, tmp_path):
     """Expected: a fresh lock of another host refuses; one whose heartbeat stopped
     ten minutes ago is taken over (and the output written)."""
-    from pmf_spark.commit import AtomicOutput
+    from pmf_spark.outputs.commit import AtomicOutput
 
     lock = _lock(tmp_path, host="elsewhere", namespace="other")
     with pytest.raises(ConfigError, match="another pmf-spark run .* on elsewhere"):
@@ -341,7 +341,7 @@ def test_a_dead_runs_lock_and_staging_are_cleaned_up(spark, capsys, tmp_path, pr
 def test_an_older_versions_hidden_previous_output_is_put_back(spark, tmp_path, prior):
     """The bug this replaces: a kill between two renames left the only copy of the old
     output hidden. Expected: restored, and said so."""
-    from pmf_spark.commit import AtomicOutput
+    from pmf_spark.outputs.commit import AtomicOutput
 
     hidden = tmp_path / ".out.previous-0123456789ab"
     shutil.copytree(PRIOR["path"], hidden)
@@ -759,7 +759,7 @@ def test_checkpoints_are_verified(spark, capsys, tmp_path, checkpoint, name, dam
                                   want):
     """Three cases through the job (refused before any epoch), the rest through the
     checkpoint reader the job uses."""
-    from pmf_spark.checkpoint import Checkpointer
+    from pmf_spark.train.checkpoint import Checkpointer
 
     base, argv = checkpoint
     ck = tmp_path / "ck"
@@ -872,7 +872,7 @@ def test_interrupt_leaves_the_output_and_says_so(spark, capsys, tmp_path, prior,
     """Expected: exit 130, 'interrupted; <output> was left as it was', old output intact."""
     import signal
 
-    from pmf_spark.train import Trainer
+    from pmf_spark.train.loop import Trainer
 
     out = _prior_output(spark, tmp_path)
     before = files_of(out)
@@ -941,8 +941,8 @@ def test_worker_memory_grows_with_rank_and_refuses_what_does_not_fit(spark):
     ConfigError naming the rank when a worker has too little memory."""
     import numpy as np
 
-    from pmf_spark.params import PMFParams
-    from pmf_spark.preflight import check_worker_memory, worker_memory_needed
+    from pmf_spark.config.params import PMFParams
+    from pmf_spark.train.preflight import check_worker_memory, worker_memory_needed
 
     counts = {"user": np.full(6040, 165), "item": np.full(3706, 270)}
     small = worker_memory_needed(counts, 11, 2)
@@ -1061,7 +1061,7 @@ def _die(out) -> None:
 
 
 def _commit_steps(spark, tmp, backend) -> list[str]:
-    from pmf_spark import commit
+    from pmf_spark.outputs import commit
 
     seen: list[str] = []
     commit.FAULT = seen.append
@@ -1075,7 +1075,7 @@ def _commit_steps(spark, tmp, backend) -> list[str]:
 
 
 def _commit_once(spark, out_dir: Path, files) -> None:
-    from pmf_spark.commit import AtomicOutput
+    from pmf_spark.outputs.commit import AtomicOutput
 
     with AtomicOutput(spark, str(out_dir), job="test") as out:
         _write(out, files)
@@ -1084,7 +1084,8 @@ def _commit_once(spark, out_dir: Path, files) -> None:
 
 @pytest.fixture(params=["exchange", "two renames", "hadoop"])
 def backend(request, monkeypatch):
-    from pmf_spark import commit, fsops
+    from pmf_spark.outputs import commit
+    from pmf_spark.storage import ops as fsops
 
     if request.param == "two renames":
         monkeypatch.setattr(fsops.LocalOps, "exchange", lambda self, a, b: False)
@@ -1094,8 +1095,8 @@ def backend(request, monkeypatch):
 
 
 def test_a_crash_at_any_step_of_the_commit_leaves_old_or_new(spark, tmp_path, backend, report):
-    from pmf_spark import commit
-    from pmf_spark.commit import AtomicOutput, SimulatedCrash
+    from pmf_spark.outputs import commit
+    from pmf_spark.outputs.commit import AtomicOutput, SimulatedCrash
 
     steps = _commit_steps(spark, tmp_path, backend)
     assert "manifest" in steps and "unlocked" in steps
@@ -1143,8 +1144,9 @@ def test_a_crash_at_any_step_of_the_commit_leaves_old_or_new(spark, tmp_path, ba
 def test_a_crash_during_recovery_is_recovered_by_the_run_after(spark, tmp_path, monkeypatch,
                                                                report):
     """Two renames: killed between them, then killed again while recovering."""
-    from pmf_spark import commit, fsops
-    from pmf_spark.commit import AtomicOutput, SimulatedCrash
+    from pmf_spark.outputs import commit
+    from pmf_spark.outputs.commit import AtomicOutput, SimulatedCrash
+    from pmf_spark.storage import ops as fsops
 
     monkeypatch.setattr(fsops.LocalOps, "exchange", lambda self, a, b: False)
     results = []
@@ -1190,7 +1192,7 @@ def test_the_hostile_suite_has_at_least_80_cases(report):
 def test_a_lock_of_an_exited_unreaped_process_is_stale(spark, tmp_path):
     """A driver killed with its JVM can linger as a zombie. Expected: its lock is
     taken over."""
-    from pmf_spark.commit import AtomicOutput
+    from pmf_spark.outputs.commit import AtomicOutput
 
     zombie = subprocess.Popen(["true"])
     time.sleep(0.3)                        # exited, not yet waited for

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmf_spark.config import IMPLICIT_DEFAULTS, resolve
+from pmf_spark.config.files import IMPLICIT_DEFAULTS, resolve
 from pmf_spark.errors import ConfigError, InputDataError
-from pmf_spark.io import load_ratings
-from pmf_spark.prepare import dedupe
+from pmf_spark.inputs.read import load_ratings
+from pmf_spark.prepare.ratings import dedupe
 
 import train_pmf
 
@@ -157,9 +157,9 @@ def test_planted_groups_are_recovered_as_top_items():
     """Three taste groups, each user with events on ~40% of their group's items and a
     few stray ones: implicit ALS (one process, the job's strategy and kernels) puts the
     user's unseen group items at the top of their list."""
-    from pmf_spark.localengine import LocalData, LocalEngine
-    from pmf_spark.params import PMFParams
-    from pmf_spark.train import Trainer
+    from pmf_spark.config.params import PMFParams
+    from pmf_spark.engine.local import LocalData, LocalEngine
+    from pmf_spark.train.loop import Trainer
 
     rng = np.random.default_rng(11)
     n_users, n_items, groups = 90, 60, 3

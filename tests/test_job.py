@@ -13,10 +13,11 @@ from chispa import assert_approx_df_equality
 from chispa.schema_comparer import assert_schema_equality
 from pyspark.sql import functions as F
 
-from pmf_spark import outputs, pipeline
-from pmf_spark.params import JobConfig, PMFParams
-from pmf_spark.prepare import split_column
-from pmf_spark.synthetic import synthetic_ratings
+from pmf_spark.config.params import JobConfig, PMFParams
+from pmf_spark.inputs.synthetic import synthetic_ratings
+from pmf_spark.outputs import tables as outputs
+from pmf_spark.prepare.ratings import split_column
+from pmf_spark.train import job as pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.spark
@@ -128,7 +129,7 @@ def test_failed_run_leaves_previous_output_untouched(spark, tmp_path):
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     # a failure while writing: the staging directory is removed, the old output stays
-    from pmf_spark.fs import AtomicOutput
+    from pmf_spark.storage.hadoop import AtomicOutput
     orig = AtomicOutput.write_json
 
     def fail_on_model(self, name, obj):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmf_spark.kernels import ReadOut, ridge_rows, row_chunks, vb_rows
-from pmf_spark.reference import reference_ridge_rows
+from pmf_spark.kernels.reference import reference_ridge_rows
+from pmf_spark.kernels.rows import ReadOut, ridge_rows, row_chunks, vb_rows
 
 
 def random_csr(rng, n_rows, n_fixed, max_per_row, empty_fraction=0.0):
@@ -137,7 +137,7 @@ def test_row_chunks_cover_each_nonempty_row_once_in_order(counts, budget):
 
 
 def test_chunked_solve_equals_one_chunk(monkeypatch):
-    import pmf_spark.kernels as kernels
+    import pmf_spark.kernels.rows as kernels
     rng = np.random.default_rng(6)
     indptr, cols, t = random_csr(rng, 300, 80, 40, empty_fraction=0.3)
     design = rng.normal(size=(80, 6))
@@ -191,7 +191,7 @@ def test_compiled_ridge_rows_equal_the_numpy_oracle(seed, n_rows, n_fixed, k, ma
 
 
 def test_compiled_variational_and_gibbs_rows_equal_the_numpy_oracle():
-    from pmf_spark.kernels import gibbs_rows
+    from pmf_spark.kernels.rows import gibbs_rows
 
     rng = np.random.default_rng(9)
     indptr, cols, t = random_csr(rng, 200, 120, 50, empty_fraction=0.1)
@@ -215,7 +215,7 @@ def test_compiled_variational_and_gibbs_rows_equal_the_numpy_oracle():
 
 
 def test_kernel_backends_say_which_ran_and_auto_falls_back(monkeypatch):
-    import pmf_spark.kernels as kernels
+    import pmf_spark.kernels.rows as kernels
 
     rng = np.random.default_rng(2)
     indptr, cols, t = random_csr(rng, 20, 30, 10)
@@ -226,7 +226,7 @@ def test_kernel_backends_say_which_ran_and_auto_falls_back(monkeypatch):
     assert kernels.kernel_backend() == "numpy"
     # numba that cannot be loaded: 'auto' runs the numpy kernels and says why,
     # 'numba' refuses
-    from pmf_spark import backends
+    from pmf_spark.kernels import backends
 
     monkeypatch.setattr(backends._Compiled, "module", None)
     monkeypatch.setattr(backends._Compiled, "error", "ModuleNotFoundError: No module named 'numba'")
@@ -238,7 +238,7 @@ def test_kernel_backends_say_which_ran_and_auto_falls_back(monkeypatch):
     # raised in a Python worker, it reaches the driver inside Spark's traceback text;
     # the job reports it as one line (exit 2), not as a crash
     from pmf_spark.errors import PMFUserError
-    from pmf_spark.failures import user_failure
+    from pmf_spark.runtime.failures import user_failure
 
     wrapped = Exception(f"Traceback (most recent call last):\n  File \"worker.py\"\n"
                         f"RuntimeError: {err.value}\n\tat org.apache.spark.api.python")

@@ -18,10 +18,10 @@ from pyspark.ml.recommendation import ALS as MLlibALS
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 
+from pmf_spark.config.params import PMFParams, flat_names
 from pmf_spark.errors import ConfigError
 from pmf_spark.ml import PMF, PMFModel
 from pmf_spark.ml.params import OURS, SHARED
-from pmf_spark.params import PMFParams, flat_names
 
 from helpers import random_ratings
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmf_spark import reference
-from pmf_spark.params import JobConfig, PMFParams
-from pmf_spark.pipeline import load_inputs
-from pmf_spark.prepare import prepare, split_column
-from pmf_spark.synthetic import get_shape
-from pmf_spark.train import Trainer
+from pmf_spark.config.params import JobConfig, PMFParams
+from pmf_spark.inputs.synthetic import get_shape
+from pmf_spark.kernels import reference
+from pmf_spark.prepare.ratings import prepare, split_column
+from pmf_spark.train.job import load_inputs
+from pmf_spark.train.loop import Trainer
 
 import tune as tune_job
 from helpers import clean_from_pandas, prepared, random_ratings
@@ -132,7 +132,7 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
     assert code == 0
     # the best configuration holds model settings only: data and output come from the
     # training job's command line (never the tuning run's, never its output)
-    from pmf_spark.config import load_config_file, resolve
+    from pmf_spark.config.files import load_config_file, resolve
 
     import train_pmf
     best_toml = tmp_path / "clean" / "best.toml"
@@ -150,8 +150,8 @@ def test_tuning_never_reads_the_test_split(spark, tmp_path):
 
 
 def test_trial_lines_show_what_each_model_uses():
-    from pmf_spark.params import PMFParams
-    from pmf_spark.tuning import describe_trial, spread
+    from pmf_spark.config.params import PMFParams
+    from pmf_spark.train.tuning import describe_trial, spread
 
     base = PMFParams()
     rating = describe_trial(base)
@@ -165,7 +165,7 @@ def test_trial_lines_show_what_each_model_uses():
 
 
 def test_best_toml_says_when_it_keeps_the_search_s_epochs():
-    from pmf_spark.params import PMFParams
+    from pmf_spark.config.params import PMFParams
 
     params = PMFParams().replace(epochs=5)
     said = tune_job.best_toml(JobConfig(), params, "validation rmse 0.9", epochs_given=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pmf_spark.config import load_config_file, resolve, to_toml
+from pmf_spark.config.files import load_config_file, resolve, to_toml
+from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.errors import ConfigError
-from pmf_spark.params import JobConfig, PMFParams
 
 import train_pmf
 
@@ -143,7 +143,7 @@ def test_groups_tables_and_legacy_files(tmp_path):
 def test_engine_knobs_stay_out_of_the_fingerprint_and_the_model_section():
     from types import SimpleNamespace
 
-    from pmf_spark.checkpoint import fingerprint
+    from pmf_spark.train.checkpoint import fingerprint
 
     data = SimpleNamespace(summary=lambda: {"n_users": 3, "n_items": 4, "n_train": 9,
                                             "n_test": 2, "fingerprint": "ab"})
@@ -164,8 +164,8 @@ def test_every_registered_model_states_its_math():
     documents its objective (or model), its update and what it broadcasts."""
     import sys
 
+    from pmf_spark.config.params import FitParams
     from pmf_spark.models import REGISTRY
-    from pmf_spark.params import FitParams
 
     assert set(REGISTRY) >= {"pmf", "bpmf"}
     for name, cls in REGISTRY.items():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pmf_spark.kernels import gibbs_rows, vb_rows
-from pmf_spark.priors import (
+from pmf_spark.kernels.rows import gibbs_rows, vb_rows
+from pmf_spark.models.priors import (
     noise_variance,
     prior_variances,
     sample_noise_precision,

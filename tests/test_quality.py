@@ -9,8 +9,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import ROOT
-from pmf_spark.prepare import split_column
-from pmf_spark.synthetic import get_shape, synthetic_ratings
+from pmf_spark.inputs.synthetic import get_shape, synthetic_ratings
+from pmf_spark.prepare.ratings import split_column
 
 import train_pmf
 

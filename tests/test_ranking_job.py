@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmf_spark.params import PMFParams
-from pmf_spark.train import Trainer
+from pmf_spark.config.params import PMFParams
+from pmf_spark.train.loop import Trainer
 
 import train_pmf
 import tune as tune_job
@@ -133,7 +133,7 @@ def test_implicit_als_recovers_planted_preferences(spark):
 
 
 def test_tuning_by_a_ranking_metric_never_reads_the_test_split(spark, tmp_path):
-    from pmf_spark.prepare import split_column
+    from pmf_spark.prepare.ratings import split_column
 
     pdf = random_ratings(13, 50, 40, 0.3)
     is_test = spark.createDataFrame(pdf).select(split_column(0, 0.15).alias("t")).toPandas().t
@@ -154,7 +154,7 @@ def test_tuning_by_a_ranking_metric_never_reads_the_test_split(spark, tmp_path):
     scores = [t["val_ndcg@5"] for t in a["trials"]]
     assert scores == sorted(scores, reverse=True) and a["metric"] == "ndcg@5"
     assert all(t["model"] in ("missing-data", "implicit") for t in a["trials"])
-    from pmf_spark.config import load_config_file, resolve
+    from pmf_spark.config.files import load_config_file, resolve
 
     _, best = resolve(load_config_file(str(tmp_path / "clean" / "best.toml")), None)
     top = a["trials"][0]

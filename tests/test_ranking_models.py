@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmf_spark import reference
-from pmf_spark.kernels import ridge_rows
-from pmf_spark.params import PMFParams
-from pmf_spark.train import Trainer
+from pmf_spark.config.params import PMFParams
+from pmf_spark.kernels import reference
+from pmf_spark.kernels.rows import ridge_rows
+from pmf_spark.train.loop import Trainer
 
 from helpers import dense_split, prepared, random_ratings
 

@@ -11,12 +11,12 @@ from chispa.schema_comparer import assert_schema_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pmf_spark import pipeline
-from pmf_spark.evaluate import ranking_metrics
-from pmf_spark.params import JobConfig, PMFParams
-from pmf_spark.recommend import TopK, item_neighbors, item_tiebreak, recommend_all
-from pmf_spark.topk import candidate_items
-from pmf_spark.train import Trainer
+from pmf_spark.config.params import JobConfig, PMFParams
+from pmf_spark.evaluate.metrics import ranking_metrics
+from pmf_spark.recommend.spark import TopK, item_neighbors, item_tiebreak, recommend_all
+from pmf_spark.recommend.topk import candidate_items
+from pmf_spark.train import job as pipeline
+from pmf_spark.train.loop import Trainer
 from test_topk import HAND_RECS, HAND_TEST, brute_top_k, pandas_ranking
 
 import recommend as recommend_job
@@ -258,7 +258,7 @@ def test_bulk_users_match_the_training_job(spark, ml100k_model, tmp_path):
 @pytest.mark.movielens
 def test_fold_in_recovers_a_trained_user(spark, ml100k_model, tmp_path, capsys):
     """A user refit by fold-in from their training ratings gets nearly the trained factor."""
-    from pmf_spark.saved import SavedModel
+    from pmf_spark.serve.saved import SavedModel
 
     model = SavedModel(spark, ml100k_model)
     uid = 18

@@ -1,4 +1,4 @@
-"""Answers without Spark (pmf_spark.serve, recommend.py --engine local): the same answers
+"""Answers without Spark (pmf_spark.serve.local, recommend.py --engine local): the same answers
 as the Spark path, one user's answer from a large model equal to the brute-force one
 with no JVM and no pyspark import (benchmarks/serve_one_user.py times it at MovieLens-10M
 size), bulk fold-in on both engines,
@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmf_spark import pipeline
+from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.errors import InputDataError
-from pmf_spark.localio import parse_rating_lines
-from pmf_spark.params import JobConfig, PMFParams
-from pmf_spark.saved import SavedModel
 from pmf_spark.serve import LocalModel
+from pmf_spark.serve.files import parse_rating_lines
+from pmf_spark.serve.saved import SavedModel
+from pmf_spark.train import job as pipeline
 
 import recommend as recommend_job
 from helpers import brute_force_top_k, random_ratings, shaped_model
@@ -268,13 +268,14 @@ def test_local_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == \
         f"error: model {out}: no model.json (not a pmf-spark model directory?)"
     with pytest.raises(InputDataError, match="no such file"):
-        from pmf_spark.titles import read_titles_local
+        from pmf_spark.inputs.titles import read_titles_local
         read_titles_local(str(tmp_path / "u.item"), [1])
 
 
 @pytest.mark.spark
 def test_a_fitted_model_folds_in_users_and_takes_an_allow_list(spark):
-    from pmf_spark import PMF, reference
+    from pmf_spark import PMF
+    from pmf_spark.kernels import reference
 
     pdf = random_ratings(29, 40, 30, 0.35)
     model = PMF(rank=3, epochs=2, blocks=2).fit(spark.createDataFrame(pdf))

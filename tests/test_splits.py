@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pmf_spark.errors import InputDataError
-from pmf_spark.splits import mark_test
+from pmf_spark.prepare.splits import mark_test
 
 pytestmark = pytest.mark.spark
 
@@ -98,7 +98,7 @@ def test_the_job_refuses_a_time_based_split_without_timestamps(spark, tmp_path, 
 def test_the_driver_side_vocabulary_equals_the_distributed_one(spark, ids):
     """Small inputs order their vocabulary on the driver (Arrow); it must assign exactly
     the indices the distributed sort does, ties by id in Spark's order."""
-    from pmf_spark.indexing import build_vocabulary
+    from pmf_spark.prepare.indexing import build_vocabulary
 
     rng = np.random.default_rng(4)
     rows = [(ids[j], int(rng.integers(0, 3)), int(rng.random() < 0.2)) for j in

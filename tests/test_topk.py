@@ -9,9 +9,9 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmf_spark import reference
-from pmf_spark.kernels import ReadOut, top_k
-from pmf_spark.topk import fold_in, recommend_rows
+from pmf_spark.kernels import reference
+from pmf_spark.kernels.rows import ReadOut, top_k
+from pmf_spark.recommend.topk import fold_in, recommend_rows
 
 
 def brute_top_k(scores, k, tiebreak):
@@ -78,7 +78,7 @@ def test_fold_in_equals_a_user_half_step():
 # ----------------------------------------------------------------------- ranking metrics
 
 def pandas_ranking(recs: pd.DataFrame, test: pd.DataFrame, k: int, threshold: float) -> dict:
-    """Plain pandas reference of pmf_spark.evaluate.ranking_metrics."""
+    """Plain pandas reference of pmf_spark.evaluate.metrics.ranking_metrics."""
     rel = test[test.rating >= threshold].groupby("u")["i"].apply(set)
     rows = []
     for u, relevant in rel.items():
@@ -120,10 +120,10 @@ def test_item_neighbours_need_support_on_planted_data():
     neighbour lists with a spurious similarity; with the data's default support they
     never appear as neighbours (they are still asked about) and an item's neighbours
     come from its own group."""
-    from pmf_spark.localengine import LocalData, LocalEngine
-    from pmf_spark.params import PMFParams
-    from pmf_spark.topk import neighbor_rows, neighbour_support, unit_rows
-    from pmf_spark.train import Trainer
+    from pmf_spark.config.params import PMFParams
+    from pmf_spark.engine.local import LocalData, LocalEngine
+    from pmf_spark.recommend.topk import neighbor_rows, neighbour_support, unit_rows
+    from pmf_spark.train.loop import Trainer
 
     rng = np.random.default_rng(5)
     n_users, n_items, rare = 80, 40, 5
@@ -163,10 +163,10 @@ def test_a_short_themed_profile_gets_a_themed_list_on_planted_data():
     rate what they like, and popular items more): a new user who rated four items of
     one taste, folded into the ranking model as the answers fold them in, gets a top 10
     dominated by that taste, although the most popular items are mixed."""
-    from pmf_spark.foldin import fold_in_user
-    from pmf_spark.localengine import LocalData, LocalEngine
-    from pmf_spark.params import PMFParams
-    from pmf_spark.train import Trainer
+    from pmf_spark.config.params import PMFParams
+    from pmf_spark.engine.local import LocalData, LocalEngine
+    from pmf_spark.recommend.foldin import fold_in_user
+    from pmf_spark.train.loop import Trainer
 
     rng = np.random.default_rng(3)
     n_users, n_items, tastes = 300, 150, 3

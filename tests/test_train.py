@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from pmf_spark import reference
-from pmf_spark.engine import block_labels, pack_side
-from pmf_spark.kernels import ReadOut
-from pmf_spark.params import PMFParams
-from pmf_spark.train import Trainer
+from pmf_spark.config.params import PMFParams
+from pmf_spark.engine.spark import block_labels, pack_side
+from pmf_spark.kernels import reference
+from pmf_spark.kernels.rows import ReadOut
+from pmf_spark.train.loop import Trainer
 
 from helpers import dense_split, prepared, random_ratings
 
@@ -130,8 +130,8 @@ def test_epoch_plan_reuses_the_cached_layout_without_shuffle_or_sort(spark, smal
         # the check can fail: a layout cached without the in-partition sort needs a Sort
         import functools
 
-        from pmf_spark.engine import block_of
-        from pmf_spark.layout import PACKED_SCHEMA, pack_block
+        from pmf_spark.engine.layout import PACKED_SCHEMA, pack_block
+        from pmf_spark.engine.spark import block_of
         labels = block_labels(spark, 3)
         fn = functools.partial(pack_block, chunk_ratings=1000, val_dtype="float32",
                                with_test=False)
@@ -200,7 +200,7 @@ def test_blocks_are_balanced_by_rating_count(spark):
 def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
     import pandas as pd
 
-    from pmf_spark.prepare import prepare
+    from pmf_spark.prepare.ratings import prepare
 
     from helpers import clean_from_pandas
 
@@ -234,7 +234,7 @@ def test_rows_without_training_ratings_stay_at_the_prior_mean(spark):
 def test_resident_blocks_give_identical_results_and_fall_back_when_missing(spark, small):
     """Later epochs send only chunk keys; a worker without the chunk reports it and the
     driver re-sends that block. Bit-identical factors either way."""
-    import pmf_spark.engine as train_mod
+    import pmf_spark.engine.spark as train_mod
     trainer = Trainer(spark, small, P(rank=2, epochs=1, blocks=3))
     trainer.setup()
     assert not trainer.engine.uses_resident("user")      # tiny blocks are always sent
@@ -266,7 +266,7 @@ def _resident_checks(spark, small):
     try:
         st = trainer.fit()
         spark.sparkContext.parallelize(range(8), 8).foreach(
-            lambda _: __import__("pmf_spark.layout", fromlist=["layout"]).resident_clear())
+            lambda _: __import__("pmf_spark.engine.layout", fromlist=["layout"]).resident_clear())
         trainer.engine.resident.token = "not-in-any-worker"   # and a key nobody holds
         trainer.half_step(st, "user")
         assert trainer.engine.resident.stats["resent_chunks"] > 0
@@ -278,7 +278,7 @@ def _resident_checks(spark, small):
 
 
 def test_block_labels_use_sparks_own_hash(spark):
-    from pmf_spark.engine import spark_hash_int
+    from pmf_spark.engine.spark import spark_hash_int
 
     got = spark.range(-300, 3000).select(F.col("id").cast("int").alias("k"),
                                          F.hash(F.col("id").cast("int")).alias("h")).collect()

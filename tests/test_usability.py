@@ -15,8 +15,8 @@ import pytest
 from chispa import assert_df_equality
 
 from pmf_spark import PMF
-from pmf_spark.config import load_config_file, resolve, to_toml
-from pmf_spark.params import JobConfig, PMFParams
+from pmf_spark.config.files import load_config_file, resolve, to_toml
+from pmf_spark.config.params import JobConfig, PMFParams
 
 import train_pmf
 from helpers import random_ratings

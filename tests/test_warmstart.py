@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmf_spark import pipeline
-from pmf_spark.params import JobConfig, PMFParams
-from pmf_spark.prepare import prepare
-from pmf_spark.train import Trainer
-from pmf_spark.warmstart import warm_start_state
+from pmf_spark.config.params import JobConfig, PMFParams
+from pmf_spark.prepare.ratings import prepare
+from pmf_spark.train import job as pipeline
+from pmf_spark.train.loop import Trainer
+from pmf_spark.train.warmstart import warm_start_state
 
 import train_pmf
 from helpers import clean_from_pandas, random_ratings

@@ -21,12 +21,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pmf_spark.config.params import JobConfig, PMFParams
+from pmf_spark.kernels.rows import ReadOut
+from pmf_spark.outputs.tables import arrays_frame, factor_schema, model_meta, vocabulary_schema
+from pmf_spark.serve.saved import model_sections
+from pmf_spark.storage.hadoop import path_exists, read_text
+
 from ..errors import InputDataError
-from ..fs import path_exists, read_text
-from ..kernels import ReadOut
-from ..outputs import arrays_frame, factor_schema, model_meta, vocabulary_schema
-from ..params import JobConfig, PMFParams
-from ..saved import model_sections
 
 SIDES = ("user", "item")
 #: implicit ALS's read-out: scores are preferences, not ratings
@@ -239,9 +240,9 @@ def _read_side(spark: SparkSession, path: str, side: str, rank: int,
 
 
 def seen_ratings(clean) -> DataFrame:
-    """The training ratings of validated input (:class:`~pmf_spark.validate.CleanRatings`)
+    """The training ratings of validated input (:class:`~pmf_spark.inputs.validate.CleanRatings`)
     by original id, one per (user, item): the latest by timestamp, ties by the higher
-    rating -- the rule :func:`pmf_spark.prepare.dedupe` applies. Not cached: a lineage
+    rating -- the rule :func:`pmf_spark.prepare.ratings.dedupe` applies. Not cached: a lineage
     on the input, evaluated only when recommendations or a save need it."""
     order = F.struct(F.col("ts"), F.col("rating"))
     return (clean.df.groupBy(F.col("user").alias("user_id"), F.col("item").alias("item_id"))

@@ -16,8 +16,9 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWritable, MLReadab
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pmf_spark.evaluate.metrics import EpochMetrics
+
 from ..errors import ConfigError
-from ..evaluate import EpochMetrics
 from .model import PMFModel, require_columns
 from .params import PMFParamsMixin
 from .session import own_shuffle_partitions, use_driver_python
@@ -39,7 +40,7 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
     any integers or strings, and recommendations never contain a training item.
 
     ``fit(df, callback=fn, test=test_df)``: ``fn`` is called with each epoch's
-    :class:`~pmf_spark.evaluate.EpochMetrics` (returning ``False`` stops training);
+    :class:`~pmf_spark.evaluate.metrics.EpochMetrics` (returning ``False`` stops training);
     each epoch is also logged at INFO on the ``pmf_spark`` logger; ``test`` adds test
     RMSE/MAE to every epoch.
     """
@@ -66,10 +67,11 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
         return Estimator.fit(est, dataset, params)
 
     def _fit(self, dataset: DataFrame) -> PMFModel:
-        from ..io import frame_ratings
-        from ..pipeline import check_driver_memory
-        from ..prepare import prepare
-        from ..train import Trainer
+        from pmf_spark.inputs.read import frame_ratings
+        from pmf_spark.prepare.ratings import prepare
+        from pmf_spark.train.job import check_driver_memory
+        from pmf_spark.train.loop import Trainer
+
         from .core import FactorCore, seen_ratings
 
         spark = dataset.sparkSession

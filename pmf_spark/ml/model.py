@@ -12,9 +12,10 @@ from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pmf_spark.config.params import PMFParams
+from pmf_spark.outputs.tables import RECS_COLUMNS
+
 from ..errors import InputDataError
-from ..outputs import RECS_COLUMNS
-from ..params import PMFParams
 from . import recs
 from .core import FactorCore
 from .params import PMFModelParams
@@ -210,10 +211,10 @@ class PMFModel(Model, PMFModelParams, MLWritable, MLReadable):
         return folded.select("user_id", "features", "bias", "n_ratings"), lists
 
     def _answers(self):
-        """The model's item side on the driver (:class:`~pmf_spark.saved.SavedModel`)."""
+        """The model's item side on the driver (:class:`~pmf_spark.serve.saved.SavedModel`)."""
         core = self.core
         if "answers" not in core._frames:
-            from ..saved import SavedModel
+            from pmf_spark.serve.saved import SavedModel
 
             spark = self._spark
             meta = {**core.meta, "job": {"min_item_ratings": 1}}

@@ -1,5 +1,5 @@
 """The Params of :class:`~pmf_spark.ml.PMF` and :class:`~pmf_spark.ml.PMFModel`, and
-their mapping onto :class:`~pmf_spark.params.PMFParams`.
+their mapping onto :class:`~pmf_spark.config.params.PMFParams`.
 
 Where Spark ML's ``ALS`` has a Param with the same meaning it has the same name
 (``rank``, ``maxIter``, ``userCol``, ...); the rest are pmf-spark's own, named after the
@@ -27,10 +27,8 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.ml.param import Param, Params
 
-from ..errors import ConfigError
-from ..kernels import BACKENDS
-from ..models import REGISTRY
-from ..params import (
+from pmf_spark.config.checks import check_bool, check_choice, check_float, check_int
+from pmf_spark.config.params import (
     CONFIDENCES,
     DUPLICATE_POLICIES,
     GRAM_DTYPES,
@@ -44,7 +42,10 @@ from ..params import (
     PMFParams,
     RankingParams,
 )
-from ..paramtools import check_bool, check_choice, check_float, check_int
+from pmf_spark.kernels.rows import BACKENDS
+
+from ..errors import ConfigError
+from ..models import REGISTRY
 
 COLD_START_STRATEGIES = ("nan", "drop", "mean")
 

@@ -1,7 +1,7 @@
 """Top-k for a model's users (items for each user) or items (users for each item), on
 Spark, blockwise: the query side's rows with their factors and the indices of what
 they rated in training go to ``groupBy(block).applyInPandas``, the other side's
-factors are one broadcast (the numpy is :func:`pmf_spark.topk.users_block`, the same
+factors are one broadcast (the numpy is :func:`pmf_spark.recommend.topk.users_block`, the same
 code the job's and ``recommend.py``'s lists run). Never a cross join, never an item a
 user rated in training; ordered by score -- the ranking model's when one was trained
 beside the rating model, as in the job -- then by the other side's original id. Query
@@ -16,7 +16,8 @@ import functools
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..topk import candidate_items, users_block
+from pmf_spark.recommend.topk import candidate_items, users_block
+
 from .core import FactorCore
 
 OTHER = {"user": "item", "item": "user"}

@@ -22,7 +22,7 @@ REGISTRY: dict[str, type[Strategy]] = {
 
 
 def strategy_for(params, ctx) -> Strategy:
-    """The strategy that fits ``params`` (a :class:`~pmf_spark.params.PMFParams`)."""
+    """The strategy that fits ``params`` (a :class:`~pmf_spark.config.params.PMFParams`)."""
     return REGISTRY[params.fit.model].create(params, ctx)
 
 

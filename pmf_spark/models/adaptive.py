@@ -5,7 +5,7 @@ variances from the current factors and sets :math:`\lambda = \sigma^2/\sigma_p^2
 per side, one variance per side (``priors="spherical"``) or per latent dimension
 (``"diagonal"``). With point estimates that collapses every factor to zero, so this
 runs mean-field variational EM with diagonal posterior covariances (Lim & Teh 2007);
-the hyperparameter updates and their derivation are in :mod:`pmf_spark.priors`.
+the hyperparameter updates and their derivation are in :mod:`pmf_spark.models.priors`.
 
 The objective is the model's evidence lower bound; per half-step, with the other
 side's posterior means :math:`\bar F` and variances :math:`C_j` fixed, row i's
@@ -38,9 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import vb_rows
-from ..layout import Chunk
-from ..priors import noise_variance, prior_variances
+from pmf_spark.engine.layout import Chunk
+from pmf_spark.kernels.rows import vb_rows
+from pmf_spark.models.priors import noise_variance, prior_variances
+
 from .base import SIDES, BlockSolve, HalfPayload, KernelTask, TrainState, other
 from .pmf import MapPMF
 

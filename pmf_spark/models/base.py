@@ -6,7 +6,7 @@ broadcast (a frozen payload dataclass) and which top-level block kernel solves a
 chunk of rows against it (:class:`KernelTask`); after the half-step it takes the
 solved rows into the state (:meth:`Strategy.absorb`); after each epoch it updates
 what lives on the driver (:meth:`Strategy.after_epoch`: priors, noise, samples).
-The loop (:mod:`pmf_spark.train`) and the engine (:mod:`pmf_spark.engine`) are
+The loop (:mod:`pmf_spark.train.loop`) and the engine (:mod:`pmf_spark.engine.spark`) are
 written once for all of them. Pure numpy: the kernels run in the Python workers.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..kernels import ReadOut, row_dots
-from ..layout import Chunk
+from pmf_spark.engine.layout import Chunk
+from pmf_spark.kernels.rows import ReadOut, row_dots
 
 SIDES = ("user", "item")
 
@@ -35,7 +35,7 @@ class HalfPayload:
         offset: float64 (n_fixed,) the fixed side's biases, or None without biases.
         readout: z units <-> ratings, for the targets and the metrics.
         gram_dtype: dtype name of the Gram accumulation.
-        kernel: 'auto', 'numba' or 'numpy' (:data:`pmf_spark.kernels.BACKENDS`).
+        kernel: 'auto', 'numba' or 'numpy' (:data:`pmf_spark.kernels.rows.BACKENDS`).
     """
 
     design: np.ndarray
@@ -182,7 +182,7 @@ def other(side: str) -> str:
 
 
 class Strategy:
-    """A model: its math for the loop in :mod:`pmf_spark.train`.
+    """A model: its math for the loop in :mod:`pmf_spark.train.loop`.
 
     Subclasses set ``name`` and implement :meth:`tasks`; the defaults here are those
     of a MAP model with fixed diagonal priors.

@@ -8,7 +8,7 @@ the kept samples' predictions (the posterior predictive mean); there is no objec
 The update (one Gibbs sweep per epoch):
 
 1. on the driver, draw the user side's (μ_U, Λ_U) from their Normal-Wishart posterior
-   given the current user rows (:func:`pmf_spark.priors.sample_normal_wishart`);
+   given the current user rows (:func:`pmf_spark.models.priors.sample_normal_wishart`);
 2. draw every user row from its Gaussian conditional given the items, in parallel:
 
    .. math::
@@ -39,10 +39,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pmf_spark.engine.layout import Chunk
+from pmf_spark.kernels.rows import gibbs_rows
+from pmf_spark.models.priors import sample_noise_precision, sample_normal_wishart
+
 from ..errors import ConfigError
-from ..kernels import gibbs_rows
-from ..layout import Chunk
-from ..priors import sample_noise_precision, sample_normal_wishart
 from .base import BlockSolve, FactorModel, HalfPayload, KernelTask, Strategy, TrainState, other
 
 

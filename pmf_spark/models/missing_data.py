@@ -50,9 +50,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pmf_spark.engine.layout import Chunk
+from pmf_spark.kernels.rows import ridge_rows
+
 from ..errors import ConfigError
-from ..kernels import ridge_rows
-from ..layout import Chunk
 from .base import SIDES, BlockSolve, HalfPayload, KernelTask, Strategy, TrainState, other
 
 

@@ -55,8 +55,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import ridge_rows
-from ..layout import Chunk
+from pmf_spark.engine.layout import Chunk
+from pmf_spark.kernels.rows import ridge_rows
+
 from .base import BlockSolve, HalfPayload, KernelTask, Strategy, TrainState
 
 
