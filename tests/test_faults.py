@@ -15,7 +15,7 @@ import pytest
 
 from pmf_spark.config.params import PMFParams
 from pmf_spark.errors import ConfigError
-from pmf_spark.train import job as pipeline
+from pmf_spark.train import preflight
 
 import train_pmf
 from helpers import random_ratings
@@ -158,18 +158,18 @@ def test_driver_memory_check(spark):
 
     data = SimpleNamespace(n_users=2_000_000, n_items=500_000)
     p = PMFParams.of(rank=100)
-    jvm, py = pipeline.driver_memory_needed(data.n_users, data.n_items, p)
+    jvm, py = preflight.driver_memory_needed(data.n_users, data.n_items, p)
     assert py >= 6 * 2_500_000 * 101 * 8 and jvm >= 3 * 2_000_000 * 101 * 8
     with pytest.raises(ConfigError, match=r"driver memory: 2000000 users \+ 500000 items at "
                                           r"rank 100 need about .* GiB of driver JVM heap, but "
                                           r"it has 1.0 GiB; raise --driver-memory"):
-        pipeline.check_driver_memory(spark, data, p, jvm_max=1 << 30, available=64 << 30)
+        preflight.check_driver_memory(spark, data, p, jvm_max=1 << 30, available=64 << 30)
     with pytest.raises(ConfigError, match="in the Python driver"):
-        pipeline.check_driver_memory(spark, data, p, jvm_max=64 << 30, available=1 << 30)
-    pipeline.check_driver_memory(spark, data, p, jvm_max=64 << 30, available=64 << 30)
+        preflight.check_driver_memory(spark, data, p, jvm_max=64 << 30, available=1 << 30)
+    preflight.check_driver_memory(spark, data, p, jvm_max=64 << 30, available=64 << 30)
     bpmf = PMFParams.of(rank=10, model="bpmf", samples=80)
-    assert pipeline.driver_memory_needed(1000, 1000, bpmf)[1] > \
-        pipeline.driver_memory_needed(1000, 1000, PMFParams.of(rank=10))[1]
+    assert preflight.driver_memory_needed(1000, 1000, bpmf)[1] > \
+        preflight.driver_memory_needed(1000, 1000, PMFParams.of(rank=10))[1]
 
 
 def test_ids_and_titles_are_data_not_paths(spark, tmp_path):

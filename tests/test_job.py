@@ -129,7 +129,7 @@ def test_failed_run_leaves_previous_output_untouched(spark, tmp_path):
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     # a failure while writing: the staging directory is removed, the old output stays
-    from pmf_spark.storage.hadoop import AtomicOutput
+    from pmf_spark.outputs.commit import AtomicOutput
     orig = AtomicOutput.write_json
 
     def fail_on_model(self, name, obj):

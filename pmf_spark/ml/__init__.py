@@ -17,11 +17,11 @@ ML's persistence (alone or inside a ``PipelineModel``), and are logged by
 The Params and the ``regParam`` mapping are in :mod:`pmf_spark.ml.params`.
 """
 
-from .estimator import PMF, _signature
+from .estimator import PMF, init_signature
 from .model import PMFModel
 
 # the classes' public home: what Spark ML's metadata and MLflow's allowlist name
 PMF.__module__ = PMFModel.__module__ = __name__
-PMF.__signature__ = _signature()  # type: ignore[attr-defined]
+PMF.__signature__ = init_signature()  # type: ignore[attr-defined]
 
 __all__ = ["PMF", "PMFModel"]

@@ -69,8 +69,8 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
     def _fit(self, dataset: DataFrame) -> PMFModel:
         from pmf_spark.inputs.read import frame_ratings
         from pmf_spark.prepare.ratings import prepare
-        from pmf_spark.train.job import check_driver_memory
         from pmf_spark.train.loop import Trainer
+        from pmf_spark.train.preflight import check_driver_memory
 
         from .core import FactorCore, seen_ratings
 
@@ -176,7 +176,7 @@ def _epoch_hook(total: int, callback):
     return hook
 
 
-def _signature() -> inspect.Signature:
+def init_signature() -> inspect.Signature:
     """Keyword-only parameters with their defaults, for help() and notebook completion."""
     est = PMF()
     params = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,

@@ -8,7 +8,7 @@ ML's ``metadata/`` (class, uid, Params), so ``jobs/recommend.py`` reads it, a
 ``PipelineModel`` holding it saves and loads, and a directory the job wrote loads as
 a ``PMFModel`` (with default Params, as it has no ``metadata/``). The directory is
 written to a staging sibling and moved into place when complete
-(:class:`~pmf_spark.storage.hadoop.AtomicOutput`); an existing path is replaced only with
+(:class:`~pmf_spark.outputs.commit.AtomicOutput`); an existing path is replaced only with
 ``overwrite()`` and only when it is a pmf-spark output.
 """
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 
 from pmf_spark.config.params import JobConfig
+from pmf_spark.outputs.commit import AtomicOutput
 from pmf_spark.outputs.tables import FACTOR_TABLES, RECS_TABLE, VOCAB_TABLES, n_files, write_sorted
-from pmf_spark.storage.hadoop import AtomicOutput, path_exists, short
+from pmf_spark.storage.hadoop import path_exists, short
 
 from ..errors import ConfigError, InputDataError
 from .core import SIDES, FactorCore

@@ -88,14 +88,6 @@ class MapPMF(Strategy):
         # adaptive priors also hold both sides' posterior variances
         return (6 if fit.priors == "fixed" else 8), 3
 
-    @classmethod
-    def create(cls, params, ctx):
-        if params.fit.priors != "fixed":
-            from .adaptive import AdaptivePriorPMF
-
-            return AdaptivePriorPMF(params, ctx)
-        return cls(params, ctx)
-
     def tasks(self, state: TrainState, solving: str, epoch: int, rng) -> list[KernelTask]:
         design, offset = self.design(state.side("item" if solving == "user" else "user"))
         payload = RidgePayload(design=design, offset=offset, readout=self.ctx.readout,

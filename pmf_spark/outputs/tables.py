@@ -1,6 +1,6 @@
 """Writing a run's outputs: factor and vocabulary tables, the split, recommendations,
 neighbours, metrics, ``model.json`` and the report, into a staging directory that is
-committed atomically (:class:`pmf_spark.storage.hadoop.AtomicOutput`). ``docs/outputs.md`` is the
+committed atomically (:class:`pmf_spark.outputs.commit.AtomicOutput`). ``docs/outputs.md`` is the
 contract these tables keep.
 """
 
@@ -21,8 +21,8 @@ from pyspark.sql import types as T
 
 from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.evaluate.metrics import EpochMetrics
+from pmf_spark.outputs.commit import AtomicOutput
 from pmf_spark.runtime.sparkutil import describe
-from pmf_spark.storage.hadoop import AtomicOutput
 from pmf_spark.version import __version__
 
 MODEL_FORMAT_VERSION = 2

@@ -1,7 +1,7 @@
 """Files through Hadoop's FileSystem API (via the session's JVM), so the same code
 serves local paths, HDFS and the rest: existence, text in and out, standard JSON.
-The output directory that is replaced safely is :class:`pmf_spark.outputs.commit.AtomicOutput`
-(also importable from here).
+The output directory that is replaced safely is
+:class:`pmf_spark.outputs.commit.AtomicOutput`.
 """
 
 from __future__ import annotations
@@ -120,7 +120,5 @@ def is_local_uri(uri: str) -> bool:
     return uri.startswith("file:")
 
 
-from pmf_spark.outputs.commit import AtomicOutput, SimulatedCrash  # noqa: E402  (re-exported; commit uses fs)
-
-__all__ = ["AtomicOutput", "SimulatedCrash", "dumps", "jvm_fs", "path_exists", "qualify",
+__all__ = ["dumps", "jvm_fs", "path_exists", "qualify",
            "read_text", "short", "write_text"]

@@ -7,7 +7,7 @@ output lock.
   new output directory with the old one in one atomic step.
 - :class:`HadoopOps` works through Hadoop's FileSystem API (HDFS and the rest).
 
-Both offer the same small set of calls, so :class:`pmf_spark.storage.hadoop.AtomicOutput` and
+Both offer the same small set of calls, so :class:`pmf_spark.outputs.commit.AtomicOutput` and
 :class:`pmf_spark.outputs.lock.OutputLock` are written once.
 """
 

@@ -5,7 +5,6 @@ write the outputs atomically."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -13,7 +12,6 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pmf_spark.config.params import JobConfig, PMFParams
-from pmf_spark.errors import ConfigError
 from pmf_spark.evaluate.metrics import EpochMetrics
 from pmf_spark.inputs.read import load_ratings, load_table
 from pmf_spark.inputs.synthetic import get_shape, synthetic_ratings
@@ -27,11 +25,11 @@ from pmf_spark.outputs.report import split_phrase
 from pmf_spark.outputs.tables import RunWriter, history_csv, model_meta
 from pmf_spark.prepare.ratings import PreparedData, prepare
 from pmf_spark.runtime import interrupt
-from pmf_spark.runtime.sparkutil import jvm
 from pmf_spark.train.checkpoint import Checkpointer, check_resumable, fingerprint
 from pmf_spark.train.loop import Trainer
 from pmf_spark.train.preflight import (
     blocks_cap,
+    check_driver_memory,
     check_paths,
     check_prepared,
     check_worker_memory,
@@ -85,62 +83,6 @@ def check_output_path(spark: SparkSession, cfg: JobConfig) -> None:
     """Refuse an output or checkpoint directory that overlaps the input (the output
     itself is checked when it is opened: :func:`pmf_spark.train.preflight.open_output`)."""
     check_paths(spark, cfg)
-
-
-def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple[int, int]:
-    """Bytes the driver needs for the factor matrices: (JVM heap, Python process).
-
-    The Python driver holds copies of both sides' state (factors and bias, float64): the
-    state, a design copy for the broadcast and its pickle, the collected half-step, and
-    what the model keeps on top (its :meth:`~pmf_spark.models.base.Strategy.driver_copies`),
-    plus the best epoch's copy with early stopping. The JVM holds one side's broadcast and
-    one collected side at a time, and the final factor tables while writing them. The
-    ranking model trained beside the rating model adds its own copies at its rank.
-    """
-    rows = n_users + n_items
-    jvm, python = 256 << 20, 0
-    for p in (params, params.companion()):
-        if p is None:
-            continue
-        w = (p.model.rank + 1) * 8
-        python_copies, jvm_copies = REGISTRY[p.fit.model].driver_copies(p.fit)
-        if p.fit.early_stopping:
-            python_copies += 2
-        jvm += jvm_copies * max(n_users, n_items) * w
-        python += python_copies * rows * w
-    return jvm, python
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_driver_memory(spark: SparkSession, data: PreparedData, params: PMFParams,
-                        jvm_max: int | None = None, available: int | None = None) -> None:
-    """Refuse to start when the driver cannot hold the factor matrices."""
-    jvm_need, py_need = driver_memory_needed(data.n_users, data.n_items, params)
-    if jvm_max is None:
-        jvm_max = int(jvm(spark).java.lang.Runtime.getRuntime().maxMemory())
-    if available is None:
-        available = _available_memory()
-    gib = 1024.0 ** 3
-    what = (f"{data.n_users} users + {data.n_items} items at rank {params.model.rank}"
-            + REGISTRY[params.fit.model].memory_note(params.fit))
-    if jvm_need > 0.6 * jvm_max:
-        raise ConfigError(f"driver memory: {what} need about {jvm_need / gib:.1f} GiB of "
-                          f"driver JVM heap, but it has {jvm_max / gib:.1f} GiB; raise "
-                          f"--driver-memory to at least {math.ceil(jvm_need / 0.6 / gib)}g")
-    if available is not None and py_need > available:
-        raise ConfigError(f"driver memory: {what} need about {py_need / gib:.1f} GiB in the "
-                          f"Python driver, but the machine has {available / gib:.1f} GiB "
-                          f"available; use a larger driver machine or a lower rank")
 
 
 def epoch_logger(total: int, rates: bool = True, one_off=None):

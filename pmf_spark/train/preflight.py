@@ -24,7 +24,9 @@ from pyspark.sql import functions as F
 
 from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.errors import ConfigError, OutputError
+from pmf_spark.models import REGISTRY
 from pmf_spark.outputs.commit import AtomicOutput
+from pmf_spark.prepare.ratings import PreparedData
 from pmf_spark.runtime.sparkutil import jvm
 from pmf_spark.storage.hadoop import is_local_uri, qualify, short
 from pmf_spark.storage.ops import HadoopOps, LocalOps, os_reason
@@ -118,8 +120,6 @@ def output_bytes(cfg: JobConfig, data, params: PMFParams) -> int:
 
 def checkpoint_bytes(data, params: PMFParams) -> int:
     """Two kept checkpoints and one being written, each the state's arrays."""
-    from pmf_spark.models import REGISTRY
-
     copies, _ = REGISTRY[params.fit.model].driver_copies(params.fit)
     state = (data.n_users + data.n_items) * params.model.k * 8 * max(2, copies - 4)
     return int(3 * state + (1 << 20))
@@ -232,9 +232,7 @@ def worker_memory_available(spark: SparkSession) -> int | None:
         return int(jvm(spark).org.apache.spark.network.util.JavaUtils
                    .byteStringAsBytes(limit)) // max(1, cores)
     if (conf.get("spark.master", "") or "").startswith("local"):
-        from pmf_spark.train.job import _available_memory
-
-        avail = _available_memory()
+        avail = available_memory()
         return None if avail is None else avail // max(1, spark.sparkContext.defaultParallelism)
     return None
 
@@ -257,3 +255,60 @@ def check_worker_memory(spark: SparkSession, counts: dict, params: PMFParams,
                           f"{available / gib:.1f} GiB; use a lower --rank, --gram-dtype "
                           f"float32, or give the workers more memory "
                           f"(spark.executor.pyspark.memory)")
+
+
+def driver_memory_needed(n_users: int, n_items: int, params: PMFParams) -> tuple[int, int]:
+    """Bytes the driver needs for the factor matrices: (JVM heap, Python process).
+
+    The Python driver holds copies of both sides' state (factors and bias, float64): the
+    state, a design copy for the broadcast and its pickle, the collected half-step, and
+    what the model keeps on top (its :meth:`~pmf_spark.models.base.Strategy.driver_copies`),
+    plus the best epoch's copy with early stopping. The JVM holds one side's broadcast and
+    one collected side at a time, and the final factor tables while writing them. The
+    ranking model trained beside the rating model adds its own copies at its rank.
+    """
+    rows = n_users + n_items
+    jvm, python = 256 << 20, 0
+    for p in (params, params.companion()):
+        if p is None:
+            continue
+        w = (p.model.rank + 1) * 8
+        python_copies, jvm_copies = REGISTRY[p.fit.model].driver_copies(p.fit)
+        if p.fit.early_stopping:
+            python_copies += 2
+        jvm += jvm_copies * max(n_users, n_items) * w
+        python += python_copies * rows * w
+    return jvm, python
+
+
+def available_memory() -> int | None:
+    """This machine's available memory (``MemAvailable``), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_driver_memory(spark: SparkSession, data: PreparedData, params: PMFParams,
+                        jvm_max: int | None = None, available: int | None = None) -> None:
+    """Refuse to start when the driver cannot hold the factor matrices."""
+    jvm_need, py_need = driver_memory_needed(data.n_users, data.n_items, params)
+    if jvm_max is None:
+        jvm_max = int(jvm(spark).java.lang.Runtime.getRuntime().maxMemory())
+    if available is None:
+        available = available_memory()
+    gib = 1024.0 ** 3
+    what = (f"{data.n_users} users + {data.n_items} items at rank {params.model.rank}"
+            + REGISTRY[params.fit.model].memory_note(params.fit))
+    if jvm_need > 0.6 * jvm_max:
+        raise ConfigError(f"driver memory: {what} need about {jvm_need / gib:.1f} GiB of "
+                          f"driver JVM heap, but it has {jvm_max / gib:.1f} GiB; raise "
+                          f"--driver-memory to at least {math.ceil(jvm_need / 0.6 / gib)}g")
+    if available is not None and py_need > available:
+        raise ConfigError(f"driver memory: {what} need about {py_need / gib:.1f} GiB in the "
+                          f"Python driver, but the machine has {available / gib:.1f} GiB "
+                          f"available; use a larger driver machine or a lower rank")
