@@ -131,18 +131,21 @@ IMPLICIT_DEFAULTS = {"rank": 30, "lambda_u": 20.0, "lambda_v": 20.0, "alpha": 1.
 
 
 def implicit_params(given: dict[str, Any]) -> dict[str, Any]:
-    """The flat parameters of a run on implicit feedback: implicit-feedback ALS (its
-    own defaults where not given) ordering its own lists; a rating model is refused,
-    since there are no ratings to fit."""
-    model = given.get("model", "implicit")
-    if model != "implicit":
+    """The flat parameters of a run on implicit feedback: the model that fits events
+    (implicit-feedback ALS, its own defaults where not given) ordering its own lists; a
+    model of rating values is refused, since there are no ratings to fit."""
+    from pmf_spark.models import REGISTRY, event_model
+
+    events = event_model()
+    model = given.get("model", events)
+    if model in REGISTRY and not REGISTRY[model].fits_events:
         raise ConfigError(f"model: --feedback implicit trains implicit-feedback ALS "
-                          f"('implicit'); {model!r} needs ratings (--feedback explicit)")
-    by = given.get("recommend_by", "implicit")
-    if by not in ("implicit", "rating"):
+                          f"({events!r}); {model!r} needs ratings (--feedback explicit)")
+    by = given.get("recommend_by", model)
+    if by not in (model, "rating"):
         raise ConfigError(f"recommend_by: with --feedback implicit the lists come from "
                           f"implicit-feedback ALS itself; {by!r} needs ratings")
-    return {**IMPLICIT_DEFAULTS, **given, "model": "implicit", "recommend_by": "implicit"}
+    return {**IMPLICIT_DEFAULTS, **given, "model": model, "recommend_by": model}
 
 
 def _from_file(exc: ConfigError, file_values, flags) -> ConfigError:

@@ -242,15 +242,18 @@ class PMFParams:
     def companion(self) -> PMFParams | None:
         """The ranking model trained beside this one, or None when the lists are ranked
         by this model itself (``recommend_by`` 'rating', or this model is the ranker)."""
+        from pmf_spark.models import capabilities
+
         rp, f = self.ranker, self.fit
         if rp.recommend_by in ("rating", f.model):
             return None
+        events = capabilities(rp.recommend_by).fits_events   # rated pairs taken as events
         return PMFParams.of(
             model=rp.recommend_by, rank=rp.ranking_rank, lambda_u=rp.ranking_lambda,
             lambda_v=rp.ranking_lambda, lambda_bias=f.lambda_bias,
             epochs=rp.ranking_epochs or f.epochs, seed=f.seed, missing_weight=f.missing_weight,
             missing_rating=f.missing_rating, alpha=f.alpha,
-            confidence="presence" if rp.recommend_by == "implicit" else f.confidence,
+            confidence="presence" if events else f.confidence,
             epsilon=f.epsilon, recommend_by="rating", **self.engine.to_dict())
 
     def replace(self, **flat) -> PMFParams:

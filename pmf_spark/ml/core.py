@@ -23,6 +23,7 @@ from pyspark.sql import types as T
 
 from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.kernels.rows import ReadOut
+from pmf_spark.models import capabilities
 from pmf_spark.outputs.tables import arrays_frame, factor_schema, model_meta, vocabulary_schema
 from pmf_spark.serve.saved import model_sections
 from pmf_spark.storage.hadoop import path_exists, read_text
@@ -84,7 +85,7 @@ class FactorCore:
     @property
     def rates(self) -> bool:
         """The model predicts ratings (implicit ALS scores preferences)."""
-        return self.params.get("model") != "implicit"
+        return capabilities(self.params.get("model")).predicts_ratings
 
     @property
     def readout(self) -> ReadOut:
@@ -99,7 +100,7 @@ class FactorCore:
     @property
     def ranking_readout(self) -> ReadOut:
         spec = self.meta.get("ranking_model") or {}
-        if spec.get("fit", {}).get("model") == "implicit":
+        if not capabilities(spec.get("fit", {}).get("model")).predicts_ratings:
             return _PREFERENCE
         m = self.meta
         lo, hi = map(float, m["rating_range"])

@@ -45,7 +45,7 @@ from pmf_spark.config.params import (
 from pmf_spark.kernels.rows import BACKENDS
 
 from ..errors import ConfigError
-from ..models import REGISTRY
+from ..models import REGISTRY, event_model
 
 COLD_START_STRATEGIES = ("nan", "drop", "mean")
 
@@ -313,10 +313,12 @@ class PMFParamsMixin(PMFModelParams):
         flat = {plain: get(getattr(self, p)) for p, plain in {**OURS, **SHARED}.items()}
         flat["blocks"] = max(get(self.numUserBlocks), get(self.numItemBlocks))
         if get(self.implicitPrefs):
-            if self.isSet(self.model) and get(self.model) != "implicit":
+            events = event_model()
+            if self.isSet(self.model) and not REGISTRY[get(self.model)].fits_events:
                 raise ConfigError(f"implicitPrefs and model: implicitPrefs=True is the "
-                                  f"'implicit' model, not {get(self.model)!r}")
-            flat["model"] = "implicit"
+                                  f"{events!r} model, not {get(self.model)!r}")
+            if not self.isSet(self.model):
+                flat["model"] = events
             if not self.isSet(self.recommendBy):
                 flat["recommend_by"] = "rating"      # as ALS: lists by its own scores
         if self.isSet(self.regParam):

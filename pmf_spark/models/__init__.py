@@ -6,24 +6,11 @@ Adding a model: a new module with its payload, block kernel and a
 
 from __future__ import annotations
 
-from .adaptive import AdaptivePriorPMF
+from .adaptive import PMFFamily
 from .base import Strategy
 from .bpmf import GibbsBPMF
 from .implicit import ImplicitALS
 from .missing_data import MissingDataPMF
-from .pmf import MapPMF
-
-
-class PMFFamily(MapPMF):
-    """``--model pmf``: :class:`MapPMF` with fixed priors, :class:`AdaptivePriorPMF`
-    (the same model with its prior and noise variances learned) with
-    ``--priors adaptive``. The choice lives here so that neither module imports the
-    other's subclass."""
-
-    @classmethod
-    def create(cls, params, ctx) -> Strategy:
-        return (MapPMF if params.fit.priors == "fixed" else AdaptivePriorPMF)(params, ctx)
-
 
 #: ``--model`` name -> strategy class (a class may pick a variant in ``create``)
 REGISTRY: dict[str, type[Strategy]] = {
@@ -39,4 +26,17 @@ def strategy_for(params, ctx) -> Strategy:
     return REGISTRY[params.fit.model].create(params, ctx)
 
 
-__all__ = ["REGISTRY", "Strategy", "strategy_for"]
+def capabilities(model: str | None) -> type[Strategy]:
+    """The strategy class of a model name, to ask what it can do (``predicts_ratings``,
+    ``ranks``, ``fits_events``, ``fold_in_as``, ...); a saved model that names none is
+    PMF's (the only model of the first model.json format)."""
+    return REGISTRY[model or "pmf"]
+
+
+def event_model() -> str:
+    """The name of the model that fits events: the one ``--feedback implicit`` and
+    ``implicitPrefs=True`` train."""
+    return next(name for name, cls in REGISTRY.items() if cls.fits_events)
+
+
+__all__ = ["REGISTRY", "Strategy", "capabilities", "event_model", "strategy_for"]

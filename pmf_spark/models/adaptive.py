@@ -42,7 +42,7 @@ from pmf_spark.engine.layout import Chunk
 from pmf_spark.kernels.rows import vb_rows
 from pmf_spark.models.priors import noise_variance, prior_variances
 
-from .base import SIDES, BlockSolve, HalfPayload, KernelTask, TrainState, other
+from .base import SIDES, BlockSolve, HalfPayload, KernelTask, Strategy, TrainState, other
 from .pmf import MapPMF
 
 
@@ -131,3 +131,14 @@ class AdaptivePriorPMF(MapPMF):
                 state.reg_user = reg
             else:
                 state.reg_item = reg
+
+
+class PMFFamily(MapPMF):
+    """``--model pmf``: :class:`MapPMF` with fixed priors, :class:`AdaptivePriorPMF`
+    (the same model with its prior and noise variances learned) with
+    ``--priors adaptive``: the registry's ``pmf`` entry. The choice lives here, beside
+    the subclass, so that :mod:`pmf_spark.models.pmf` never imports this module."""
+
+    @classmethod
+    def create(cls, params, ctx) -> Strategy:
+        return (MapPMF if params.fit.priors == "fixed" else AdaptivePriorPMF)(params, ctx)

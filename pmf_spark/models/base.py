@@ -195,8 +195,17 @@ class Strategy:
     has_objective: ClassVar[bool] = True
     #: a ranking model: may be trained beside the rating model to order the top-k lists
     ranks: ClassVar[bool] = False
-    #: its predictions are ratings (a model of preferences, like implicit ALS, is not)
+    #: its predictions are ratings (a model of preferences, like implicit ALS, is not):
+    #: RMSE applies, answers fill ``predicted_rating``, the read-out is the rating link
     predicts_ratings: ClassVar[bool] = True
+    #: fits which pairs were observed (events), not rating values: the model
+    #: ``--feedback implicit`` trains, and beside a rating model it takes every rated
+    #: pair as an event (``confidence`` 'presence')
+    fits_events: ClassVar[bool] = False
+    #: the registry name of the model whose user half-step folds in a new user when
+    #: this model's own cannot (a sampler's saved model holds averaged samples, not a
+    #: posterior to draw from); None: its own
+    fold_in_as: ClassVar[str | None] = None
     #: (parameter, short name) of the hyperparameters only this model has, that a
     #: search draws and a trial line shows
     own_params: ClassVar[tuple[tuple[str, str], ...]] = ()

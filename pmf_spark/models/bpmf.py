@@ -75,6 +75,7 @@ class GibbsBPMF(Strategy):
     name = "bpmf"
     supports_early_stopping = False
     has_objective = False
+    fold_in_as = "pmf"            # its MAP update against the averaged samples
 
     @classmethod
     def check(cls, fit) -> None:

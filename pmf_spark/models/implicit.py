@@ -106,6 +106,7 @@ class ImplicitALS(Strategy):
     name = "implicit"
     ranks = True
     predicts_ratings = False
+    fits_events = True
     own_params = (("alpha", "alpha"),)
 
     @classmethod

@@ -14,7 +14,7 @@ import pandas as pd
 from pmf_spark.config.params import PMFParams
 from pmf_spark.engine.layout import Chunk
 from pmf_spark.kernels.rows import ReadOut
-from pmf_spark.models import strategy_for
+from pmf_spark.models import REGISTRY, strategy_for
 from pmf_spark.models.base import TrainContext, TrainState
 
 
@@ -48,11 +48,13 @@ def fold_in_rows(params: PMFParams, V: np.ndarray, item_bias: np.ndarray,
     their biases: one user half-step of the model for all of them. Rows without
     entries are the prior mean, 0.
 
-    A sampler (BPMF) folds in with its MAP update: a saved BPMF model holds averaged
-    samples, not a posterior to draw from.
+    A model whose own update cannot fold in (a sampler: a saved BPMF model holds
+    averaged samples, not a posterior to draw from) folds in with the one it names
+    (``fold_in_as``, BPMF's MAP update).
     """
-    if params.fit.model == "bpmf":
-        params = params.replace(model="pmf")
+    instead = REGISTRY[params.fit.model].fold_in_as
+    if instead is not None:
+        params = params.replace(model=instead)
     rank = params.model.rank
     n = len(indptr) - 1
     ctx = TrainContext(n_users=n, n_items=V.shape[0],

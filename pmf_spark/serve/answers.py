@@ -27,6 +27,7 @@ import pyarrow as pa
 from pmf_spark.config.params import PMFParams, group_of
 from pmf_spark.errors import InputDataError
 from pmf_spark.kernels.rows import ReadOut
+from pmf_spark.models import capabilities
 from pmf_spark.recommend.foldin import FoldIn, fold_in_user, folded_users
 from pmf_spark.recommend.topk import (
     candidate_items,
@@ -130,7 +131,7 @@ class ModelAnswers:
         self.readout = ReadOut(mu=float(meta["mu"]), sigma=float(meta["sigma"]), lo=lo, hi=hi,
                                link=self.params["link"], clip=bool(self.params["clip"]))
         #: the model predicts ratings (implicit ALS scores preferences)
-        self.rates = self.params.get("model") != "implicit"
+        self.rates = capabilities(self.params.get("model")).predicts_ratings
         if not self.rates:
             self.readout = IDENTITY
         self.id_type = meta["data"]["id_type"]
@@ -140,7 +141,8 @@ class ModelAnswers:
         #: (V, item_bias, read-out, rank) of the ranking model, or None
         self.ranker = None
         if self.ranking_params is not None and ranking_items is not None:
-            ro = IDENTITY if self.ranking_params.fit.model == "implicit" else self.readout
+            rates = capabilities(self.ranking_params.fit.model).predicts_ratings
+            ro = self.readout if rates else IDENTITY
             self.ranker = (ranking_items.F, ranking_items.bias, ro,
                            self.ranking_params.model.rank)
         job = meta.get("job", {})

@@ -22,15 +22,16 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pmf_spark.config.params import PMFParams
+from pmf_spark.config.params import PMFParams, RankingParams
 from pmf_spark.errors import ConfigError
 from pmf_spark.inputs.validate import CleanRatings
+from pmf_spark.models import REGISTRY
 from pmf_spark.prepare.ratings import dedupe, prepare
 from pmf_spark.prepare.splits import HASH_BUCKETS as _HASH_BUCKETS
 from pmf_spark.prepare.splits import mark_test, split_column
@@ -67,13 +68,12 @@ class SearchSpace:
     lambda_range: tuple[float, float] = (1.0, 100.0)
     lambda_bias_range: tuple[float, float] = (1.0, 100.0)
     priors: tuple[str, ...] = ("fixed",)
-    ranking_models: tuple[str, ...] = ("missing-data", "implicit")
+    #: every registered ranking model by default
+    ranking_models: tuple[str, ...] = field(default_factory=lambda: _ranking_models())
     missing_weight_range: tuple[float, float] = (0.01, 0.5)
     alpha_range: tuple[float, float] = (0.5, 50.0)
 
     def __post_init__(self):
-        from pmf_spark.models import REGISTRY
-
         if not self.ranks or min(self.ranks) < 1:
             raise ConfigError(f"ranks: need positive integers, got {self.ranks}")
         for name in ("lambda_range", "lambda_bias_range", "missing_weight_range",
@@ -91,14 +91,19 @@ class SearchSpace:
                 raise ConfigError(f"ranking_models: {m!r} is not a ranking model")
 
 
+def _ranking_models() -> tuple[str, ...]:
+    return tuple(name for name, cls in REGISTRY.items() if cls.ranks)
+
+
 def ranking_base(base: PMFParams) -> PMFParams:
-    """The base configuration's ranking model as a model of its own."""
+    """The base configuration's ranking model as a model of its own: its companion, the
+    model itself when it ranks, else the default ranking model."""
     comp = base.companion()
     if comp is not None:
         return comp
-    if base.fit.model in ("missing-data", "implicit"):
+    if REGISTRY[base.fit.model].ranks:
         return base.replace(recommend_by="rating")
-    return base.replace(model="missing-data", recommend_by="rating")
+    return base.replace(model=RankingParams().recommend_by, recommend_by="rating")
 
 
 def sample_trials(space: SearchSpace, base: PMFParams, n: int, seed: int,
@@ -149,8 +154,6 @@ def best_params(base: PMFParams, best: PMFParams, metric: str) -> PMFParams:
 def describe_trial(params: PMFParams) -> str:
     """A trial's settings as a log line shows them: only what its model uses (no
     lambda_bias without biases, no alpha for a model without confidences)."""
-    from pmf_spark.models import REGISTRY
-
     f = params.fit
     strategy = REGISTRY[f.model]
     parts = [f"{f.model} rank {params.model.rank:3d}", f"lambda_u {f.lambda_u:8.3f}",

@@ -32,6 +32,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pmf_spark.errors import ConfigError
+from pmf_spark.models import capabilities
 from pmf_spark.models.base import TrainState
 from pmf_spark.storage.hadoop import path_exists, read_text
 
@@ -125,7 +126,7 @@ def warm_start_state(spark: SparkSession, path: str, trainer) -> TrainState:
     if comp is not None and state.companions and prev.get("fit", {}).get("model") == \
             comp.fit.model and prev.get("model", {}).get("rank") == comp.model.rank and \
             path_exists(spark, path.rstrip("/") + "/ranking_user_factors"):
-        lin = comp.fit.model != "implicit" and comp.model.link == "linear"
+        lin = capabilities(comp.fit.model).predicts_ratings and comp.model.link == "linear"
         _fill(spark, path, "ranking_", state.companions[0], trainer, comp.model.rank,
               comp.model.biases, *_scaling(data, meta, lin))
         log.info("warm start: the %s ranking model starts from its factors too",
