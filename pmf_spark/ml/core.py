@@ -24,8 +24,21 @@ from pyspark.sql import types as T
 from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.kernels.rows import ReadOut
 from pmf_spark.models import capabilities
-from pmf_spark.outputs.tables import arrays_frame, factor_schema, model_meta, vocabulary_schema
-from pmf_spark.serve.saved import model_sections
+from pmf_spark.outputs.modeldir import (
+    METRICS_JSON,
+    TEST_RATINGS,
+    TRAIN_RATINGS,
+    factor_schema,
+    factors_table,
+    model_meta,
+    model_sections,
+    ranking_rank,
+    read_meta,
+    split_schema,
+    vocabulary_schema,
+    vocabulary_table,
+)
+from pmf_spark.outputs.tables import arrays_frame
 from pmf_spark.storage.hadoop import path_exists, read_text
 
 from ..errors import InputDataError
@@ -33,7 +46,6 @@ from ..errors import InputDataError
 SIDES = ("user", "item")
 #: implicit ALS's read-out: scores are preferences, not ratings
 _PREFERENCE = ReadOut(mu=0.0, sigma=1.0, lo=-np.inf, hi=np.inf, clip=False)
-SPLIT_SCHEMA = "user_id {t}, item_id {t}, rating double"
 
 
 @dataclass
@@ -161,8 +173,7 @@ class FactorCore:
         return self._frames[key]
 
     def empty_split(self, spark: SparkSession) -> DataFrame:
-        t = "bigint" if self.id_type == "long" else "string"
-        return spark.createDataFrame([], SPLIT_SCHEMA.format(t=t))
+        return spark.createDataFrame([], split_schema(self.id_type))
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -202,32 +213,26 @@ class FactorCore:
     def read(cls, spark: SparkSession, path: str) -> FactorCore:
         """A model directory: the training job's output or a saved PMFModel."""
         path = path.rstrip("/")
-        if not path_exists(spark, path + "/model.json"):
-            raise InputDataError(f"model {path}: no model.json (not a pmf-spark model?)")
-        try:
-            meta = json.loads(read_text(spark, path + "/model.json"))
-        except json.JSONDecodeError as exc:
-            raise InputDataError(f"model {path}/model.json: not valid JSON ({exc})") from None
+        meta = read_meta(path, lambda p: read_text(spark, p) if path_exists(spark, p) else None)
         rank = int(meta["rank"])
         sides = {s: _read_side(spark, path, s, rank) for s in SIDES}
         history = []
-        if path_exists(spark, path + "/metrics.json"):
-            history = json.loads(read_text(spark, path + "/metrics.json")).get("epochs", [])
+        if path_exists(spark, f"{path}/{METRICS_JSON}"):
+            history = json.loads(read_text(spark, f"{path}/{METRICS_JSON}")).get("epochs", [])
         ranking = None
-        spec = meta.get("ranking_model")
-        if spec and path_exists(spark, path + "/ranking_item_factors"):
-            rank_r = int(spec["model"]["rank"])
-            ranking = {s: _read_side(spark, path, s, rank_r, prefix="ranking_") for s in SIDES}
+        rank_r = ranking_rank(meta)
+        if rank_r and path_exists(spark, f"{path}/{factors_table('item', ranking=True)}"):
+            ranking = {s: _read_side(spark, path, s, rank_r, ranking=True) for s in SIDES}
         return cls(meta, sides["user"], sides["item"],
-                   spark.read.parquet(path + "/train_ratings"),
-                   spark.read.parquet(path + "/test_ratings"), history, ranking)
+                   spark.read.parquet(f"{path}/{TRAIN_RATINGS}"),
+                   spark.read.parquet(f"{path}/{TEST_RATINGS}"), history, ranking)
 
 
 def _read_side(spark: SparkSession, path: str, side: str, rank: int,
-               prefix: str = "") -> Side:
+               ranking: bool = False) -> Side:
     key = f"{side}_id"
-    tbl = (spark.read.parquet(f"{path}/{prefix}{side}_factors")
-           .join(spark.read.parquet(f"{path}/{side}_vocabulary").select(key, "idx"), key)
+    tbl = (spark.read.parquet(f"{path}/{factors_table(side, ranking)}")
+           .join(spark.read.parquet(f"{path}/{vocabulary_table(side)}").select(key, "idx"), key)
            .orderBy("idx").toArrow())
     n = tbl.num_rows
     idx = tbl.column("idx").to_numpy()

@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pmf_spark.config.params import PMFParams
-from pmf_spark.outputs.tables import RECS_COLUMNS
+from pmf_spark.outputs.modeldir import RECS_COLUMNS
 
 from ..errors import InputDataError
 from . import recs

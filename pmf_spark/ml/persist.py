@@ -18,7 +18,17 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 
 from pmf_spark.config.params import JobConfig
 from pmf_spark.outputs.commit import AtomicOutput
-from pmf_spark.outputs.tables import FACTOR_TABLES, RECS_TABLE, VOCAB_TABLES, n_files, write_sorted
+from pmf_spark.outputs.modeldir import (
+    META,
+    METRICS_JSON,
+    RECS_TABLE,
+    SPLIT_COLUMNS,
+    TEST_RATINGS,
+    TRAIN_RATINGS,
+    factors_table,
+    vocabulary_table,
+)
+from pmf_spark.outputs.tables import n_files, write_sorted
 from pmf_spark.storage.hadoop import path_exists, short
 
 from ..errors import ConfigError, InputDataError
@@ -55,11 +65,11 @@ class PMFModelWriter(MLWriter):
             core = self.instance.core
             meta = dict(core.meta)
             meta["job"] = {**meta.get("job", {}), "output": short(out.final), "top_k": k}
-            out.write_json("model.json", meta)
-            out.write_json("metrics.json", {"epochs": core.history,
-                                            "final": meta.get("final_metrics")})
+            out.write_json(META, meta)
+            out.write_json(METRICS_JSON, {"epochs": core.history,
+                                          "final": meta.get("final_metrics")})
             DefaultParamsWriter.saveMetadata(self.instance, out.staging, spark)
-            out.commit({"tables": tables, "files": ["model.json", "metrics.json", "metadata"]})
+            out.commit({"tables": tables, "files": [META, METRICS_JSON, "metadata"]})
         except BaseException:
             out.abort()
             raise
@@ -71,21 +81,22 @@ def _write_tables(spark, core: FactorCore, out: AtomicOutput, k: int) -> dict[st
     for side in SIDES:
         s = core.side(side)
         files = n_files(cfg, s.ids.size, s.factors.shape[1])
-        write_sorted(core.frame(spark, side), out.path(FACTOR_TABLES[side]), files,
+        write_sorted(core.frame(spark, side), out.path(factors_table(side)), files,
                      f"{side}_id")
-        write_sorted(core.vocabulary(spark, side), out.path(VOCAB_TABLES[side]), files, "idx")
-        tables[FACTOR_TABLES[side]] = tables[VOCAB_TABLES[side]] = int(s.ids.size)
+        write_sorted(core.vocabulary(spark, side), out.path(vocabulary_table(side)), files,
+                     "idx")
+        tables[factors_table(side)] = tables[vocabulary_table(side)] = int(s.ids.size)
     if core.ranking is not None:
         for side in SIDES:
-            name = "ranking_" + FACTOR_TABLES[side]
+            name = factors_table(side, ranking=True)
             s = core.ranking[side]
             write_sorted(core.ranking_frame(spark, side), out.path(name),
                          n_files(cfg, s.ids.size, s.factors.shape[1]), f"{side}_id")
             tables[name] = int(s.ids.size)
     test = core.test if core.test is not None else core.empty_split(spark)
-    for name, df in (("train_ratings", core.seen), ("test_ratings", test)):
+    for name, df in ((TRAIN_RATINGS, core.seen), (TEST_RATINGS, test)):
         path = out.path(name)
-        write_sorted(df.select("user_id", "item_id", "rating"), path,
+        write_sorted(df.select(*SPLIT_COLUMNS), path,
                      n_files(cfg, core.user.ids.size, 1), "user_id", "item_id")
         tables[name] = int(spark.read.parquet(path).count())
     if k:

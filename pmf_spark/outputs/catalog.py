@@ -7,22 +7,11 @@ import logging
 
 from pyspark.sql import SparkSession
 
-from pmf_spark.outputs.tables import (
-    FACTOR_TABLES,
-    ITEM_USERS_TABLE,
-    NEIGHBORS_TABLE,
-    RECS_TABLE,
-    USER_NEIGHBORS_TABLE,
-    VOCAB_TABLES,
-)
+from pmf_spark.outputs.modeldir import ALL_TABLES
 
 log = logging.getLogger("pmf_spark")
 
 TABLE_PROPERTY = "pmf_spark.output"
-#: every table a run can write (a previous run's tables this run does not write are dropped)
-ALL_TABLES = (*FACTOR_TABLES.values(), *VOCAB_TABLES.values(), "train_ratings",
-              "test_ratings", RECS_TABLE, NEIGHBORS_TABLE, ITEM_USERS_TABLE, USER_NEIGHBORS_TABLE,
-              *(f"ranking_{t}" for t in FACTOR_TABLES.values()))
 
 
 def _quoted(name: str) -> str:

@@ -1,6 +1,7 @@
 """Writing a run's outputs: factor and vocabulary tables, the split, recommendations,
 neighbours, metrics, ``model.json`` and the report, into a staging directory that is
-committed atomically (:class:`pmf_spark.outputs.commit.AtomicOutput`). ``docs/outputs.md`` is the
+committed atomically (:class:`pmf_spark.outputs.commit.AtomicOutput`). The names, schemas and
+``model.json`` are :mod:`pmf_spark.outputs.modeldir`'s; ``docs/outputs.md`` is the
 contract these tables keep.
 """
 
@@ -10,8 +11,6 @@ import csv
 import functools
 import io as _io
 import math
-import platform
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -19,54 +18,24 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pmf_spark.config.params import JobConfig, PMFParams
+from pmf_spark.config.params import JobConfig
 from pmf_spark.evaluate.metrics import EpochMetrics
 from pmf_spark.outputs.commit import AtomicOutput
+from pmf_spark.outputs.modeldir import (
+    BUCKET_COLUMN,
+    ITEM_USERS_TABLE,
+    NEIGHBORS_TABLE,
+    RANKING_PREFIX,
+    RECS_COLUMNS,
+    RECS_TABLE,
+    SPLIT_COLUMNS,
+    TEST_RATINGS,
+    TRAIN_RATINGS,
+    USER_NEIGHBORS_TABLE,
+    VOCAB_TABLES,
+    factors_table,
+)
 from pmf_spark.runtime.sparkutil import describe
-from pmf_spark.version import __version__
-
-MODEL_FORMAT_VERSION = 2
-FACTOR_TABLES = {"user": "user_factors", "item": "item_factors"}
-VOCAB_TABLES = {"user": "user_vocabulary", "item": "item_vocabulary"}
-RECS_TABLE = "recommendations"
-NEIGHBORS_TABLE = "item_neighbors"
-ITEM_USERS_TABLE = "item_users"
-USER_NEIGHBORS_TABLE = "user_neighbors"
-RECS_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
-BUCKET_COLUMN = "user_bucket"
-
-
-def _id_type(id_type: str):
-    return T.LongType() if id_type == "long" else T.StringType()
-
-
-def factor_schema(side: str, id_type: str) -> T.StructType:
-    """Schema of ``user_factors`` / ``item_factors``: the original id, the factor
-    vector, the bias (z units) and the number of training ratings."""
-    return T.StructType([
-        T.StructField(f"{side}_id", _id_type(id_type)),
-        T.StructField("features", T.ArrayType(T.DoubleType())),
-        T.StructField("bias", T.DoubleType()),
-        T.StructField("n_ratings", T.IntegerType()),
-    ])
-
-
-def vocabulary_schema(side: str, id_type: str) -> T.StructType:
-    """Schema of ``user_vocabulary`` / ``item_vocabulary``: original id <-> dense index."""
-    return T.StructType([
-        T.StructField(f"{side}_id", _id_type(id_type)),
-        T.StructField("idx", T.IntegerType()),
-        T.StructField("n_ratings", T.IntegerType()),
-    ])
-
-
-def versions() -> dict:
-    import pandas
-    import pyspark
-
-    return {"pmf_spark": __version__, "pyspark": pyspark.__version__, "numpy": np.__version__,
-            "pandas": pandas.__version__, "pyarrow": pa.__version__,
-            "python": platform.python_version()}
 
 
 def _arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
@@ -184,13 +153,14 @@ class RunWriter:
 
     def factors(self, model, prefix: str = "") -> None:
         """The factor tables (and, for the rating model, the vocabularies); ``prefix``
-        names another model's tables (``ranking_``: the ranking model's)."""
+        ``ranking_`` writes the ranking model's tables instead."""
+        assert prefix in ("", RANKING_PREFIX), prefix
         self._describe(f"write {prefix}factors")
         rank = model.U.shape[1]
         for side, mat, bias, vocab in (("user", model.U, model.user_bias, self.data.users),
                                        ("item", model.V, model.item_bias, self.data.items)):
             files = n_files(self.cfg, mat.shape[0], rank)
-            name = prefix + FACTOR_TABLES[side]
+            name = factors_table(side, ranking=bool(prefix))
             df = factor_frame(self.spark, mat, bias, vocab, f"{side}_id")
             write_sorted(df, self.out.path(name), files, f"{side}_id")
             self.tables[name] = int(mat.shape[0])
@@ -203,10 +173,10 @@ class RunWriter:
     def splits(self) -> None:
         self._describe("write splits")
         d = self.data
-        for name, is_test, n in (("train_ratings", False, d.n_train + d.n_val),
-                                 ("test_ratings", True, d.n_test)):
+        for name, is_test, n in ((TRAIN_RATINGS, False, d.n_train + d.n_val),
+                                 (TEST_RATINGS, True, d.n_test)):
             split = ids_frame(d.ratings.where(F.col("is_test") == F.lit(is_test)), d)
-            write_sorted(split.select("user_id", "item_id", "rating"), self.out.path(name),
+            write_sorted(split.select(*SPLIT_COLUMNS), self.out.path(name),
                          n_files(self.cfg, n // 8 + 1, 1), "user_id", "item_id")
             self.tables[name] = n
 
@@ -285,29 +255,3 @@ class RunWriter:
         if catalog is not None:
             catalog.swap()
         return final
-
-
-def model_meta(cfg: JobConfig, params: PMFParams, data, *, rank: int, epochs_run: int,
-               final: dict, samples: int, blocks: int, baseline_rmse, ranking, seconds,
-               ranking_model: dict | None = None) -> dict:
-    """The content of ``model.json``: what reading the model needs (``model``, ``mu``,
-    ``sigma``, ``rating_range``, ``rank``), how it was fitted (``fit``, ``job``,
-    ``ranker``: which model orders the lists, ``ranking_model``: that model's own
-    parameters when it is trained beside the rating model), how the engine ran
-    (``engine``), the data, the metrics, timings and versions."""
-    groups = params.to_dict()
-    return {
-        "format_version": MODEL_FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": groups["model"], "fit": groups["fit"], "engine": groups["engine"],
-        "ranker": groups["ranker"], "ranking_model": ranking_model,
-        "job": cfg.to_dict(),
-        "data": data.summary(),
-        "mu": data.mu, "sigma": data.sigma,
-        "rating_range": [data.rating_lo, data.rating_hi],
-        "rank": rank, "latent_rank": params.model.rank,
-        "epochs_run": epochs_run, "best_epoch": final["epoch"],
-        "samples_averaged": samples, "blocks": blocks,
-        "final_metrics": final, "baseline_rmse": baseline_rmse,
-        "ranking": ranking, "seconds": seconds, "versions": versions(),
-    }

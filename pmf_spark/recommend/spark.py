@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pmf_spark.evaluate.ranking import empty_stats, list_stats, merge
 from pmf_spark.inputs.read import read_id_list
 from pmf_spark.models.base import FactorModel
+from pmf_spark.outputs.modeldir import ITEM_USERS_TABLE, USER_NEIGHBORS_TABLE
 from pmf_spark.recommend.topk import (
     NEIGHBORS_SCHEMA,
     RANKED_SCHEMA,
@@ -280,9 +281,10 @@ def user_tables(engine, model, cfg, ranker=None, rates: bool = True) -> dict[str
     tiebreak = item_tiebreak(engine.data.users, engine.data.n_users)
     if cfg.users_per_item > 0:
         items = listed_items(engine, cfg.users_per_item_items, "users-per-item-items")
-        out["item_users"] = item_users(engine, model, k=cfg.users_per_item, tiebreak=tiebreak,
-                                       items=items, ranker=ranker, rates=rates)
+        out[ITEM_USERS_TABLE] = item_users(engine, model, k=cfg.users_per_item,
+                                           tiebreak=tiebreak, items=items, ranker=ranker,
+                                           rates=rates)
     if cfg.similar_users > 0:
-        out["user_neighbors"] = user_neighbors(engine, model, k=cfg.similar_users,
-                                               tiebreak=tiebreak)
+        out[USER_NEIGHBORS_TABLE] = user_neighbors(engine, model, k=cfg.similar_users,
+                                                   tiebreak=tiebreak)
     return out

@@ -28,6 +28,11 @@ from pmf_spark.config.params import PMFParams, group_of
 from pmf_spark.errors import InputDataError
 from pmf_spark.kernels.rows import ReadOut
 from pmf_spark.models import capabilities
+from pmf_spark.outputs.modeldir import (
+    ITEM_USERS_COLUMNS,
+    RECS_COLUMNS,
+    model_sections,
+)
 from pmf_spark.recommend.foldin import FoldIn, fold_in_user, folded_users
 from pmf_spark.recommend.topk import (
     candidate_items,
@@ -38,19 +43,8 @@ from pmf_spark.recommend.topk import (
     users_block,
 )
 
-RECS_COLUMNS = ["user_id", "rank", "item_id", "predicted_rating", "score", "cold_start"]
-ITEM_USERS_COLUMNS = ["item_id", "rank", "user_id", "predicted_rating", "score"]
 #: a preference model's read-out: scores as they are
 IDENTITY = ReadOut(mu=0.0, sigma=1.0, lo=-np.inf, hi=np.inf, clip=False)
-
-
-def model_sections(meta: dict) -> dict:
-    """The flat parameters of a model.json (format 2: model/fit/engine/ranker sections;
-    format 1 kept every parameter under ``model``)."""
-    flat = dict(meta.get("model", {}))
-    for section in ("fit", "engine", "ranker"):
-        flat.update(meta.get(section, {}))
-    return flat
 
 
 def relevance_threshold(given: float | None, lo: float, hi: float,

@@ -24,7 +24,6 @@ Paths: a local directory, or a URI one of pyarrow's filesystems reads (``s3://``
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -34,6 +33,14 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from pmf_spark.errors import InputDataError
+from pmf_spark.outputs.modeldir import (
+    TEST_RATINGS,
+    TRAIN_RATINGS,
+    factors_table,
+    ranking_rank,
+    read_meta,
+    vocabulary_table,
+)
 from pmf_spark.serve.answers import (
     ITEM_USERS_COLUMNS,
     RECS_COLUMNS,
@@ -51,30 +58,25 @@ class LocalModel(ModelAnswers):
 
     def __init__(self, path: str):
         self.fs, self.root = _filesystem(path)
-        meta = self._json("model.json")
-        vocab = self._table("item_vocabulary", ["item_id", "idx"])
-        items = Side.from_arrow(self._table("item_factors"), vocab, "item_id", int(meta["rank"]))
+        meta = read_meta(self.root, self._text)
+        vocab = self._table(vocabulary_table("item"), ["item_id", "idx"])
+        items = Side.from_arrow(self._table(factors_table("item")), vocab, "item_id",
+                                int(meta["rank"]))
         ranking = None
-        spec = meta.get("ranking_model")
-        if spec and self._exists("ranking_item_factors"):
-            ranking = Side.from_arrow(self._table("ranking_item_factors"), vocab, "item_id",
-                                      int(spec["model"]["rank"]))
+        rank_r = ranking_rank(meta)
+        if rank_r and self._exists(factors_table("item", ranking=True)):
+            ranking = Side.from_arrow(self._table(factors_table("item", ranking=True)), vocab,
+                                      "item_id", rank_r)
         self._sides: dict[bool, Side] = {}
         super().__init__(meta, path.rstrip("/"), items, ranking)
 
     # ---------------------------------------------------------------- reading
-    def _json(self, name: str) -> dict:
-        where = f"{self.root}/{name}"
+    def _text(self, where: str) -> str | None:
         try:
             with self.fs.open_input_stream(where) as fh:
-                text = fh.read().decode("utf-8")
+                return fh.read().decode("utf-8")
         except (FileNotFoundError, OSError):
-            raise InputDataError(f"model {self.root}: no {name} (not a pmf-spark model "
-                                 f"directory?)") from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputDataError(f"model {self.root}/{name}: not valid JSON ({exc})") from None
+            return None
 
     def _exists(self, name: str) -> bool:
         return self.fs.get_file_info(f"{self.root}/{name}").type == pafs.FileType.Directory
@@ -99,7 +101,7 @@ class LocalModel(ModelAnswers):
         if side is not None:
             at = side.idx([user_id])[0]
             return None if at < 0 else (side.F[at], float(side.bias[at]), int(side.counts[at]))
-        t = self._table("ranking_user_factors" if ranking else "user_factors",
+        t = self._table(factors_table("user", ranking),
                         ["features", "bias", "n_ratings"], self._key("user_id", user_id))
         if t.num_rows == 0:
             return None
@@ -114,12 +116,12 @@ class LocalModel(ModelAnswers):
         return None if row is None else row[:2]
 
     def rated_items(self, user_id) -> np.ndarray:
-        t = self._table("train_ratings", ["item_id"], self._key("user_id", user_id))
+        t = self._table(TRAIN_RATINGS, ["item_id"], self._key("user_id", user_id))
         return t.column("item_id").to_numpy(zero_copy_only=False)
 
     def test_ratings(self, user_id, threshold: float) -> pd.DataFrame:
         """The user's test ratings at or above ``threshold``, best first, then by item id."""
-        t = self._table("test_ratings", ["item_id", "rating"],
+        t = self._table(TEST_RATINGS, ["item_id", "rating"],
                         self._key("user_id", user_id) & (ds.field("rating") >= threshold))
         df = t.to_pandas()
         return df.sort_values(["rating", "item_id"], ascending=[False, True],
@@ -129,13 +131,13 @@ class LocalModel(ModelAnswers):
         if ranking not in self._sides:
             assert not ranking or self.ranker is not None
             self._sides[ranking] = Side.from_arrow(
-                self._table("ranking_user_factors" if ranking else "user_factors"),
-                self._table("user_vocabulary", ["user_id", "idx"]), "user_id",
+                self._table(factors_table("user", ranking)),
+                self._table(vocabulary_table("user"), ["user_id", "idx"]), "user_id",
                 self.ranker[3] if ranking and self.ranker else self.rank)
         return self._sides[ranking]
 
     def raters(self, item_id) -> np.ndarray:
-        t = self._table("train_ratings", ["user_id"], self._key("item_id", item_id))
+        t = self._table(TRAIN_RATINGS, ["user_id"], self._key("item_id", item_id))
         return t.column("user_id").to_numpy(zero_copy_only=False)
 
     # ---------------------------------------------------------------- a few users
@@ -146,7 +148,7 @@ class LocalModel(ModelAnswers):
         wanted = self.id_array(pd.unique(self.id_array([self.parse_id(x) for x in ids])))
         at = users.idx(wanted)
         typ = pa.int64() if self.id_type == "long" else pa.string()
-        got = self._table("train_ratings", ["user_id", "item_id"],
+        got = self._table(TRAIN_RATINGS, ["user_id", "item_id"],
                           ds.field("user_id").isin(pa.array(wanted, typ)))
         row = pd.Index(wanted).get_indexer(got.column("user_id").to_numpy())
         it = self.item_idx(got.column("item_id").to_numpy(zero_copy_only=False))

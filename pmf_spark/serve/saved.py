@@ -7,17 +7,24 @@ what runs on Spark here is the blockwise work for many users at once."""
 from __future__ import annotations
 
 import functools
-import json
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pmf_spark.errors import InputDataError
+from pmf_spark.outputs.modeldir import (
+    TEST_RATINGS,
+    TRAIN_RATINGS,
+    factors_table,
+    model_sections,
+    ranking_rank,
+    read_meta,
+    vocabulary_table,
+)
 from pmf_spark.recommend.foldin import fold_in_block
 from pmf_spark.recommend.topk import users_block
-from pmf_spark.serve.answers import RECS_COLUMNS, ModelAnswers, Side, model_sections
+from pmf_spark.serve.answers import RECS_COLUMNS, ModelAnswers, Side
 from pmf_spark.storage.hadoop import path_exists, read_text
 
 RECS_BY_ID_COLUMNS = RECS_COLUMNS
@@ -30,23 +37,21 @@ class SavedModel(ModelAnswers):
 
     def __init__(self, spark: SparkSession, path: str):
         path = path.rstrip("/")
-        if not path_exists(spark, path + "/model.json"):
-            raise InputDataError(f"model {path}: no model.json (not a pmf-spark output?)")
-        try:
-            meta = json.loads(read_text(spark, path + "/model.json"))
-        except json.JSONDecodeError as exc:
-            raise InputDataError(f"model {path}/model.json: not valid JSON ({exc})") from None
+        meta = read_meta(path, lambda p: read_text(spark, p) if path_exists(spark, p) else None)
+
+        def table(name: str) -> DataFrame:
+            return spark.read.parquet(f"{path}/{name}")
+
         ranking = None
-        if meta.get("ranking_model") and path_exists(spark, path + "/ranking_item_factors"):
-            ranking = spark.read.parquet(path + "/ranking_item_factors")
-        self._setup(spark, path, meta, spark.read.parquet(path + "/item_factors"),
-                    spark.read.parquet(path + "/item_vocabulary").select("item_id", "idx"),
-                    ranking)
-        self.users = spark.read.parquet(path + "/user_factors")
-        self.train = spark.read.parquet(path + "/train_ratings")
-        self.test = spark.read.parquet(path + "/test_ratings")
+        if ranking_rank(meta) and path_exists(spark, f"{path}/{factors_table('item', True)}"):
+            ranking = table(factors_table("item", ranking=True))
+        self._setup(spark, path, meta, table(factors_table("item")),
+                    table(vocabulary_table("item")).select("item_id", "idx"), ranking)
+        self.users = table(factors_table("user"))
+        self.train = table(TRAIN_RATINGS)
+        self.test = table(TEST_RATINGS)
         if self.ranker is not None:
-            self.ranking_users = spark.read.parquet(path + "/ranking_user_factors")
+            self.ranking_users = table(factors_table("user", ranking=True))
 
     def _setup(self, spark, path, meta, item_factors: DataFrame, item_vocab: DataFrame,
                ranking_items: DataFrame | None = None) -> None:
@@ -56,7 +61,7 @@ class SavedModel(ModelAnswers):
         ranking = None
         if ranking_items is not None:
             ranking = Side.from_arrow(ranking_items.toArrow(), vocab, "item_id",
-                                      int(meta["ranking_model"]["model"]["rank"]))
+                                      int(ranking_rank(meta) or 0))
         super().__init__(meta, path, items, ranking)
         self._sides: dict[bool, Side] = {}
 
@@ -98,9 +103,9 @@ class SavedModel(ModelAnswers):
     def user_side(self, ranking: bool = False) -> Side:
         if ranking not in self._sides:
             table = self.ranking_users if ranking else self.users
+            vocab = self.spark.read.parquet(f"{self.path}/{vocabulary_table('user')}")
             self._sides[ranking] = Side.from_arrow(
-                table.toArrow(), self.spark.read.parquet(self.path + "/user_vocabulary")
-                .select("user_id", "idx").toArrow(), "user_id",
+                table.toArrow(), vocab.select("user_id", "idx").toArrow(), "user_id",
                 self.ranker[3] if ranking and self.ranker else self.rank)
         return self._sides[ranking]
 

@@ -21,8 +21,16 @@ from pmf_spark.models import REGISTRY
 from pmf_spark.models.base import FactorModel, TrainState
 from pmf_spark.outputs.catalog import CatalogTables
 from pmf_spark.outputs.commit import AtomicOutput
+from pmf_spark.outputs.modeldir import (
+    ITEM_USERS_TABLE,
+    META,
+    METRICS_CSV,
+    METRICS_JSON,
+    USER_NEIGHBORS_TABLE,
+    model_meta,
+)
 from pmf_spark.outputs.report import split_phrase
-from pmf_spark.outputs.tables import RunWriter, history_csv, model_meta
+from pmf_spark.outputs.tables import RunWriter, history_csv
 from pmf_spark.prepare.ratings import PreparedData, prepare
 from pmf_spark.runtime import interrupt
 from pmf_spark.train.checkpoint import Checkpointer, check_resumable, fingerprint
@@ -172,15 +180,15 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
         w.recommendations(res.ranked.lists, res.n_recs)
     if res.neighbors is not None:
         w.neighbors(res.neighbors)
-    if "item_users" in res.user_tables:
-        w.item_users(res.user_tables["item_users"])
-    if "user_neighbors" in res.user_tables:
-        w.user_neighbors(res.user_tables["user_neighbors"])
+    if ITEM_USERS_TABLE in res.user_tables:
+        w.item_users(res.user_tables[ITEM_USERS_TABLE])
+    if USER_NEIGHBORS_TABLE in res.user_tables:
+        w.user_neighbors(res.user_tables[USER_NEIGHBORS_TABLE])
     seconds = {**seconds, **res.seconds}
     final_d = final.to_dict()
-    w.json("metrics.json", {"epochs": [m.to_dict() for m in state.history], "final": final_d,
-                            **({"ranking": res.ranking} if res.ranking else {})})
-    w.text("metrics.csv", history_csv(state.history))
+    w.json(METRICS_JSON, {"epochs": [m.to_dict() for m in state.history], "final": final_d,
+                          **({"ranking": res.ranking} if res.ranking else {})})
+    w.text(METRICS_CSV, history_csv(state.history))
     comp = trainer.params.companion()
     meta = model_meta(cfg, trainer.params, data, rank=int(model.U.shape[1]),
                       ranking_model=comp.to_dict() if comp else None,
@@ -191,7 +199,7 @@ def _write_all(spark, cfg, trainer, state, seconds, final, res: RunResults, out,
                       ranking=res.ranking, seconds=seconds)
     if res.note:
         meta["ranking_note"] = res.note
-    w.json("model.json", meta)
+    w.json(META, meta)
     if res.diagnostics is not None and res.bins is not None:
         from pmf_spark.outputs.report import figures, render_html
 

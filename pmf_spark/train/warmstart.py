@@ -23,7 +23,6 @@ taken as they are.)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -34,6 +33,7 @@ from pyspark.sql import functions as F
 from pmf_spark.errors import ConfigError
 from pmf_spark.models import capabilities
 from pmf_spark.models.base import TrainState
+from pmf_spark.outputs.modeldir import factors_table, read_meta
 from pmf_spark.storage.hadoop import path_exists, read_text
 
 log = logging.getLogger("pmf_spark")
@@ -42,12 +42,9 @@ log = logging.getLogger("pmf_spark")
 def previous_meta(spark: SparkSession, path: str, rank: int) -> dict:
     """model.json of the warm-start model, refused (ConfigError naming the reason)
     when it is not a model this run can start from."""
-    if not path_exists(spark, path.rstrip("/") + "/model.json"):
-        raise ConfigError(f"warm-start {path}: no model.json (not a pmf-spark model directory)")
-    try:
-        meta = json.loads(read_text(spark, path.rstrip("/") + "/model.json"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"warm-start {path}/model.json: not valid JSON ({exc})") from None
+    meta = read_meta(path.rstrip("/"),
+                     lambda p: read_text(spark, p) if path_exists(spark, p) else None,
+                     error=ConfigError, what="warm-start")
     have = int(meta.get("rank", -1))
     if have != rank:
         what = f" (a {meta['fit']['model']} model)" if "fit" in meta else ""
@@ -75,15 +72,16 @@ def _factors(spark: SparkSession, path: str, table: str, side: str, vocab, rank:
     return idx, feats.reshape(idx.size, rank), tbl.column("bias").to_numpy()
 
 
-def _fill(spark, path: str, prefix: str, state: TrainState, trainer, rank: int,
+def _fill(spark, path: str, ranking: bool, state: TrainState, trainer, rank: int,
           biases: bool, ratio: float, shift: float) -> dict[str, tuple[int, int]]:
     """Overwrite ``state``'s rows of persisting trained ids with the previous model's
-    (tables ``{prefix}user_factors`` ...), rescaled; the other trained rows to the prior
+    (its ranking model's with ``ranking``), rescaled; the other trained rows to the prior
     mean, unless nothing of a side persists. Returns (persisting, trained) per side."""
     data, counts = trainer.data, trainer.counts
     found = {}
     for side, vocab in (("user", data.users), ("item", data.items)):
-        idx, feats, bias = _factors(spark, path, f"{prefix}{side}_factors", side, vocab, rank)
+        idx, feats, bias = _factors(spark, path, factors_table(side, ranking), side, vocab,
+                                    rank)
         ok = counts[side][idx] > 0
         idx, feats, bias = idx[ok], feats[ok], bias[ok]
         found[side] = (idx.size, int(np.count_nonzero(counts[side])))
@@ -117,7 +115,7 @@ def warm_start_state(spark: SparkSession, path: str, trainer) -> TrainState:
     state = trainer.initial_state()
     linear = params.model.link == "linear" and meta.get("model", {}).get("link") == "linear"
     ratio, shift = _scaling(data, meta, linear)
-    found = _fill(spark, path, "", state, trainer, rank, params.model.biases, ratio, shift)
+    found = _fill(spark, path, False, state, trainer, rank, params.model.biases, ratio, shift)
     (nu, tu), (ni, ti) = found["user"], found["item"]
     log.info("warm start from %s: %d of %d user(s) and %d of %d item(s) with training "
              "ratings start from its factors%s; the others from the prior mean", path, nu, tu,
@@ -125,9 +123,9 @@ def warm_start_state(spark: SparkSession, path: str, trainer) -> TrainState:
     comp, prev = params.companion(), meta.get("ranking_model") or {}
     if comp is not None and state.companions and prev.get("fit", {}).get("model") == \
             comp.fit.model and prev.get("model", {}).get("rank") == comp.model.rank and \
-            path_exists(spark, path.rstrip("/") + "/ranking_user_factors"):
+            path_exists(spark, f"{path.rstrip('/')}/{factors_table('user', ranking=True)}"):
         lin = capabilities(comp.fit.model).predicts_ratings and comp.model.link == "linear"
-        _fill(spark, path, "ranking_", state.companions[0], trainer, comp.model.rank,
+        _fill(spark, path, True, state.companions[0], trainer, comp.model.rank,
               comp.model.biases, *_scaling(data, meta, lin))
         log.info("warm start: the %s ranking model starts from its factors too",
                  comp.fit.model)
