@@ -28,16 +28,9 @@ import os
 import sys
 import time
 
-from pmf_spark.cli import (
-    OneLineErrorParser,
-    announce_driver,
-    check_inputs,
-    report_error,
-    run_guarded,
-    setup_logging,
-)
-from pmf_spark.errors import InputDataError, PMFError, PMFUserError
-from pmf_spark.runtime import interrupt
+from pmf_spark.cli import JobRun, OneLineErrorParser, check_inputs, check_job, run_job
+from pmf_spark.errors import InputDataError, PMFUserError
+from pmf_spark.serve.batch import answer_many, read_ratings
 
 log = logging.getLogger("pmf_spark")
 
@@ -251,8 +244,8 @@ def answer_user(model, args, k, cand, titles) -> None:
 
 
 def answer_new_user(model, args, k, cand, titles) -> None:
-    frame = _read_ratings(model, args.ratings_for_new_user, ("item_id", "rating"),
-                          "ratings-for-new-user")
+    frame = read_ratings(model, args.ratings_for_new_user, ("item_id", "rating"),
+                         "ratings-for-new-user")
     items, ratings = frame["item_id"].to_numpy(), frame["rating"].to_numpy()
     factors, bias, used = model.fold_in(items, ratings)
     if factors is None:
@@ -268,24 +261,6 @@ def answer_new_user(model, args, k, cand, titles) -> None:
               f"leans on what is popular; more ratings make it more personal.")
     _print_recs(recs, titles(recs["item_id"]), f"\nTop {k} recommendations for the new user:",
                 bool(args.items), model)
-
-
-def _read_ratings(model, path, layout, role):
-    """A ratings file as a pandas frame, parsed the same way by both engines."""
-    from pmf_spark.serve.files import check_ratings, parse_rating_lines, read_rating_file
-
-    if model.spark_session is None:
-        return read_rating_file(path, layout, model.id_type, model.lo, model.hi, role)
-    from pmf_spark.storage.hadoop import path_exists
-
-    if not path_exists(model.spark_session, path):
-        raise InputDataError(f"{role} {path}: no such file")
-    lines = [r[0] for r in model.spark_session.read.text(path).collect()]
-    frame, problem = parse_rating_lines(lines, layout, model.id_type, model.lo, model.hi)
-    if problem:
-        raise InputDataError(f"{role} {path}: {problem}")
-    check_ratings(frame, layout, path, role)
-    return frame
 
 
 def answer_neighbours(model, args, k, titles) -> None:
@@ -314,114 +289,6 @@ def answer_neighbours(model, args, k, titles) -> None:
                      f"the {by} model's score, never one who rated it:")
 
 
-# ----------------------------------------------------------------------- many users
-
-def _check_output(args, exists, is_ours) -> None:
-    if not args.output:
-        what = "--users" if args.users else "--new-users"
-        raise PMFUserError(f"{what} needs --output DIR for the Parquet result")
-    if exists(args.output) and not is_ours(args.output):
-        raise PMFUserError(f"output {args.output}: exists and is not an answer written by "
-                           f"recommend.py; refusing to replace it (choose another --output)")
-
-
-def answer_many_local(model, args, k, cand) -> None:
-    from pmf_spark.serve.files import (
-        factors_table,
-        is_answer_output,
-        read_id_file,
-        recs_table,
-        write_local_output,
-    )
-
-    _check_output(args, os.path.exists, is_answer_output)
-    tables = {}
-    if args.users:
-        recs = model.recommend_users(read_id_file(args.users, model.id_type, "users"), k, cand)
-    else:
-        ratings = _read_ratings(model, args.new_users, ("user_id", "item_id", "rating"),
-                                "new-users")
-        folded = model.fold_in_users(ratings)
-        recs = model.recommend_folded(folded, k, cand)
-        tables["user_factors"] = factors_table(folded, model.id_type, model.rank)
-    tables["recommendations"] = recs_table(recs, model.id_type)
-    write_local_output(args.output, tables, {"model": model.path})
-    _log_written(k, recs["user_id"].nunique(), int(recs.loc[recs.cold_start, "user_id"]
-                                                   .nunique()), args.output)
-
-
-def _log_written(k, users, cold, output) -> None:
-    log.info("wrote top-%d for %d user(s) (%d without known ratings: most popular items) to %s",
-             k, users, cold, output)
-
-
-def answer_many_spark(spark, model, args, k, cand) -> None:
-    from pmf_spark.inputs.read import read_id_list
-    from pmf_spark.outputs.commit import AtomicOutput
-
-    if not args.output:
-        what = "--users" if args.users else "--new-users"
-        raise PMFUserError(f"{what} needs --output DIR for the Parquet result")
-    # the output is checked (ours or absent), locked and staged before any work
-    with AtomicOutput(spark, args.output, job="pmf-spark recommend") as out:
-        blocks = args.blocks or spark.sparkContext.defaultParallelism
-        frames = {}
-        if args.users:
-            ids = read_id_list(spark, args.users, model.id_type, "users")
-            frames["recommendations"] = model.recommend_users(ids, k, cand, blocks)
-        else:
-            folded = model.fold_in_users_frame(_spark_ratings(spark, model, args.new_users),
-                                               blocks).cache()
-            frames["user_factors"] = folded.select("user_id", "features", "bias", "n_ratings")
-            frames["recommendations"] = model.recommend_folded_frame(folded, k, cand, blocks)
-        counts = {}
-        for name, df in frames.items():
-            keys = ("user_id", "rank") if name == "recommendations" else ("user_id",)
-            (df.repartitionByRange(max(1, blocks), "user_id").sortWithinPartitions(*keys)
-             .write.parquet(out.path(name)))
-            counts[name] = spark.read.parquet(out.path(name)).count()
-        written = spark.read.parquet(out.path("recommendations"))
-        users = written.select("user_id").distinct().count()
-        cold = written.where("cold_start").select("user_id").distinct().count()
-        out.commit({"tables": counts, "model": model.path})
-    _log_written(k, users, cold, args.output)
-
-
-def _is_empty_dir(spark, path) -> bool:
-    from pmf_spark.storage.hadoop import jvm_fs
-
-    fs, jpath = jvm_fs(spark, path)
-    return fs.getFileStatus(jpath).isDirectory() and len(fs.listStatus(jpath)) == 0
-
-
-def _spark_ratings(spark, model, path):
-    """New users' rating lines parsed per partition by the plain-Python parser."""
-    import functools
-
-    from pyspark.sql import functions as F
-
-    from pmf_spark.serve.files import parse_partition
-    from pmf_spark.storage.hadoop import path_exists
-
-    if not path_exists(spark, path):
-        raise InputDataError(f"new-users {path}: no such file or directory")
-    id_type = "bigint" if model.id_type == "long" else "string"
-    fn = functools.partial(parse_partition, id_type=model.id_type, lo=model.lo, hi=model.hi)
-    parsed = spark.read.text(path).mapInPandas(
-        fn, f"user_id {id_type}, item_id {id_type}, rating double, problem string").cache()
-    bad = parsed.where(F.col("problem").isNotNull()).select("problem").first()
-    if bad is not None:
-        raise InputDataError(f"new-users {path}: {bad[0]}")
-    ratings = parsed.where(F.col("problem").isNull()).drop("problem")
-    dup = ratings.groupBy("user_id", "item_id").count().where("count > 1").first()
-    if dup is not None:
-        raise InputDataError(f"new-users {path}: user_id {dup[0]} item_id {dup[1]} is rated "
-                             f"more than once")
-    if ratings.first() is None:
-        raise InputDataError(f"new-users {path}: no ratings")
-    return ratings
-
-
 # ----------------------------------------------------------------------- main
 
 def answer(model, args, titles) -> None:
@@ -431,11 +298,8 @@ def answer(model, args, titles) -> None:
     elif args.ratings_for_new_user is not None:
         answer_new_user(model, args, k, cand, titles)
     elif args.users is not None or args.new_users is not None:
-        spark = model.spark_session
-        if spark is None:
-            answer_many_local(model, args, k, cand)
-        else:
-            answer_many_spark(spark, model, args, k, cand)
+        answer_many(model, k, cand, args.output, users=args.users, new_users=args.new_users,
+                    blocks=args.blocks)
     else:
         answer_neighbours(model, args, k, titles)
 
@@ -464,75 +328,44 @@ def _check(args) -> None:
         raise InputDataError(f"{what} needs --output DIR for the Parquet result")
 
 
+def _checks(args) -> int | None:
+    _check(args)
+    check_inputs(None, {"model": args.model, "users": args.users,
+                        "ratings-for-new-user": args.ratings_for_new_user,
+                        "new-users": args.new_users, "items": args.items,
+                        "exclude-items": args.exclude_items, "candidates": args.candidates})
+    return None
+
+
 def check_args(argv: list[str] | None) -> int | None:
     """The argument checks that need no Spark (spark-submit.sh runs them before the
     JVM starts): None to go on, else the exit code."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        _check(args)
-        check_inputs(None, {"model": args.model, "users": args.users,
-                            "ratings-for-new-user": args.ratings_for_new_user,
-                            "new-users": args.new_users, "items": args.items,
-                            "exclude-items": args.exclude_items, "candidates": args.candidates})
-    except PMFError as exc:
-        return report_error(exc)
-    return None
+    return check_job(build_parser, _checks, argv)
+
+
+def _body(run: JobRun) -> int:
+    args = run.args
+    _check(args)
+    if args.users or args.new_users:
+        run.output = args.output
+    engine = choose_engine(args) if not run.has_session or args.engine != "auto" else "spark"
+    if engine == "local":
+        if "PYSPARK_GATEWAY_PORT" in os.environ:        # started by spark-submit
+            log.info("this question needs no Spark: `.venv/bin/python jobs/recommend.py "
+                     "...` (or pmf-recommend) answers it without starting a JVM")
+        run_local(args)
+        return 0
+    if not run.has_session:
+        log.info("answering on Spark (a file of many ids or ratings, or --engine spark)")
+    with run.spark() as spark:
+        run_spark(spark, args)
+    return 0
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
     """Answer; returns the exit code. ``spark``: a session to use for the Spark engine
     (and leave running); by default one is created only when the Spark engine is chosen."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    setup_logging(args.verbose)
-    announce_driver()
-    own = spark is None
-    state: dict = {"spark": spark}
-
-    def body() -> int:
-        _check(args)
-        engine = choose_engine(args) if spark is None or args.engine != "auto" else "spark"
-        if engine == "local":
-            if "PYSPARK_GATEWAY_PORT" in os.environ:        # started by spark-submit
-                log.info("this question needs no Spark: `.venv/bin/python jobs/recommend.py "
-                         "...` (or pmf-recommend) answers it without starting a JVM")
-            run_local(args)
-            return 0
-        if state["spark"] is None:
-            log.info("answering on Spark (a file of many ids or ratings, or --engine spark); "
-                     "starting the Spark session ...")
-            state["spark"] = session("pmf-spark recommend", args.verbose)
-        restore = interrupt.watch(state["spark"])
-        try:
-            run_spark(state["spark"], args)
-        finally:
-            restore()
-        return 0
-
-    try:
-        return run_guarded(body, lambda: args.output if args.users or args.new_users else None)
-    finally:
-        if own and state.get("spark") is not None:
-            state["spark"].stop()
-
-
-def session(app: str, verbose: bool):
-    """The job's SparkSession (its settings come from spark-submit and conf/). Run
-    with plain Python, the Python workers use this interpreter unless PYSPARK_PYTHON
-    names another (this one has numpy and pandas)."""
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
-    spark = SparkSession.builder.appName(app).getOrCreate()
-    if not verbose:
-        spark.sparkContext.setLogLevel("ERROR")
-    return spark
+    return run_job("pmf-spark recommend", build_parser, _body, argv, spark)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ import argparse
 import sys
 
 from pmf_spark.cli import (
+    JobRun,
     OneLineErrorParser,
-    announce_driver,
     check_inputs,
+    check_job,
     metavar,
-    report_error,
-    run_guarded,
+    run_job,
     said_default,
-    setup_logging,
     type_of,
 )
 from pmf_spark.config.files import load_config_file, resolve, to_toml
@@ -43,9 +42,7 @@ from pmf_spark.config.params import (
     JobConfig,
     group_of,
 )
-from pmf_spark.errors import PMFError
 from pmf_spark.models import REGISTRY
-from pmf_spark.runtime import interrupt
 
 OPTION_GROUPS = {
     "input": ("job", ["ratings", "ratings_table", "format", "id_type", "feedback",
@@ -143,80 +140,39 @@ def settings(args: argparse.Namespace):
     return resolve(file_values, flags_to_sections(args))
 
 
+def _checks(args: argparse.Namespace) -> int | None:
+    job, params = settings(args)
+    if args.print_config:
+        print(to_toml(job, params), end="")
+        return 0
+    check_inputs(job)
+    return None
+
+
 def check_args(argv: list[str] | None) -> int | None:
     """Everything about the arguments that needs no Spark: None to go on, else the
     exit code (0 after --help or --print-config). spark-submit.sh runs this before
     starting the JVM."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed
-        return int(exc.code or 0)
-    try:
-        job, params = settings(args)
-    except PMFError as exc:
-        return report_error(exc)
-    if args.print_config:
+    return check_job(build_parser, _checks, argv)
+
+
+def _body(run: JobRun) -> int:
+    job, params = settings(run.args)
+    if run.args.print_config:
         print(to_toml(job, params), end="")
         return 0
-    try:
-        check_inputs(job)
-    except PMFError as exc:
-        return report_error(exc)
-    return None
+    from pmf_spark.train.job import run_training
+
+    run.output = job.output
+    with run.spark() as spark:
+        run_training(spark, job, params)
+    return 0
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
     """Run the job; returns the exit code. ``spark``: an existing session to use
     (and leave running), for embedding; by default one is created and stopped."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed
-        return int(exc.code or 0)
-    setup_logging(args.verbose)
-    announce_driver()
-    own = spark is None
-    state: dict = {}
-
-    def body() -> int:
-        job, params = settings(args)
-        if args.print_config:
-            print(to_toml(job, params), end="")
-            return 0
-        from pmf_spark.train.job import run_training
-
-        state["output"] = job.output
-        state["spark"] = spark or session("pmf-spark train", args.verbose)
-        restore = interrupt.watch(state["spark"])
-        try:
-            run_training(state["spark"], job, params)
-        finally:
-            restore()
-        return 0
-
-    try:
-        return run_guarded(body, lambda: state.get("output"))
-    finally:
-        if own and state.get("spark") is not None:
-            state["spark"].stop()
-
-
-def session(app: str, verbose: bool):
-    """The job's SparkSession (its settings come from spark-submit and conf/)."""
-    import logging
-    import time
-
-    from pyspark.sql import SparkSession
-
-    log = logging.getLogger("pmf_spark")
-    t0 = time.perf_counter()
-    log.info("starting the Spark session ...")
-    spark = SparkSession.builder.appName(app).getOrCreate()
-    if not verbose:
-        spark.sparkContext.setLogLevel("ERROR")
-    sc = spark.sparkContext
-    log.info("Spark %s ready in %.1fs: master %s, %d core(s)", spark.version,
-             time.perf_counter() - t0, sc.master, sc.defaultParallelism)
-    return spark
+    return run_job("pmf-spark train", build_parser, _body, argv, spark)
 
 
 if __name__ == "__main__":

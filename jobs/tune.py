@@ -19,18 +19,16 @@ import logging
 import sys
 
 from pmf_spark.cli import (
+    JobRun,
     OneLineErrorParser,
-    announce_driver,
     check_inputs,
+    check_job,
     job_flag,
-    report_error,
-    run_guarded,
-    setup_logging,
+    run_job,
 )
 from pmf_spark.config.files import load_config_file, resolve, to_toml
 from pmf_spark.config.params import FORMATS, ID_TYPES, SYNTHETIC_SHAPES
-from pmf_spark.errors import ConfigError, PMFError
-from pmf_spark.runtime import interrupt
+from pmf_spark.errors import ConfigError
 
 log = logging.getLogger("pmf_spark")
 
@@ -168,7 +166,7 @@ def write_results(spark, args, job, base, space, results, out) -> None:
                  "--epochs to train longer", args.epochs)
 
 
-def run(spark, args, job, base, trials, space) -> None:
+def search(spark, args, job, base, trials, space) -> None:
     from pmf_spark.train.job import load_inputs
     from pmf_spark.train.preflight import open_output
     from pmf_spark.train.tuning import run_search, training_part
@@ -192,59 +190,31 @@ def run(spark, args, job, base, trials, space) -> None:
         write_results(spark, args, job, base, space, results, out)
 
 
-def check_args(argv: list[str] | None) -> int | None:
-    """The argument checks that need no Spark (spark-submit.sh runs them before the
-    JVM starts): None to go on, else the exit code."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        job = settings(args)[0]
-        # the ratings only: a --test file, exclusions, candidates or a warm start in the
-        # base configuration are the training job's, never read here
-        check_inputs(job.replace(test=None, exclude_items=None, candidates=None,
-                                 warm_start=None))
-    except PMFError as exc:
-        return report_error(exc)
+def _checks(args) -> int | None:
+    job = settings(args)[0]
+    # the ratings only: a --test file, exclusions, candidates or a warm start in the
+    # base configuration are the training job's, never read here
+    check_inputs(job.replace(test=None, exclude_items=None, candidates=None,
+                             warm_start=None))
     return None
 
 
+def check_args(argv: list[str] | None) -> int | None:
+    """The argument checks that need no Spark (spark-submit.sh runs them before the
+    JVM starts): None to go on, else the exit code."""
+    return check_job(build_parser, _checks, argv)
+
+
+def _body(run: JobRun) -> int:
+    job, base, trials, space = settings(run.args)
+    run.output = run.args.output
+    with run.spark() as spark:
+        search(spark, run.args, job, base, trials, space)
+    return 0
+
+
 def main(argv: list[str] | None = None, spark=None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    setup_logging(args.verbose)
-    announce_driver()
-    own = spark is None
-    state: dict = {}
-
-    def body() -> int:
-        job, base, trials, space = settings(args)
-        state["spark"] = spark or session("pmf-spark tune", args.verbose)
-        restore = interrupt.watch(state["spark"])
-        try:
-            run(state["spark"], args, job, base, trials, space)
-        finally:
-            restore()
-        return 0
-
-    try:
-        return run_guarded(body, lambda: args.output)
-    finally:
-        if own and state.get("spark") is not None:
-            state["spark"].stop()
-
-
-def session(app: str, verbose: bool):
-    """The job's SparkSession (its settings come from spark-submit and conf/)."""
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.appName(app).getOrCreate()
-    if not verbose:
-        spark.sparkContext.setLogLevel("ERROR")
-    return spark
+    return run_job("pmf-spark tune", build_parser, _body, argv, spark)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ the argument check ``spark-submit.sh`` runs in plain Python before the JVM start
     python -m pmf_spark.cli check jobs/train_pmf.py --rank 0 ...
 
 which exits 0 to go on, :data:`CHECK_DONE` when the job has nothing more to do
-(``--help``, ``--print-config``), or the job's exit code for a bad argument. (The
-jobs parse their own arguments and build their own SparkSession.)
+(``--help``, ``--print-config``), or the job's exit code for a bad argument.
+
+The skeleton every job in ``jobs/`` is: :func:`check_job` (its ``check_args``: the
+checks that need no Spark) and :func:`run_job` (its ``main``: parse, log, a
+:class:`JobRun` that starts the SparkSession when first asked and stops it only if it
+started it, Ctrl-C and errors as one line); a job supplies its parser, its checks and
+its body.
 """
 
 from __future__ import annotations
@@ -128,6 +133,101 @@ def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> in
         if previous is not None:
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, previous)
+
+
+def session(app: str, verbose: bool):
+    """A job's SparkSession (its settings come from spark-submit and conf/). Run with
+    plain Python, the Python workers use this interpreter unless PYSPARK_PYTHON names
+    another (this one has numpy and pandas)."""
+    import time
+
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    log = logging.getLogger("pmf_spark")
+    t0 = time.perf_counter()
+    log.info("starting the Spark session ...")
+    spark = SparkSession.builder.appName(app).getOrCreate()
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
+    sc = spark.sparkContext
+    log.info("Spark %s ready in %.1fs: master %s, %d core(s)", spark.version,
+             time.perf_counter() - t0, sc.master, sc.defaultParallelism)
+    return spark
+
+
+class JobRun:
+    """One run of a job: its parsed ``args`` and the SparkSession, started on first
+    use (:meth:`spark`) unless the caller passed one, and stopped at :meth:`close`
+    only if this run started it."""
+
+    def __init__(self, app: str, args: argparse.Namespace, spark=None):
+        self.app, self.args = app, args
+        self._spark, self._own = spark, False
+        #: what the job writes, for the "interrupted; X was left as it was" line
+        self.output: str | None = None
+
+    @property
+    def has_session(self) -> bool:
+        return self._spark is not None
+
+    @contextlib.contextmanager
+    def spark(self):
+        """The session, with Ctrl-C and SIGTERM cancelling its running jobs."""
+        from pmf_spark.runtime import interrupt
+
+        if self._spark is None:
+            self._spark = session(self.app, getattr(self.args, "verbose", False))
+            self._own = True
+        restore = interrupt.watch(self._spark)
+        try:
+            yield self._spark
+        finally:
+            restore()
+
+    def close(self) -> None:
+        if self._own and self._spark is not None:
+            self._spark.stop()
+            self._spark = None
+
+
+def _parsed(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None):
+    try:
+        return build_parser().parse_args(argv), None
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return None, int(exc.code or 0)
+
+
+def check_job(build_parser: Callable[[], argparse.ArgumentParser],
+              checks: Callable[[argparse.Namespace], int | None],
+              argv: list[str] | None) -> int | None:
+    """A job's ``check_args``: parse ``argv`` and run ``checks(args)`` (which need no
+    Spark); None to go on, else the exit code (0 after --help, a known error as one
+    line). spark-submit.sh runs it before starting the JVM."""
+    args, code = _parsed(build_parser, argv)
+    if args is None:
+        return code
+    try:
+        return checks(args)
+    except PMFError as exc:
+        return report_error(exc)
+
+
+def run_job(app: str, build_parser: Callable[[], argparse.ArgumentParser],
+            body: Callable[[JobRun], int], argv: list[str] | None, spark=None) -> int:
+    """A job's ``main``: parse, set up logging, run ``body(run)`` guarded (known errors
+    as one line, Ctrl-C as ``interrupted; <run.output> was left as it was`` and 130);
+    the exit code. ``spark``: a session to use (and leave running), for embedding."""
+    args, code = _parsed(build_parser, argv)
+    if args is None:
+        return int(code or 0)
+    setup_logging(getattr(args, "verbose", False))
+    announce_driver()
+    run = JobRun(app, args, spark)
+    try:
+        return run_guarded(lambda: body(run), lambda: run.output)
+    finally:
+        run.close()
 
 
 def inputs_on_this_machine() -> bool:
