@@ -219,3 +219,17 @@ def test_conf_default_toml_is_exactly_the_built_in_defaults():
         "conf/default.toml is stale: regenerate it with jobs/train_pmf.py --print-config"
     keys = {line.lstrip("# ").split(" = ")[0] for line in body.splitlines() if " = " in line}
     assert {n for _, n in _fields()} <= keys
+
+
+def test_no_class_over_200_lines_and_no_function_over_60():
+    long = []
+    for name, (path, _) in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            size = (node.end_lineno or node.lineno) - node.lineno + 1
+            if isinstance(node, ast.ClassDef) and size > 200:
+                long.append(f"{name}.{node.name}: class of {size} lines")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > 60:
+                long.append(f"{name}.{node.name}: function of {size} lines")
+    assert not long, "\n".join(long)

@@ -377,21 +377,7 @@ class JobConfig(Params):
         check_choice("id_type", self.id_type, ID_TYPES)
         check_choice("synthetic", self.synthetic, SYNTHETIC_SHAPES)
         check_choice("on_duplicate", self.on_duplicate, DUPLICATE_POLICIES)
-        check_choice("feedback", self.feedback, FEEDBACK)
-        if self.feedback == "explicit":
-            if self.value_col is not None:
-                raise ConfigError("value_col: only with --feedback implicit (ratings are read "
-                                  "from --rating-col)")
-            if self.on_duplicate == "sum":
-                raise ConfigError("on_duplicate: 'sum' adds implicit feedback (--feedback "
-                                  "implicit); ratings keep the 'latest' or refuse ('error')")
-        else:
-            if self.on_duplicate == "latest":     # the default: events add up
-                object.__setattr__(self, "on_duplicate", "sum")
-            for name in ("rating_min", "rating_max"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{name}: implicit feedback has no rating scale "
-                                      f"(values are counts or weights >= 0)")
+        self._check_feedback()
         check_choice("split", self.split, SPLITS)
         check_int("leave_last", self.leave_last, 1, 100_000)
         check_float("test_fraction", self.test_fraction, 0.0, True, 1.0, True)
@@ -424,6 +410,30 @@ class JobConfig(Params):
                 and self.rating_min >= self.rating_max):
             raise ConfigError(f"rating_min ({self.rating_min}) must be below rating_max "
                               f"({self.rating_max})")
+        self._check_names()
+
+    def _check_feedback(self) -> None:
+        """What explicit ratings and implicit events each allow (and 'sum' as the
+        events' default duplicate policy)."""
+        check_choice("feedback", self.feedback, FEEDBACK)
+        if self.feedback == "explicit":
+            if self.value_col is not None:
+                raise ConfigError("value_col: only with --feedback implicit (ratings are read "
+                                  "from --rating-col)")
+            if self.on_duplicate == "sum":
+                raise ConfigError("on_duplicate: 'sum' adds implicit feedback (--feedback "
+                                  "implicit); ratings keep the 'latest' or refuse ('error')")
+        else:
+            if self.on_duplicate == "latest":     # the default: events add up
+                object.__setattr__(self, "on_duplicate", "sum")
+            for name in ("rating_min", "rating_max"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name}: implicit feedback has no rating scale "
+                                      f"(values are counts or weights >= 0)")
+
+    def _check_names(self) -> None:
+        """Paths, column and table names: non-empty strings, given together where one
+        needs the other."""
         for name in ("ratings", "ratings_table", "output_table_prefix", "test", "user_col",
                      "item_col", "rating_col", "value_col", "timestamp_col", "sep", "exclude_items",
                      "candidates", "users_per_item_items", "warm_start", "checkpoint_dir"):

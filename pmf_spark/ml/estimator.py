@@ -69,10 +69,7 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
     def _fit(self, dataset: DataFrame) -> PMFModel:
         from pmf_spark.inputs.read import frame_ratings
         from pmf_spark.prepare.ratings import prepare
-        from pmf_spark.train.loop import Trainer
-        from pmf_spark.train.preflight import check_driver_memory
 
-        from .core import FactorCore, seen_ratings
 
         spark = dataset.sparkSession
         use_driver_python(spark)
@@ -99,35 +96,49 @@ class PMF(Estimator, PMFParamsMixin, DefaultParamsWritable, MLReadable):
                            validation_fraction=get(self.validationFraction) if early else 0.0,
                            holdout=None if held is not None else F.lit(False),
                            require_test=False)
-            trainer = None
             try:
-                params = self.pmf_params(sigma=data.sigma)
-                check_driver_memory(spark, data, params)
-                trainer = Trainer(spark, data, params)
-                trainer.setup()
-                trainer.callback = _epoch_hook(trainer.total_epochs, self._callback)
-                log.info("PMF.fit: %d users x %d items, %d ratings; %s rank %d, %d epoch(s), "
-                         "%d block(s)", data.n_users, data.n_items, data.n_train,
-                         params.fit.model, params.model.rank, trainer.total_epochs,
-                         trainer.engine.blocks)
-                state = trainer.fit()
-                seconds = {"train": time.perf_counter() - t0,
-                           "per_epoch": [m.seconds for m in state.history]}
-                test = None
-                if held is not None:
-                    test = seen_ratings(held)
-                core = FactorCore.from_training(trainer, state, seen_ratings(clean), test,
-                                                seconds)
-                core.meta["data"]["input_id_types"] = {
-                    side: dataset.schema[get(col)].dataType.simpleString()
-                    for side, col in (("user", self.userCol), ("item", self.itemCol))}
+                core = self._train(spark, data, clean, held, dataset, t0)
             finally:
                 data.release()
-                if trainer is not None:
-                    trainer.release()
         model = PMFModel(core)
         model._resetUid(self.uid)
         return self._copyValues(model)
+
+    def _train(self, spark, data, clean, held, dataset: DataFrame, t0: float):
+        """Train on the prepared ``data``; the fitted model's FactorCore (the trainer's
+        layout released)."""
+        from pmf_spark.train.loop import Trainer
+        from pmf_spark.train.preflight import check_driver_memory
+
+        from .core import FactorCore, seen_ratings
+
+        get = self.getOrDefault
+        trainer = None
+        try:
+            params = self.pmf_params(sigma=data.sigma)
+            check_driver_memory(spark, data, params)
+            trainer = Trainer(spark, data, params)
+            trainer.setup()
+            trainer.callback = _epoch_hook(trainer.total_epochs, self._callback)
+            log.info("PMF.fit: %d users x %d items, %d ratings; %s rank %d, %d epoch(s), "
+                     "%d block(s)", data.n_users, data.n_items, data.n_train,
+                     params.fit.model, params.model.rank, trainer.total_epochs,
+                     trainer.engine.blocks)
+            state = trainer.fit()
+            seconds = {"train": time.perf_counter() - t0,
+                       "per_epoch": [m.seconds for m in state.history]}
+            test = None
+            if held is not None:
+                test = seen_ratings(held)
+            core = FactorCore.from_training(trainer, state, seen_ratings(clean), test,
+                                            seconds)
+            core.meta["data"]["input_id_types"] = {
+                side: dataset.schema[get(col)].dataType.simpleString()
+                for side, col in (("user", self.userCol), ("item", self.itemCol))}
+            return core
+        finally:
+            if trainer is not None:
+                trainer.release()
 
     def copy(self, extra: dict | None = None) -> PMF:
         that = super().copy(extra)

@@ -49,6 +49,41 @@ def _key(col: Column, dtype: str, id_type: str) -> Column:
     return col
 
 
+def predict_pairs(core: FactorCore, dataset: DataFrame, ucol: str, icol: str, out: str,
+                  cold_start: str) -> DataFrame:
+    """``dataset`` with column ``out``: the model's prediction (rating units) for each
+    (``ucol``, ``icol``) pair; pairs with an unknown user or item get the mean-based
+    prediction, NaN (``cold_start`` 'nan') or are dropped ('drop')."""
+    require_columns(dataset, [ucol, icol], "PMFModel.transform")
+    spark = dataset.sparkSession
+    dtypes = dict(dataset.dtypes)
+    tmp = ["__pmf_u", "__pmf_uf", "__pmf_ub", "__pmf_un",
+           "__pmf_i", "__pmf_if", "__pmf_ib", "__pmf_in"]
+    u = core.frame(spark, "user").toDF(*tmp[:4])
+    i = core.frame(spark, "item").toDF(*tmp[4:])
+    joined = (dataset.join(u, _key(dataset[ucol], dtypes[ucol], core.id_type) == u[tmp[0]],
+                           "left")
+              .join(i, _key(dataset[icol], dtypes[icol], core.id_type) == i[tmp[4]], "left"))
+    dot = F.aggregate(F.zip_with(tmp[1], tmp[5], lambda a, b: a * b), F.lit(0.0),
+                      lambda acc, x: acc + x)
+    z = (F.coalesce(dot, F.lit(0.0)) + F.coalesce(F.col(tmp[2]), F.lit(0.0))
+         + F.coalesce(F.col(tmp[6]), F.lit(0.0)))
+    ro = core.readout
+    if ro.link == "sigmoid":
+        pred = F.lit(ro.lo) + F.lit(ro.hi - ro.lo) / (F.lit(1.0) + F.exp(-z))
+    else:
+        pred = F.lit(ro.mu) + F.lit(ro.sigma) * z
+        if ro.clip:
+            pred = F.least(F.greatest(pred, F.lit(ro.lo)), F.lit(ro.hi))
+    known = ((F.coalesce(F.col(tmp[3]), F.lit(0)) > 0)
+             & (F.coalesce(F.col(tmp[7]), F.lit(0)) > 0))
+    if cold_start == "nan":
+        pred = F.when(known, pred).otherwise(F.lit(float("nan")))
+    elif cold_start == "drop":
+        joined = joined.where(known)
+    return joined.withColumn(out, pred).drop(*tmp)
+
+
 class PMFModel(Model, PMFModelParams, MLWritable, MLReadable):
     """A trained PMF model. Made by :meth:`PMF.fit <pmf_spark.ml.PMF.fit>`, or read with
     :meth:`PMFModel.load` from a directory it saved or the training job wrote.
@@ -119,36 +154,8 @@ class PMFModel(Model, PMFModelParams, MLWritable, MLReadable):
 
     # ---------------------------------------------------------------- predictions
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        core, ucol, icol = self.core, self.getUserCol(), self.getItemCol()
-        require_columns(dataset, [ucol, icol], "PMFModel.transform")
-        spark = dataset.sparkSession
-        dtypes = dict(dataset.dtypes)
-        tmp = ["__pmf_u", "__pmf_uf", "__pmf_ub", "__pmf_un",
-               "__pmf_i", "__pmf_if", "__pmf_ib", "__pmf_in"]
-        u = core.frame(spark, "user").toDF(*tmp[:4])
-        i = core.frame(spark, "item").toDF(*tmp[4:])
-        joined = (dataset.join(u, _key(dataset[ucol], dtypes[ucol], core.id_type) == u[tmp[0]],
-                               "left")
-                  .join(i, _key(dataset[icol], dtypes[icol], core.id_type) == i[tmp[4]], "left"))
-        dot = F.aggregate(F.zip_with(tmp[1], tmp[5], lambda a, b: a * b), F.lit(0.0),
-                          lambda acc, x: acc + x)
-        z = (F.coalesce(dot, F.lit(0.0)) + F.coalesce(F.col(tmp[2]), F.lit(0.0))
-             + F.coalesce(F.col(tmp[6]), F.lit(0.0)))
-        ro = core.readout
-        if ro.link == "sigmoid":
-            pred = F.lit(ro.lo) + F.lit(ro.hi - ro.lo) / (F.lit(1.0) + F.exp(-z))
-        else:
-            pred = F.lit(ro.mu) + F.lit(ro.sigma) * z
-            if ro.clip:
-                pred = F.least(F.greatest(pred, F.lit(ro.lo)), F.lit(ro.hi))
-        known = ((F.coalesce(F.col(tmp[3]), F.lit(0)) > 0)
-                 & (F.coalesce(F.col(tmp[7]), F.lit(0)) > 0))
-        strategy = self.getColdStartStrategy()
-        if strategy == "nan":
-            pred = F.when(known, pred).otherwise(F.lit(float("nan")))
-        elif strategy == "drop":
-            joined = joined.where(known)
-        return joined.withColumn(self.getPredictionCol(), pred).drop(*tmp)
+        return predict_pairs(self.core, dataset, self.getUserCol(), self.getItemCol(),
+                             self.getPredictionCol(), self.getColdStartStrategy())
 
     # ---------------------------------------------------------------- top-k
     def _nested(self, side: str, k: int, queries: DataFrame | None) -> DataFrame:

@@ -33,6 +33,7 @@ import posixpath
 import re
 import time
 import uuid
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -113,69 +114,17 @@ def _mount_points() -> set[str]:
     return out
 
 
-class AtomicOutput:
-    """An output directory written to a staging sibling and swapped in only when
-    complete (see the module docstring); a failure or a kill leaves the previous
-    output as it was.
+class OutputChecks:
+    """What is checked about an output path before anything is written to it: the
+    path resolved (symbolic links, mount points), an existing directory that may be
+    replaced, its parent created, room on its filesystem. :class:`AtomicOutput` sets
+    the attributes in its constructor."""
 
-    Creating one checks the output (refusing foreign directories, files, mount points,
-    non-atomic filesystems), creates its parent, takes the output's lock (recovering
-    what a killed run left) and creates the staging directory: all before any work.
+    given: str
+    final: str
+    parent: str
+    ops: Any
 
-    Usage::
-
-        with AtomicOutput(spark, "out/model", job="pmf-spark train") as out:
-            df.write.parquet(out.path("user_factors"))
-            out.write_json("model.json", {...})
-            out.commit({"tables": {...}})   # leaving the block without commit aborts
-    """
-
-    def __init__(self, spark: SparkSession, final: str, job: str = "pmf-spark"):
-        self.spark, self.job, self.given = spark, job, final
-        self.committed = False
-        m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/", final)
-        scheme = m.group(1).lower() if m else ""
-        if scheme in NON_ATOMIC_SCHEMES:
-            raise ConfigError(f"output {final}: {scheme}:// cannot rename a directory "
-                              f"atomically, so an output there could be lost half-replaced; "
-                              f"write to HDFS or a local path and copy it")
-        uri = qualify(spark, final.rstrip("/") or "/")
-        self.ops = LocalOps() if is_local_uri(uri) else HadoopOps(spark)
-        target = self._resolve(uri)
-        parent, base = posixpath.split(target)
-        self.final = target
-        token = uuid.uuid4().hex[:12]
-        self.token = token
-        self.parent, self.base = parent, base
-        self.staging = posixpath.join(parent, f".{base}.pmf-staging-{token}")
-        self.previous = posixpath.join(parent, f".{base}.pmf-previous-{token}")
-        self.lock = OutputLock(self.ops, posixpath.join(parent, f".{base}.pmf-lock"),
-                               self.shown, token, job)
-        self.check_replaceable()
-        self._make_parent()
-        try:
-            stale = self.lock.acquire()
-        except OSError as exc:
-            raise OutputError(f"output {self.shown}: cannot write in {self._show(parent)} "
-                              f"({os_reason(exc)})") from None
-        try:
-            if stale:
-                self.lock.inherit(stale)
-                for dead in stale:
-                    self._recover(dead)
-                self.lock.inherit([])
-            self._recover_legacy()
-            self.check_replaceable()
-            self.ops.mkdirs(self.staging)
-        except BaseException as exc:
-            if not isinstance(exc, SimulatedCrash):
-                self.lock.release()
-            if isinstance(exc, OSError):
-                raise OutputError(f"output {self.shown}: cannot create {self._show(self.staging)}"
-                                  f" ({os_reason(exc)})") from None
-            raise
-
-    # ---------------------------------------------------------------- naming
     def _show(self, p: str) -> str:
         return short(p)
 
@@ -183,14 +132,6 @@ class AtomicOutput:
     def shown(self) -> str:
         return self.given.rstrip("/") or "/"
 
-    def _uri(self, p: str) -> str:
-        return "file:" + p if self.ops.local else p
-
-    def path(self, name: str) -> str:
-        """Where a table or file goes (a URI for Spark's writers)."""
-        return self._uri(posixpath.join(self.staging, name))
-
-    # ---------------------------------------------------------------- checks
     def _resolve(self, uri: str) -> str:
         """The path the ops work on: a local path with its parent's symbolic links
         resolved (and the output's own, which is reported), or the URI."""
@@ -263,6 +204,78 @@ class AtomicOutput:
                               f"some space or choose another --output")
 
     # ---------------------------------------------------------------- recovery
+
+
+class AtomicOutput(OutputChecks):
+    """An output directory written to a staging sibling and swapped in only when
+    complete (see the module docstring); a failure or a kill leaves the previous
+    output as it was.
+
+    Creating one checks the output (refusing foreign directories, files, mount points,
+    non-atomic filesystems), creates its parent, takes the output's lock (recovering
+    what a killed run left) and creates the staging directory: all before any work.
+
+    Usage::
+
+        with AtomicOutput(spark, "out/model", job="pmf-spark train") as out:
+            df.write.parquet(out.path("user_factors"))
+            out.write_json("model.json", {...})
+            out.commit({"tables": {...}})   # leaving the block without commit aborts
+    """
+
+    def __init__(self, spark: SparkSession, final: str, job: str = "pmf-spark"):
+        self.spark, self.job, self.given = spark, job, final
+        self.committed = False
+        m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/", final)
+        scheme = m.group(1).lower() if m else ""
+        if scheme in NON_ATOMIC_SCHEMES:
+            raise ConfigError(f"output {final}: {scheme}:// cannot rename a directory "
+                              f"atomically, so an output there could be lost half-replaced; "
+                              f"write to HDFS or a local path and copy it")
+        uri = qualify(spark, final.rstrip("/") or "/")
+        self.ops = LocalOps() if is_local_uri(uri) else HadoopOps(spark)
+        target = self._resolve(uri)
+        parent, base = posixpath.split(target)
+        self.final = target
+        token = uuid.uuid4().hex[:12]
+        self.token = token
+        self.parent, self.base = parent, base
+        self.staging = posixpath.join(parent, f".{base}.pmf-staging-{token}")
+        self.previous = posixpath.join(parent, f".{base}.pmf-previous-{token}")
+        self.lock = OutputLock(self.ops, posixpath.join(parent, f".{base}.pmf-lock"),
+                               self.shown, token, job)
+        self.check_replaceable()
+        self._make_parent()
+        try:
+            stale = self.lock.acquire()
+        except OSError as exc:
+            raise OutputError(f"output {self.shown}: cannot write in {self._show(parent)} "
+                              f"({os_reason(exc)})") from None
+        try:
+            if stale:
+                self.lock.inherit(stale)
+                for dead in stale:
+                    self._recover(dead)
+                self.lock.inherit([])
+            self._recover_legacy()
+            self.check_replaceable()
+            self.ops.mkdirs(self.staging)
+        except BaseException as exc:
+            if not isinstance(exc, SimulatedCrash):
+                self.lock.release()
+            if isinstance(exc, OSError):
+                raise OutputError(f"output {self.shown}: cannot create {self._show(self.staging)}"
+                                  f" ({os_reason(exc)})") from None
+            raise
+
+    # ---------------------------------------------------------------- naming
+    def _uri(self, p: str) -> str:
+        return "file:" + p if self.ops.local else p
+
+    def path(self, name: str) -> str:
+        """Where a table or file goes (a URI for Spark's writers)."""
+        return self._uri(posixpath.join(self.staging, name))
+
     def _recover(self, token: str) -> None:
         """Finish or undo what the run that held the stale lock ``token`` left."""
         if not token:

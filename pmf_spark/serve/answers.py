@@ -105,10 +105,10 @@ class Side:
                                                else ids))
 
 
-class ModelAnswers:
-    """The model's settings, its item side (and the ranking model's) and every answer
-    computed from them. Subclasses read the tables through the hooks: :meth:`user_row`,
-    :meth:`ranking_row`, :meth:`rated_items`, :meth:`user_side`, :meth:`raters`."""
+class ListAnswers:
+    """The model's settings, its item side (and the ranking model's), the hooks that
+    read the tables and one user's top-k. The rest of the answers build on it
+    (:class:`FoldInAnswers`, :class:`ModelAnswers`)."""
 
     #: the SparkSession a Spark-backed model reads through (None without Spark)
     spark_session: Any = None
@@ -265,7 +265,11 @@ class ModelAnswers:
         recs.insert(0, "user_id", uid)
         return recs[RECS_COLUMNS].reset_index(drop=True)
 
-    # ---------------------------------------------------------------- fold-in
+
+class FoldInAnswers(ListAnswers):
+    """New users: their factors from their ratings, by the model's own user half-step,
+    and their lists."""
+
     def fold_in_spec(self) -> FoldIn:
         """How this model folds in new users: its own user half-step."""
         params = PMFParams.of(**{k: v for k, v in self.params.items()
@@ -335,7 +339,13 @@ class ModelAnswers:
         return recs.sort_values(["user_id", "rank"], kind="stable")[RECS_COLUMNS] \
             .reset_index(drop=True)
 
-    # ---------------------------------------------------------------- neighbours
+
+class ModelAnswers(FoldInAnswers):
+    """Every answer computed from a model: lists, fold-in, neighbours and the users to
+    target with an item. Subclasses read the tables through the hooks:
+    :meth:`user_row`, :meth:`ranking_row`, :meth:`rated_items`, :meth:`user_side`,
+    :meth:`raters`."""
+
     def _neighbours(self, side: Side, at: int, k: int, at_least: int = 1) -> pd.DataFrame:
         Mn, valid = unit_rows(side.F, side.counts, neighbour_support(side.counts, at_least))
         return neighbor_rows(Mn, valid, [at], side.tiebreak, k)

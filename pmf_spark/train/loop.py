@@ -42,6 +42,29 @@ def readout_of(data: PreparedData, params: PMFParams) -> ReadOut:
                    link=params.model.link, clip=params.model.clip)
 
 
+def check_finite(state: TrainState, epoch: int, ranking_model: str | None) -> None:
+    """Refuse to go on from non-finite factors (``ranking_model``: the name of the model
+    trained beside, when it is that one's state)."""
+    if np.isfinite(state.user).all() and np.isfinite(state.item).all():
+        return
+    which = f" (the {ranking_model} ranking model)" if ranking_model else ""
+    lam = "--ranking-lambda" if ranking_model else "--lambda-u/--lambda-v"
+    raise TrainingDiverged(
+        f"training diverged at epoch {epoch}{which}: the factors became non-finite, most "
+        f"often because the priors are too weak for the data (raise {lam})")
+
+
+def track_best(state: TrainState, m: EpochMetrics) -> None:
+    """Early stopping's bookkeeping: keep the epoch with the best validation RMSE."""
+    if not np.isfinite(m.val_rmse):
+        return
+    if state.best is None or m.val_rmse < state.best["metrics"].val_rmse:
+        state.best = {"metrics": m, "user": state.user.copy(), "item": state.item.copy()}
+        state.stale = 0
+    else:
+        state.stale += 1
+
+
 class Trainer:
     """Fits one model -- and the ranking model beside it, when the parameters ask for one
     (:meth:`~pmf_spark.config.params.PMFParams.companion`) -- on prepared data. Both models'
@@ -164,12 +187,7 @@ class Trainer:
 
     def _finish_epoch(self, s: Strategy, state: TrainState, e: int, rng, sums: dict,
                       seconds: float) -> EpochMetrics:
-        if not (np.isfinite(state.user).all() and np.isfinite(state.item).all()):
-            which = "" if s is self._strategy else f" (the {s.name} ranking model)"
-            lam = "--lambda-u/--lambda-v" if not which else "--ranking-lambda"
-            raise TrainingDiverged(
-                f"training diverged at epoch {e}{which}: the factors became non-finite, most "
-                f"often because the priors are too weak for the data (raise {lam})")
+        check_finite(state, e, None if s is self._strategy else s.name)
         s.after_epoch(state, sums, e, rng)
         rank = s.model.rank
         m = epoch_metrics(e, sums, objective=s.objective(state, sums["sse_z"]),
@@ -182,18 +200,9 @@ class Trainer:
                                     test_mae=NAN, val_rmse=NAN, val_mae=NAN)
         state.epoch = e
         state.history.append(m)
-        if s is self._strategy:
-            self._track_best(state, m)
+        if s is self._strategy and self.params.fit.early_stopping:
+            track_best(state, m)
         return m
-
-    def _track_best(self, state: TrainState, m: EpochMetrics) -> None:
-        if not (self.params.fit.early_stopping and np.isfinite(m.val_rmse)):
-            return
-        if state.best is None or m.val_rmse < state.best["metrics"].val_rmse:
-            state.best = {"metrics": m, "user": state.user.copy(), "item": state.item.copy()}
-            state.stale = 0
-        else:
-            state.stale += 1
 
     def fit(self, state: TrainState | None = None,
             after_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
