@@ -1,8 +1,9 @@
 """Every registered model through the same checks, so that a new model gets them by
 adding its registry line: training improves it (its objective never rises, or its
 samples stay finite and fit better than the mean), the Spark half-epoch equals the
-local engine's, fold-in is the model's own user half-step, and the declared
-capabilities agree with what the strategy does."""
+local engine's, fold-in is the model's own user half-step, a saved model loads back
+to the same predictions, and the declared capabilities agree with what the strategy
+does."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import pytest
 from pmf_spark.config.params import PMFParams
 from pmf_spark.engine.layout import TRAIN
 from pmf_spark.engine.local import LocalData, LocalEngine
+from pmf_spark.ml import PMFModel
+from pmf_spark.ml.core import FactorCore
 from pmf_spark.models import REGISTRY, capabilities
+from pmf_spark.outputs.tables import ids_frame
 from pmf_spark.recommend.foldin import fold_in_rows
+from pmf_spark.serve import LocalModel
 from pmf_spark.train.loop import Trainer, readout_of
 
 from helpers import prepared, random_ratings
@@ -75,6 +80,37 @@ def test_spark_epochs_equal_the_local_engine(spark, data, local, name, extra):
                 assert (np.isnan(x) and np.isnan(y)) or x == pytest.approx(y, rel=1e-9), field
     finally:
         spark_t.release()
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=IDS)
+def test_every_model_saves_and_loads_to_the_same_predictions(spark, data, name, extra,
+                                                            tmp_path):
+    params = params_of(name, extra, epochs=2)
+    trainer = Trainer(spark, data, params)
+    try:
+        state = trainer.fit()
+        seen = ids_frame(data.ratings.where(~data.ratings.is_test), data).select(
+            "user_id", "item_id", "rating")
+        model = PMFModel(FactorCore.from_training(trainer, state, seen, None, {}))
+        model.write().save(str(tmp_path / "m"))
+    finally:
+        trainer.release()
+    back = PMFModel.load(str(tmp_path / "m"))
+    local = LocalModel(str(tmp_path / "m"))
+    for side in ("user", "item"):
+        np.testing.assert_array_equal(back.core.side(side).factors, model.core.side(side).factors)
+    assert back.pmf_params == model.pmf_params
+    assert local.rates == capabilities(name).predicts_ratings
+    pairs = seen.limit(20).toDF(model.getUserCol(), model.getItemCol(), "rating")
+    a = model.transform(pairs).orderBy(model.getUserCol(), model.getItemCol())
+    b = back.transform(pairs).orderBy(model.getUserCol(), model.getItemCol())
+    np.testing.assert_allclose([r.prediction for r in a.collect()],
+                               [r.prediction for r in b.collect()], rtol=0, atol=1e-12)
+    uid = int(seen.first()["user_id"])
+    f, _, _ = local.user_row(uid)
+    at = int(np.flatnonzero(model.core.user.ids == uid)[0])
+    np.testing.assert_array_equal(f, model.core.user.factors[at])
 
 
 @pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=IDS)
