@@ -356,7 +356,8 @@ def _body(run: JobRun) -> int:
         run_local(args)
         return 0
     if not run.has_session:
-        log.info("answering on Spark (a file of many ids or ratings, or --engine spark)")
+        log.info("answering on Spark (a file of many ids or ratings, or --engine spark); "
+                 "starting the Spark session ...")
     with run.spark() as spark:
         run_spark(spark, args)
     return 0
@@ -365,7 +366,8 @@ def _body(run: JobRun) -> int:
 def main(argv: list[str] | None = None, spark=None) -> int:
     """Answer; returns the exit code. ``spark``: a session to use for the Spark engine
     (and leave running); by default one is created only when the Spark engine is chosen."""
-    return run_job("pmf-spark recommend", build_parser, _body, argv, spark)
+    return run_job("pmf-spark recommend", build_parser, _body, argv, spark, log_start=False,
+                   workers_python=True)
 
 
 if __name__ == "__main__":

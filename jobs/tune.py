@@ -206,15 +206,15 @@ def check_args(argv: list[str] | None) -> int | None:
 
 
 def _body(run: JobRun) -> int:
-    job, base, trials, space = settings(run.args)
     run.output = run.args.output
+    job, base, trials, space = settings(run.args)
     with run.spark() as spark:
         search(spark, run.args, job, base, trials, space)
     return 0
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:
-    return run_job("pmf-spark tune", build_parser, _body, argv, spark)
+    return run_job("pmf-spark tune", build_parser, _body, argv, spark, log_start=False)
 
 
 if __name__ == "__main__":

@@ -135,24 +135,29 @@ def run_guarded(body: Callable[[], int], output: Callable[[], str | None]) -> in
                 signal.signal(signal.SIGTERM, previous)
 
 
-def session(app: str, verbose: bool):
-    """A job's SparkSession (its settings come from spark-submit and conf/). Run with
-    plain Python, the Python workers use this interpreter unless PYSPARK_PYTHON names
-    another (this one has numpy and pandas)."""
+def session(app: str, verbose: bool, *, log_start: bool = True,
+            workers_python: bool = False):
+    """A job's SparkSession (its settings come from spark-submit and conf/).
+    ``log_start``: log its start and how long it took; ``workers_python``: the Python
+    workers use this interpreter unless PYSPARK_PYTHON names another (for a command
+    run with plain Python, whose interpreter has numpy and pandas)."""
     import time
 
     from pyspark.sql import SparkSession
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if workers_python:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     log = logging.getLogger("pmf_spark")
     t0 = time.perf_counter()
-    log.info("starting the Spark session ...")
+    if log_start:
+        log.info("starting the Spark session ...")
     spark = SparkSession.builder.appName(app).getOrCreate()
     if not verbose:
         spark.sparkContext.setLogLevel("ERROR")
-    sc = spark.sparkContext
-    log.info("Spark %s ready in %.1fs: master %s, %d core(s)", spark.version,
-             time.perf_counter() - t0, sc.master, sc.defaultParallelism)
+    if log_start:
+        sc = spark.sparkContext
+        log.info("Spark %s ready in %.1fs: master %s, %d core(s)", spark.version,
+                 time.perf_counter() - t0, sc.master, sc.defaultParallelism)
     return spark
 
 
@@ -161,9 +166,11 @@ class JobRun:
     use (:meth:`spark`) unless the caller passed one, and stopped at :meth:`close`
     only if this run started it."""
 
-    def __init__(self, app: str, args: argparse.Namespace, spark=None):
+    def __init__(self, app: str, args: argparse.Namespace, spark=None, **session_options):
         self.app, self.args = app, args
         self._spark, self._own = spark, False
+        #: :func:`session`'s options for this job
+        self.session_options = session_options
         #: what the job writes, for the "interrupted; X was left as it was" line
         self.output: str | None = None
 
@@ -177,7 +184,8 @@ class JobRun:
         from pmf_spark.runtime import interrupt
 
         if self._spark is None:
-            self._spark = session(self.app, getattr(self.args, "verbose", False))
+            self._spark = session(self.app, getattr(self.args, "verbose", False),
+                                  **self.session_options)
             self._own = True
         restore = interrupt.watch(self._spark)
         try:
@@ -214,16 +222,18 @@ def check_job(build_parser: Callable[[], argparse.ArgumentParser],
 
 
 def run_job(app: str, build_parser: Callable[[], argparse.ArgumentParser],
-            body: Callable[[JobRun], int], argv: list[str] | None, spark=None) -> int:
+            body: Callable[[JobRun], int], argv: list[str] | None, spark=None,
+            **session_options) -> int:
     """A job's ``main``: parse, set up logging, run ``body(run)`` guarded (known errors
     as one line, Ctrl-C as ``interrupted; <run.output> was left as it was`` and 130);
-    the exit code. ``spark``: a session to use (and leave running), for embedding."""
+    the exit code. ``spark``: a session to use (and leave running), for embedding;
+    ``session_options``: :func:`session`'s, for the one the run starts."""
     args, code = _parsed(build_parser, argv)
     if args is None:
         return int(code or 0)
     setup_logging(getattr(args, "verbose", False))
     announce_driver()
-    run = JobRun(app, args, spark)
+    run = JobRun(app, args, spark, **session_options)
     try:
         return run_guarded(lambda: body(run), lambda: run.output)
     finally:

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from pmf_spark.config.params import JobConfig, PMFParams
 from pmf_spark.inputs.synthetic import synthetic_ratings
-from pmf_spark.outputs import tables as outputs
+from pmf_spark.outputs import modeldir
 from pmf_spark.prepare.ratings import split_column
 from pmf_spark.train import job as pipeline
 
@@ -42,10 +42,10 @@ def test_output_tables_and_schemas(spark, small_run):
             "metrics.json", "metrics.csv", "_SUCCESS"} <= names
     for side in ("user", "item"):
         df = spark.read.parquet(str(out / f"{side}_factors"))
-        assert_schema_equality(df.schema, outputs.factor_schema(side, "long"),
+        assert_schema_equality(df.schema, modeldir.factor_schema(side, "long"),
                                ignore_nullable=True)
         voc = spark.read.parquet(str(out / f"{side}_vocabulary"))
-        assert_schema_equality(voc.schema, outputs.vocabulary_schema(side, "long"),
+        assert_schema_equality(voc.schema, modeldir.vocabulary_schema(side, "long"),
                                ignore_nullable=True)
         n = result.data.n_users if side == "user" else result.data.n_items
         assert df.count() == n and voc.count() == n
@@ -61,7 +61,7 @@ def test_factor_tables_hold_the_trained_factors_under_original_ids(spark, small_
     expected = spark.createDataFrame(
         [(int(uid), [float(x) for x in m.U[idx]], float(m.user_bias[idx]), int(n))
          for uid, idx, n in voc[["user_id", "idx", "n_ratings"]].itertuples(index=False)],
-        outputs.factor_schema("user", "long"))
+        modeldir.factor_schema("user", "long"))
     got = spark.read.parquet(str(Path(cfg.output) / "user_factors"))
     assert_approx_df_equality(got.orderBy("user_id"), expected.orderBy("user_id"),
                               precision=1e-12, ignore_nullable=True)

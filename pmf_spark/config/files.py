@@ -138,7 +138,7 @@ def implicit_params(given: dict[str, Any]) -> dict[str, Any]:
 
     events = event_model()
     model = given.get("model", events)
-    if model in REGISTRY and not REGISTRY[model].fits_events:
+    if not (model in REGISTRY and REGISTRY[model].fits_events):
         raise ConfigError(f"model: --feedback implicit trains implicit-feedback ALS "
                           f"({events!r}); {model!r} needs ratings (--feedback explicit)")
     by = given.get("recommend_by", model)

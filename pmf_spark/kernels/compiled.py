@@ -35,7 +35,7 @@ from numba.core import caching  # noqa: E402
 
 def _source_bytes(path: str) -> bytes:
     """This module's source, from a directory or from inside a zip (``.../x.zip/pmf_spark/
-    compiled.py``, as spark-submit's ``--py-files`` ships it)."""
+    kernels/compiled.py``, as spark-submit's ``--py-files`` ships it)."""
     if os.path.isfile(path):
         with open(path, "rb") as fh:
             return fh.read()

@@ -5,7 +5,7 @@ How an output is committed
 Everything is written to a staging directory beside the output,
 ``<parent>/.<name>.pmf-staging-<token>``, which ends with ``_SUCCESS``: a manifest
 naming the job, its version and every file it wrote. Then, holding the output's lock
-(:class:`~pmf_spark.storage.ops.OutputLock`):
+(:class:`~pmf_spark.outputs.lock.OutputLock`):
 
 - on Linux local filesystems, one ``renameat2(RENAME_EXCHANGE)`` swaps the staging
   directory with the old output (or one no-replace rename when there is none): at every

@@ -61,7 +61,7 @@ class SavedModel(ModelAnswers):
         ranking = None
         if ranking_items is not None:
             ranking = Side.from_arrow(ranking_items.toArrow(), vocab, "item_id",
-                                      int(ranking_rank(meta) or 0))
+                                      int(meta["ranking_model"]["model"]["rank"]))
         super().__init__(meta, path, items, ranking)
         self._sides: dict[bool, Side] = {}
 
